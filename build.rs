@@ -1,0 +1,31 @@
+//! Compiles the protobuf files without a system `protoc`: protox parses them
+//! in pure Rust, tonic-prost-build generates the code, and the encoded
+//! descriptor set is written to `OUT_DIR` for gRPC server reflection.
+
+use std::{env, fs, path::PathBuf};
+
+const API_PROTOS: &[&str] = &[
+    "proto/syncd/v1/system.proto",
+    "proto/syncd/v1/session.proto",
+    "proto/syncd/v1/lock.proto",
+];
+const RECORD_PROTOS: &[&str] = &["proto/syncd/store/v1/records.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    println!("cargo:rerun-if-changed=proto");
+
+    let api = protox::compile(API_PROTOS, ["proto"])?;
+    fs::write(
+        out_dir.join("syncd_descriptor.bin"),
+        prost::Message::encode_to_vec(&api),
+    )?;
+    tonic_prost_build::configure().compile_fds(api)?;
+
+    let records = protox::compile(RECORD_PROTOS, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .compile_fds(records)?;
+    Ok(())
+}

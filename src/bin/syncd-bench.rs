@@ -1,0 +1,365 @@
+//! `syncd-bench`: throughput and latency of syncd, as ratios to a no-op
+//! `Ping` measured in the same run (absolute numbers on shared machines are
+//! noise; ratios are what to compare).
+//!
+//! Without `--addr` it starts its own `syncd` (the binary next to this one)
+//! for each `--durability`, on port 0 with a temporary data directory.
+//!
+//! Scenarios:
+//! - `ping`: the floor: a unary RPC that does nothing;
+//! - `lock-uncontended`: each client its own lock, acquire + release;
+//! - `lock-contended`: every client on one lock; reports handoffs/s and the
+//!   handoff latency (from the holder starting its release to the next
+//!   waiter holding the grant).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use syncd::client::{Client, ClientOptions};
+
+/// Measure syncd: ops/s, p50 and p99 latency, each as a ratio to `ping`.
+#[derive(Parser, Debug)]
+#[command(name = "syncd-bench", version, about)]
+struct Args {
+    /// Use a running syncd instead of starting one (then --durability only
+    /// labels the rows).
+    #[arg(long, env = "SYNCD_ADDR")]
+    addr: Option<String>,
+
+    /// Concurrent clients, each with its own connection and session.
+    #[arg(long, short = 'c', default_value_t = 32)]
+    clients: usize,
+
+    /// How long each scenario runs (after a warm-up of a tenth of it).
+    #[arg(long, short = 'd', default_value = "5s", value_parser = syncd::duration::parse)]
+    duration: Duration,
+
+    /// Scenarios to run, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "ping,lock-uncontended,lock-contended"
+    )]
+    scenarios: Vec<Scenario>,
+
+    /// Durability modes of the syncd started for the run, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "sync,none")]
+    durability: Vec<DurabilityArg>,
+
+    /// The syncd binary to start (default: the one next to syncd-bench).
+    #[arg(long)]
+    syncd: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Ping,
+    LockUncontended,
+    LockContended,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DurabilityArg {
+    Sync,
+    None,
+}
+
+impl DurabilityArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            DurabilityArg::Sync => "sync",
+            DurabilityArg::None => "none",
+        }
+    }
+}
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Latencies of one scenario, in microseconds.
+struct Measured {
+    scenario: Scenario,
+    ops: usize,
+    seconds: f64,
+    latencies_us: Vec<u64>,
+    /// Only for `lock-contended`: release-to-grant latencies.
+    handoffs_us: Vec<u64>,
+}
+
+impl Measured {
+    fn ops_per_s(&self) -> f64 {
+        self.ops as f64 / self.seconds
+    }
+
+    fn percentile(values: &[u64], p: f64) -> f64 {
+        if values.is_empty() {
+            return f64::NAN;
+        }
+        let index = ((values.len() - 1) as f64 * p).round() as usize;
+        values[index] as f64 / 1000.0
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("syncd-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Error> {
+    println!(
+        "syncd-bench: {} clients, {} per scenario",
+        args.clients,
+        syncd::duration::format(args.duration)
+    );
+    println!("| durability | scenario | ops/s | p50 ms | p99 ms | ops/s ÷ ping | p50 ÷ ping p50 |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for durability in &args.durability {
+        let (addr, mut server) = match &args.addr {
+            Some(addr) => (addr.clone(), None),
+            None => {
+                let server = StartedSyncd::start(args.syncd.clone(), *durability)?;
+                (server.addr.clone(), Some(server))
+            }
+        };
+        let mut ping: Option<(f64, f64)> = None;
+        let mut scenarios = args.scenarios.clone();
+        // Ratios need the floor first.
+        if !scenarios.contains(&Scenario::Ping) {
+            scenarios.insert(0, Scenario::Ping);
+        }
+        scenarios.sort_by_key(|s| *s != Scenario::Ping);
+        for scenario in scenarios {
+            let measured = measure(&addr, scenario, args.clients, args.duration).await?;
+            print_rows(durability.as_str(), &measured, &mut ping);
+        }
+        if let Some(server) = server.as_mut() {
+            server.stop();
+        }
+    }
+    Ok(())
+}
+
+fn print_rows(durability: &str, m: &Measured, ping: &mut Option<(f64, f64)>) {
+    let ops = m.ops_per_s();
+    let p50 = Measured::percentile(&m.latencies_us, 0.50);
+    let p99 = Measured::percentile(&m.latencies_us, 0.99);
+    if m.scenario == Scenario::Ping {
+        *ping = Some((ops, p50));
+    }
+    let (ping_ops, ping_p50) = ping.unwrap_or((f64::NAN, f64::NAN));
+    let name = match m.scenario {
+        Scenario::Ping => "ping",
+        Scenario::LockUncontended => "lock-uncontended (acquire+release)",
+        Scenario::LockContended => "lock-contended (acquire wait)",
+    };
+    println!(
+        "| {durability} | {name} | {ops:.0} | {p50:.2} | {p99:.2} | {:.2} | {:.2} |",
+        ops / ping_ops,
+        p50 / ping_p50
+    );
+    if m.scenario == Scenario::LockContended {
+        let h50 = Measured::percentile(&m.handoffs_us, 0.50);
+        let h99 = Measured::percentile(&m.handoffs_us, 0.99);
+        println!(
+            "| {durability} | lock-contended (handoff) | {ops:.0} | {h50:.2} | {h99:.2} | {:.2} | {:.2} |",
+            ops / ping_ops,
+            h50 / ping_p50
+        );
+    }
+}
+
+async fn measure(
+    addr: &str,
+    scenario: Scenario,
+    clients: usize,
+    duration: Duration,
+) -> Result<Measured, Error> {
+    let mut connected = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let options = ClientOptions {
+            session_ttl: Duration::from_secs(30),
+            client_name: "syncd-bench".into(),
+            ..ClientOptions::default()
+        };
+        connected.push(Client::connect_with(addr.to_owned(), options).await?);
+    }
+    let warmup = duration / 10;
+    let epoch = Instant::now();
+    let record_from = epoch + warmup;
+    let stop_at = record_from + duration;
+    let release_stamp = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(clients);
+    for (index, client) in connected.iter().enumerate() {
+        let client = client.clone();
+        let stamp = release_stamp.clone();
+        let times = Times {
+            epoch,
+            record_from,
+            stop_at,
+        };
+        tasks.push(tokio::spawn(async move {
+            match scenario {
+                Scenario::Ping => ping_loop(client, times).await,
+                Scenario::LockUncontended => {
+                    cycle_loop(client, format!("bench-uncontended-{index}"), times, None).await
+                }
+                Scenario::LockContended => {
+                    cycle_loop(client, "bench-contended".into(), times, Some(stamp)).await
+                }
+            }
+        }));
+    }
+    let mut latencies_us = Vec::new();
+    let mut handoffs_us = Vec::new();
+    for task in tasks {
+        let (latencies, handoffs) = task.await??;
+        latencies_us.extend(latencies);
+        handoffs_us.extend(handoffs);
+    }
+    for client in connected {
+        let _ = client.close().await;
+    }
+    latencies_us.sort_unstable();
+    handoffs_us.sort_unstable();
+    Ok(Measured {
+        scenario,
+        ops: latencies_us.len(),
+        seconds: duration.as_secs_f64(),
+        latencies_us,
+        handoffs_us,
+    })
+}
+
+#[derive(Clone, Copy)]
+struct Times {
+    epoch: Instant,
+    record_from: Instant,
+    stop_at: Instant,
+}
+
+impl Times {
+    fn micros_since_epoch(&self, at: Instant) -> u64 {
+        at.duration_since(self.epoch).as_micros() as u64
+    }
+}
+
+type Samples = Result<(Vec<u64>, Vec<u64>), Error>;
+
+async fn ping_loop(client: Client, times: Times) -> Samples {
+    let mut latencies = Vec::new();
+    loop {
+        let start = Instant::now();
+        if start >= times.stop_at {
+            return Ok((latencies, Vec::new()));
+        }
+        client.ping().await?;
+        if start >= times.record_from {
+            latencies.push(start.elapsed().as_micros() as u64);
+        }
+    }
+}
+
+/// Acquire + release in a loop. With `release_stamp` (contended), the
+/// holder stamps the moment it starts releasing, and the next holder, if it
+/// was already waiting then, records the handoff latency.
+async fn cycle_loop(
+    client: Client,
+    name: String,
+    times: Times,
+    release_stamp: Option<Arc<AtomicU64>>,
+) -> Samples {
+    let lock = client.lock(name);
+    let mut latencies = Vec::new();
+    let mut handoffs = Vec::new();
+    loop {
+        let start = Instant::now();
+        if start >= times.stop_at {
+            return Ok((latencies, handoffs));
+        }
+        let guard = lock.acquire().await?;
+        let granted = Instant::now();
+        let recording = start >= times.record_from;
+        if let Some(stamp) = &release_stamp {
+            let released_us = stamp.load(Ordering::Acquire);
+            let waited_for_it = released_us > times.micros_since_epoch(start);
+            if recording && waited_for_it {
+                handoffs.push(times.micros_since_epoch(granted) - released_us);
+            }
+            stamp.store(times.micros_since_epoch(Instant::now()), Ordering::Release);
+        }
+        guard.release().await?;
+        if recording {
+            let end = if release_stamp.is_some() {
+                granted
+            } else {
+                Instant::now()
+            };
+            latencies.push(end.duration_since(start).as_micros() as u64);
+        }
+    }
+}
+
+/// A syncd started for the run, stopped at the end.
+struct StartedSyncd {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl StartedSyncd {
+    fn start(binary: Option<PathBuf>, durability: DurabilityArg) -> Result<StartedSyncd, Error> {
+        let binary = match binary {
+            Some(path) => path,
+            None => std::env::current_exe()?.with_file_name("syncd"),
+        };
+        let dir = tempfile::tempdir()?;
+        let mut child = Command::new(&binary)
+            .args(["serve", "--listen", "127.0.0.1:0", "--durability"])
+            .arg(durability.as_str())
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .ok_or_else(|| format!("unexpected syncd output {line:?}"))?;
+        Ok(StartedSyncd {
+            child,
+            addr: format!("http://{addr}"),
+            _dir: dir,
+        })
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for StartedSyncd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

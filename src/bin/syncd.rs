@@ -1,0 +1,190 @@
+//! `syncd`: the coordination server. Flags and process plumbing only; the
+//! server itself is `syncd::server`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use syncd::core::Limits;
+use syncd::engine::{Durability, EngineConfig};
+use syncd::server::{Server, ServerConfig};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// syncd hosts named, durable synchronization primitives (locks with leases
+/// and fencing tokens, ...) for processes on many machines, over gRPC.
+#[derive(Parser, Debug)]
+#[command(name = "syncd", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand, Debug)]
+enum Commands {
+    /// Start the server. Prints `listening on HOST:PORT` on stdout once it
+    /// accepts connections; logs go to stderr (set RUST_LOG, e.g. debug).
+    /// SIGINT/SIGTERM shut it down gracefully: waiting calls end with
+    /// UNAVAILABLE, everything is flushed, exit code 0.
+    Serve(ServeArgs),
+}
+
+#[derive(Parser, Debug)]
+struct ServeArgs {
+    /// Data directory (created if missing). Only one syncd may use it at a
+    /// time.
+    #[arg(long, env = "SYNCD_DATA", default_value = "./syncd-data")]
+    data: PathBuf,
+
+    /// Address to listen on. Port 0 picks a free port (see the printed line).
+    #[arg(long, env = "SYNCD_LISTEN", default_value = "127.0.0.1:7420")]
+    listen: SocketAddr,
+
+    /// `sync`: a reply that depends on a change is sent only after the change
+    /// is flushed to disk (concurrent calls share one flush). `none`: reply
+    /// before flushing; faster, but a crash can lose the last moments of
+    /// acknowledged changes.
+    #[arg(long, env = "SYNCD_DURABILITY", value_enum, default_value_t = DurabilityArg::Sync)]
+    durability: DurabilityArg,
+
+    /// Shortest session TTL a client may ask for.
+    #[arg(long, env = "SYNCD_SESSION_TTL_MIN", default_value = "1s", value_parser = parse_duration)]
+    session_ttl_min: Duration,
+
+    /// Longest session TTL a client may ask for.
+    #[arg(long, env = "SYNCD_SESSION_TTL_MAX", default_value = "1h", value_parser = parse_duration)]
+    session_ttl_max: Duration,
+
+    /// Sessions open at once, at most; beyond it RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SYNCD_MAX_SESSIONS", default_value_t = 100_000)]
+    max_sessions: usize,
+
+    /// Waiters queued on one primitive, at most; beyond it RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SYNCD_MAX_WAITERS", default_value_t = 10_000)]
+    max_waiters: usize,
+
+    /// Largest request message accepted, in bytes.
+    #[arg(long, env = "SYNCD_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
+    max_message_bytes: usize,
+
+    /// HTTP/2 streams (concurrent calls) per client connection, at most.
+    #[arg(long, env = "SYNCD_MAX_STREAMS_PER_CONNECTION", default_value_t = 1024)]
+    max_streams_per_connection: u32,
+
+    /// Commands applied (and flushed) together at most.
+    #[arg(long, env = "SYNCD_BATCH_MAX", default_value_t = 1024)]
+    batch_max: usize,
+
+    /// How long a graceful shutdown may take before syncd exits anyway.
+    #[arg(long, env = "SYNCD_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DurabilityArg {
+    Sync,
+    None,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    syncd::duration::parse(text)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl ServeArgs {
+    fn config(&self) -> ServerConfig {
+        let limits = Limits {
+            session_ttl_ms_min: millis(self.session_ttl_min),
+            session_ttl_ms_max: millis(self.session_ttl_max),
+            sessions_max: self.max_sessions,
+            waiters_per_primitive_max: self.max_waiters,
+            ..Limits::default()
+        };
+        let durability = match self.durability {
+            DurabilityArg::Sync => Durability::Sync,
+            DurabilityArg::None => Durability::None,
+        };
+        ServerConfig {
+            data_dir: self.data.clone(),
+            engine: EngineConfig {
+                durability,
+                batch_max: self.batch_max.max(1),
+                limits,
+                ..EngineConfig::default()
+            },
+            message_bytes_max: self.max_message_bytes,
+            streams_per_connection_max: self.max_streams_per_connection,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    let Commands::Serve(args) = cli.command;
+    let result = runtime.block_on(serve(args));
+    // Everything that matters is flushed by now; do not wait for idle
+    // helper threads.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(message) => fail(&message),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("syncd: {message}");
+    ExitCode::FAILURE
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let config = args.config();
+    if config.engine.limits.session_ttl_ms_min > config.engine.limits.session_ttl_ms_max {
+        return Err("--session-ttl-min is larger than --session-ttl-max".into());
+    }
+    let server = Server::open(config).map_err(|e| e.0)?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    tracing::info!(data = %args.data.display(), durability = ?args.durability, "syncd ready");
+    // Scripts and tests wait for exactly this line.
+    println!("listening on {local}");
+    let shutdown =
+        termination_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    server.serve(listener, shutdown).await.map_err(|e| e.0)
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+fn termination_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}

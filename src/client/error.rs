@@ -1,0 +1,232 @@
+//! The client's error type and the one place that decides what a gRPC status
+//! means to the client: retry it, renew the session, or hand it back.
+
+use std::{error::Error as StdError, fmt, io};
+
+use tonic::{Code, Status};
+
+/// What can go wrong in a client call.
+#[derive(Debug)]
+pub enum Error {
+    /// The server cannot be reached, or it is shutting down. Retries within
+    /// the client's budget did not help.
+    Unavailable(String),
+    /// A wait timed out (`DEADLINE_EXCEEDED`); nothing is left queued.
+    Timeout(String),
+    /// The session that owned a hold or a wait is gone (expired or closed):
+    /// the holds it had are released.
+    SessionLost(String),
+    /// Any other status from the server, message kept (bad input,
+    /// releasing what is not held, limits, ...).
+    Status(Status),
+}
+
+impl Error {
+    /// Translates a status into an error, naming the server's address when
+    /// the server could not be reached.
+    pub(crate) fn from_status(status: Status, addr: &str) -> Error {
+        if status.code() == Code::DeadlineExceeded {
+            return Error::Timeout(status.message().to_string());
+        }
+        if !is_transient(&status) {
+            return Error::Status(status);
+        }
+        if is_local(&status) {
+            Error::Unavailable(format!(
+                "cannot reach syncd at {addr}: {}",
+                transport_reason(&status)
+            ))
+        } else {
+            Error::Unavailable(format!(
+                "syncd at {addr} is unavailable: {}",
+                status.message()
+            ))
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Unavailable(message) | Error::Timeout(message) | Error::SessionLost(message) => {
+                f.write_str(message)
+            }
+            Error::Status(status) => write_status(f, status),
+        }
+    }
+}
+
+fn write_status(f: &mut fmt::Formatter<'_>, status: &Status) -> fmt::Result {
+    let code = code_name(status.code());
+    if status.message().is_empty() {
+        f.write_str(code)
+    } else {
+        write!(f, "{code}: {}", status.message())
+    }
+}
+
+/// A lower-case name for a status code, as people read it in an error line.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown error",
+        Code::InvalidArgument => "invalid argument",
+        Code::DeadlineExceeded => "deadline exceeded",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::PermissionDenied => "permission denied",
+        Code::ResourceExhausted => "resource exhausted",
+        Code::FailedPrecondition => "failed precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out of range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal error",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            Error::Status(status) => Some(status),
+            _ => None,
+        }
+    }
+}
+
+impl From<Status> for Error {
+    /// Like [`Error::from_status`] without an address to name.
+    fn from(status: Status) -> Error {
+        match status.code() {
+            Code::DeadlineExceeded => Error::Timeout(status.message().to_string()),
+            _ if is_transient(&status) => Error::Unavailable(reason(&status)),
+            _ => Error::Status(status),
+        }
+    }
+}
+
+/// True when a call failed because the server could not be reached or is
+/// restarting: the same call may succeed after a pause.
+///
+/// `UNAVAILABLE` always counts. `UNKNOWN`, `INTERNAL` and `CANCELLED` count
+/// only when the client produced them from a transport failure (a broken
+/// connection, an HTTP/2 reset): those carry a source error, while a status
+/// sent by the server never does.
+pub(crate) fn is_transient(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable => true,
+        Code::Unknown | Code::Internal | Code::Cancelled => is_local(status),
+        _ => false,
+    }
+}
+
+/// True for a status the client made itself from a transport error.
+fn is_local(status: &Status) -> bool {
+    status.source().is_some()
+}
+
+fn reason(status: &Status) -> String {
+    if is_local(status) {
+        transport_reason(status)
+    } else {
+        status.message().to_string()
+    }
+}
+
+/// The most specific reason in a transport error's source chain, e.g.
+/// `connection refused` rather than `tcp connect error`.
+fn transport_reason(status: &Status) -> String {
+    let mut deepest: Option<&(dyn StdError + 'static)> = None;
+    let mut source = status.source();
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return tidy_io_message(&io.to_string());
+        }
+        deepest = Some(err);
+        source = err.source();
+    }
+    match deepest {
+        Some(err) => err.to_string(),
+        None => status.message().to_string(),
+    }
+}
+
+/// `Connection refused (os error 111)` → `connection refused`.
+fn tidy_io_message(message: &str) -> String {
+    let trimmed = match message.rfind(" (os error ") {
+        Some(at) if message.ends_with(')') => &message[..at],
+        _ => message,
+    };
+    let mut chars = trimmed.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_messages_are_tidied() {
+        assert_eq!(
+            tidy_io_message("Connection refused (os error 111)"),
+            "connection refused"
+        );
+        assert_eq!(
+            tidy_io_message("failed to lookup address information: Name or service not known"),
+            "failed to lookup address information: Name or service not known"
+        );
+        assert_eq!(tidy_io_message(""), "");
+    }
+
+    #[test]
+    fn server_statuses_map_to_variants() {
+        let addr = "http://127.0.0.1:1";
+        let timeout = Error::from_status(Status::deadline_exceeded("lock \"x\" is held"), addr);
+        assert!(matches!(timeout, Error::Timeout(ref m) if m == "lock \"x\" is held"));
+
+        let down = Error::from_status(Status::unavailable("shutting down"), addr);
+        assert_eq!(
+            down.to_string(),
+            "syncd at http://127.0.0.1:1 is unavailable: shutting down"
+        );
+
+        let bad = Error::from_status(Status::invalid_argument("empty name"), addr);
+        assert_eq!(bad.to_string(), "invalid argument: empty name");
+    }
+
+    #[test]
+    fn only_local_unknown_errors_are_transient() {
+        assert!(is_transient(&Status::unavailable("x")));
+        assert!(!is_transient(&Status::unknown("from the server")));
+        assert!(!is_transient(&Status::internal("from the server")));
+        let local = Status::from_error(Box::new(io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            "Connection reset by peer (os error 104)",
+        )));
+        assert_eq!(local.code(), Code::Unknown);
+        assert!(is_transient(&local));
+        let error = Error::from_status(local, "http://h:1");
+        assert_eq!(
+            error.to_string(),
+            "cannot reach syncd at http://h:1: connection reset by peer"
+        );
+    }
+
+    #[test]
+    fn from_status_without_address() {
+        assert!(matches!(
+            Error::from(Status::unavailable("bye")),
+            Error::Unavailable(ref m) if m == "bye"
+        ));
+        assert!(matches!(
+            Error::from(Status::failed_precondition("not held")),
+            Error::Status(_)
+        ));
+    }
+}

@@ -1,0 +1,385 @@
+//! The Rust client library: sessions, keep-alive, retries and streams
+//! behind a small async API.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), syncd::client::Error> {
+//! use syncd::client::Client;
+//!
+//! let client = Client::connect("http://127.0.0.1:7420").await?;
+//! let guard = client.lock("db-migration").acquire().await?;
+//! // Pass the fencing token to whatever the lock protects.
+//! println!("holding {} with token {}", guard.name(), guard.fencing_token());
+//! guard.release().await?;
+//! client.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! What the library does for you:
+//! - [`Client::connect`] opens a session with a TTL and starts one background
+//!   task per client that keeps it alive over one `KeepAlive` stream. After a
+//!   server restart the task resumes the same session (sessions are durable);
+//!   if the session is gone it opens a new one and logs a warning: the holds
+//!   of the old one are lost, as the lease promised.
+//! - Unary calls (release, describe, ping, list) retry a server that cannot
+//!   be reached for about 5 s before returning [`Error::Unavailable`].
+//! - [`Lock::acquire`] retries a broken wait with the same retry identity, so
+//!   a grant lost with a connection is returned rather than queued behind.
+//! - [`LockGuard`] releases on [`LockGuard::release`], or, best effort, when
+//!   dropped.
+
+mod error;
+mod lock;
+mod retry;
+mod session;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::{task::AbortHandle, time::sleep};
+use tonic::{
+    transport::{Channel, Endpoint},
+    Code, Response, Status,
+};
+use tracing::debug;
+
+pub use error::Error;
+pub use lock::{Lock, LockGuard};
+
+use crate::proto::v1::{
+    sessions_client::SessionsClient, system_client::SystemClient, CloseSessionRequest, ListRequest,
+    PingRequest, PrimitiveSummary,
+};
+use retry::{Backoff, ATTEMPT_TIMEOUT, RETRY_BUDGET};
+use session::{KeepAlive, SessionShared};
+
+/// How often HTTP/2 pings check that the connection is alive.
+const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long an HTTP/2 ping may go unanswered before the connection is
+/// considered dead.
+const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a [`Client`] connects and what its session looks like.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// The session's lease: if the client cannot renew it for this long
+    /// (crash, partition), the server releases everything it holds.
+    /// Default 10 s.
+    pub session_ttl: Duration,
+    /// A label shown by `describe`. Default `<exe-name>@<hostname>:<pid>`.
+    pub client_name: String,
+    /// How long to wait for a TCP connection to the server, and for the
+    /// session to be created by `connect`. Default 5 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> ClientOptions {
+        ClientOptions {
+            session_ttl: Duration::from_secs(10),
+            client_name: default_client_name(),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A connection to syncd with one session. Cheap to clone: clones share the
+/// connection, the session and its keep-alive task, which stops when the last
+/// clone is dropped or [`Client::close`] is called.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    addr: String,
+    channel: Channel,
+    session: Arc<SessionShared>,
+    keep_alive: AbortHandle,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.keep_alive.abort();
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.inner.addr)
+            .field("session_id", &self.session_id())
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connects to the server at `addr` (`http://127.0.0.1:7420`, or
+    /// `127.0.0.1:7420` without a scheme) with default options and opens a
+    /// session.
+    pub async fn connect(addr: impl Into<String>) -> Result<Client, Error> {
+        Client::connect_with(addr, ClientOptions::default()).await
+    }
+
+    /// Connects with the given options and opens a session. Fails with
+    /// [`Error::Unavailable`] when the server cannot be reached; it does not
+    /// retry.
+    pub async fn connect_with(
+        addr: impl Into<String>,
+        options: ClientOptions,
+    ) -> Result<Client, Error> {
+        let addr = normalize_addr(&addr.into())?;
+        let channel = endpoint(&addr, &options)?.connect_lazy();
+        let created = tokio::time::timeout(
+            options.connect_timeout,
+            session::create_session(&channel, options.session_ttl, &options.client_name),
+        )
+        .await
+        .unwrap_or_else(|_| Err(no_answer(options.connect_timeout)));
+        let session_id = created.map_err(|status| Error::from_status(status, &addr))?;
+        debug!("session {session_id} opened at {addr}");
+        let session = Arc::new(SessionShared::new(session_id));
+        let keep_alive = KeepAlive {
+            channel: channel.clone(),
+            shared: session.clone(),
+            addr: addr.clone(),
+            ttl: options.session_ttl,
+            client_name: options.client_name,
+        }
+        .spawn();
+        let inner = Inner {
+            addr,
+            channel,
+            session,
+            keep_alive,
+        };
+        Ok(Client {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The current session's id. It changes only when the session was lost
+    /// and replaced by a new one.
+    pub fn session_id(&self) -> u64 {
+        self.inner.session.id()
+    }
+
+    /// The gRPC channel all of this client's calls share: raw access for
+    /// tests and tools.
+    pub fn channel(&self) -> Channel {
+        self.inner.channel.clone()
+    }
+
+    /// The server's address, with its scheme.
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// Calls `System.Ping`: the cheapest round trip to the server.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.unary(|channel| async move {
+            SystemClient::new(channel)
+                .ping(with_timeout(PingRequest {}))
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Lists the primitives of `kind` (empty: every kind) whose names start
+    /// with `prefix` (empty: all).
+    pub async fn list(&self, kind: &str, prefix: &str) -> Result<Vec<PrimitiveSummary>, Error> {
+        let request = ListRequest {
+            kind: kind.to_string(),
+            prefix: prefix.to_string(),
+        };
+        let response = self
+            .unary(|channel| {
+                let request = request.clone();
+                async move { SystemClient::new(channel).list(with_timeout(request)).await }
+            })
+            .await?;
+        Ok(response.primitives)
+    }
+
+    /// A handle on the lock `name`. Nothing is sent until it is used.
+    pub fn lock(&self, name: impl Into<String>) -> Lock {
+        Lock::new(self.clone(), name.into())
+    }
+
+    /// Closes the session, which releases everything it holds, and stops
+    /// the keep-alive task (for every clone of this client).
+    pub async fn close(self) -> Result<(), Error> {
+        self.inner.session.mark_closed();
+        self.inner.keep_alive.abort();
+        let session_id = self.session_id();
+        let closed = self
+            .unary(|channel| async move {
+                SessionsClient::new(channel)
+                    .close(with_timeout(CloseSessionRequest { session_id }))
+                    .await
+            })
+            .await;
+        match closed {
+            Ok(response) => {
+                debug!(
+                    "session {session_id} closed, {} holds released",
+                    response.released
+                );
+                Ok(())
+            }
+            Err(Error::Status(status)) if status.code() == Code::NotFound => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Runs a unary call, retrying while the server cannot be reached, for
+    /// about [`RETRY_BUDGET`]. `call` gets the channel and makes one attempt.
+    pub(crate) async fn unary<T, F, Fut>(&self, mut call: F) -> Result<T, Error>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let started = tokio::time::Instant::now();
+        let mut backoff = Backoff::default();
+        loop {
+            let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, call(self.channel())).await;
+            let status = match attempt {
+                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Err(status)) => status,
+                Err(_) => no_answer(ATTEMPT_TIMEOUT),
+            };
+            let pause = backoff.next_pause();
+            if !error::is_transient(&status) || started.elapsed() + pause > RETRY_BUDGET {
+                return Err(self.error(status));
+            }
+            debug!(
+                "call to {} failed: {status}; retrying in {pause:?}",
+                self.addr()
+            );
+            sleep(pause).await;
+        }
+    }
+
+    /// Translates a status into this client's error, naming its address.
+    pub(crate) fn error(&self, status: Status) -> Error {
+        Error::from_status(status, &self.inner.addr)
+    }
+
+    pub(crate) fn session(&self) -> &SessionShared {
+        &self.inner.session
+    }
+}
+
+/// A request with the per-attempt gRPC deadline set.
+fn with_timeout<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(ATTEMPT_TIMEOUT);
+    request
+}
+
+/// The status for a server that did not answer in time: it counts as not
+/// reachable.
+fn no_answer(waited: Duration) -> Status {
+    Status::unavailable(format!(
+        "no answer within {}",
+        crate::duration::format(waited)
+    ))
+}
+
+/// Adds `http://` when the address has no scheme; refuses an empty one.
+fn normalize_addr(addr: &str) -> Result<String, Error> {
+    let addr = addr.trim().trim_end_matches('/');
+    if addr.is_empty() {
+        return Err(Error::Status(Status::invalid_argument(
+            "the server address is empty; write e.g. http://127.0.0.1:7420",
+        )));
+    }
+    if addr.contains("://") {
+        Ok(addr.to_string())
+    } else {
+        Ok(format!("http://{addr}"))
+    }
+}
+
+fn endpoint(addr: &str, options: &ClientOptions) -> Result<Endpoint, Error> {
+    let endpoint = Endpoint::from_shared(addr.to_string()).map_err(|e| {
+        Error::Status(Status::invalid_argument(format!(
+            "invalid server address {addr:?}: {e}"
+        )))
+    })?;
+    Ok(endpoint
+        .connect_timeout(options.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(HTTP2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(HTTP2_KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true))
+}
+
+/// `<exe-name>@<hostname>:<pid>`.
+fn default_client_name() -> String {
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|path| path.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "client".to_string());
+    format!("{exe}@{}:{}", hostname(), std::process::id())
+}
+
+fn hostname() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer is valid for `buffer.len()` bytes; gethostname
+    // writes at most that many and we stop at the first NUL.
+    let result = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    if result != 0 || end == 0 {
+        return "localhost".to_string();
+    }
+    String::from_utf8_lossy(&buffer[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_get_a_scheme() {
+        assert_eq!(
+            normalize_addr("127.0.0.1:7420").unwrap(),
+            "http://127.0.0.1:7420"
+        );
+        assert_eq!(
+            normalize_addr(" http://localhost:1/ ").unwrap(),
+            "http://localhost:1"
+        );
+        assert_eq!(normalize_addr("https://h:2").unwrap(), "https://h:2");
+        assert!(matches!(normalize_addr("  "), Err(Error::Status(_))));
+    }
+
+    #[test]
+    fn invalid_addresses_are_refused() {
+        let options = ClientOptions::default();
+        assert!(endpoint("http://bad host:1", &options).is_err());
+        assert!(endpoint("http://127.0.0.1:7420", &options).is_ok());
+    }
+
+    #[test]
+    fn default_client_name_names_exe_host_and_pid() {
+        let name = ClientOptions::default().client_name;
+        let pid = format!(":{}", std::process::id());
+        assert!(name.ends_with(&pid), "{name}");
+        assert!(name.contains('@'), "{name}");
+    }
+
+    #[tokio::test]
+    async fn connect_to_nothing_is_unavailable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let error = Client::connect(addr.to_string()).await.unwrap_err();
+        let message = error.to_string();
+        assert!(matches!(error, Error::Unavailable(_)), "{message}");
+        assert!(
+            message.starts_with(&format!("cannot reach syncd at http://{addr}")),
+            "{message}"
+        );
+    }
+}

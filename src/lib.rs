@@ -1,0 +1,56 @@
+//! # syncd: named, durable synchronization primitives over gRPC
+//!
+//! Processes on many machines share locks (and, as the project grows,
+//! semaphores, read-write locks, events, barriers, queues, ...) through one
+//! server. Every hold belongs to a session with a lease, every grant carries
+//! a fencing token, and every change is on disk before anyone hears of it.
+//!
+//! ```text
+//!   syncctl (CLI) ─┐        client library ──┐        any gRPC client
+//!                  ▼                         ▼              ▼
+//!         ┌─────────────── server : tonic services, thin ───────────────┐
+//!         │  RPC → Command;  a waiting RPC streams until its grant      │
+//!         └──────────────────────────────┬──────────────────────────────┘
+//!                                        ▼  (mpsc)
+//!         ┌──────────── engine: ONE task owns all state ────────────────┐
+//!         │  apply(Command, now) → reply + Outcome { events, changes }  │
+//!         │  timer: sleeps until core's next deadline, then ticks       │
+//!         └──────────────┬───────────────────────────────┬──────────────┘
+//!                        ▼                               ▼
+//!         core : pure state machine            store : sled; the changes of a
+//!         (no tokio, no I/O, no clock:          batch written together, one
+//!          `now` is an argument)                flush, then replies go out
+//! ```
+//!
+//! Module map:
+//! - [`core`]: the rules of every primitive; pure and deterministic.
+//! - [`engine`]: the single task that owns [`core::State`], batches commands,
+//!   persists their changes (group commit) and only then replies.
+//! - [`store`]: the [`store::Store`] trait, sled and in-memory backends.
+//! - [`server`]: tonic services translating protobuf ⇄ commands.
+//! - [`client`]: the Rust client library (sessions, keep-alive, guards).
+//! - [`duration`]: parsing of durations such as `500ms`, `30s`, `2m`.
+
+pub mod client;
+pub mod core;
+pub mod duration;
+pub mod engine;
+pub mod server;
+pub mod store;
+
+/// Generated protobuf and gRPC code.
+pub mod proto {
+    /// The public API, package `syncd.v1`.
+    pub mod v1 {
+        tonic::include_proto!("syncd.v1");
+    }
+
+    /// Records in the data directory, package `syncd.store.v1`.
+    pub mod store {
+        tonic::include_proto!("syncd.store.v1");
+    }
+
+    /// The encoded descriptor set of the API, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/syncd_descriptor.bin"));
+}

@@ -1,0 +1,94 @@
+//! `syncd.v1.Locks`: acquire (a waiting stream), release, describe.
+
+use tonic::{Request, Response, Status};
+
+use super::deadline::{effective_timeout_ms, grpc_timeout};
+use super::status::unexpected;
+use super::{open_wait, WaitResponse};
+use crate::core::{lock::LockInfo, Command, Reply};
+use crate::engine::EngineHandle;
+use crate::proto::v1::{self as pb, acquire_lock_response::Event, locks_server::Locks};
+
+pub struct LockService {
+    pub engine: EngineHandle,
+}
+
+#[tonic::async_trait]
+impl Locks for LockService {
+    type AcquireStream = WaitResponse<pb::AcquireLockResponse>;
+
+    async fn acquire(
+        &self,
+        request: Request<pb::AcquireLockRequest>,
+    ) -> Result<Response<Self::AcquireStream>, Status> {
+        let grpc = grpc_timeout(request.metadata());
+        let request = request.into_inner();
+        let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
+        let make = |waiter| Command::LockAcquire {
+            session_id: request.session_id,
+            name: request.name,
+            waiter,
+            timeout_ms,
+            acquire_id: request.acquire_id,
+        };
+        open_wait(&self.engine, make, acquire_event).await
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseLockRequest>,
+    ) -> Result<Response<pb::ReleaseLockResponse>, Status> {
+        let request = request.into_inner();
+        let command = Command::LockRelease {
+            session_id: request.session_id,
+            name: request.name,
+            fencing_token: request.fencing_token,
+        };
+        match self.engine.call(command).await? {
+            Reply::Done => Ok(Response::new(pb::ReleaseLockResponse {})),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn describe(
+        &self,
+        request: Request<pb::DescribeLockRequest>,
+    ) -> Result<Response<pb::DescribeLockResponse>, Status> {
+        let name = request.into_inner().name;
+        match self.engine.call(Command::LockDescribe { name }).await? {
+            Reply::LockDescription(info) => Ok(Response::new(describe_response(info))),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+fn acquire_event(reply: Reply) -> Result<pb::AcquireLockResponse, Status> {
+    let event = match reply {
+        Reply::Queued { position } => Event::Queued(pb::Queued { position }),
+        Reply::LockGranted { fencing_token } => Event::Granted(pb::Granted { fencing_token }),
+        other => return Err(unexpected(&other)),
+    };
+    Ok(pb::AcquireLockResponse { event: Some(event) })
+}
+
+fn describe_response(info: LockInfo) -> pb::DescribeLockResponse {
+    pb::DescribeLockResponse {
+        name: info.name,
+        holder: info.holder.map(|h| pb::LockHolder {
+            session_id: h.session_id,
+            client_name: h.client_name,
+            fencing_token: h.fencing_token,
+            held_ms: h.held_ms,
+            lease_left_ms: h.lease_left_ms,
+        }),
+        waiters: info
+            .waiters
+            .into_iter()
+            .map(|w| pb::LockWaiter {
+                session_id: w.session_id,
+                client_name: w.client_name,
+                waiting_ms: w.waiting_ms,
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,233 @@
+//! The gRPC face of syncd: thin tonic services that turn requests into
+//! [`Command`](crate::core::Command)s for the engine and replies back into
+//! protobuf. No rules live here.
+//!
+//! Also served: standard health checking (`grpc.health.v1`) and server
+//! reflection (`v1` and `v1alpha`), so generic tools such as grpcurl can call
+//! syncd without the proto files.
+//!
+//! Shutdown (SIGINT/SIGTERM in `syncd serve`): health turns NOT_SERVING, the
+//! engine ends every waiting stream with UNAVAILABLE and flushes, open
+//! keep-alive streams end with UNAVAILABLE, then tonic drains connections;
+//! all of it within `shutdown_grace`.
+
+mod deadline;
+mod lock;
+mod session;
+pub mod status;
+mod system;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Response, Status};
+use tonic_health::ServingStatus;
+
+use crate::core::{Command, Reply, WaiterId};
+use crate::engine::{self, EngineConfig, EngineHandle};
+use crate::proto::v1::{
+    locks_server::LocksServer, sessions_server::SessionsServer, system_server::SystemServer,
+};
+use crate::store::SledStore;
+
+/// Settings of a running server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub engine: EngineConfig,
+    /// Largest request accepted, in bytes.
+    pub message_bytes_max: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    pub streams_per_connection_max: u32,
+    /// How long shutdown may take before the process exits anyway.
+    pub shutdown_grace: Duration,
+}
+
+/// A stream of events for a waiting RPC.
+pub type WaitResponse<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Starts a waiting command. An immediate refusal becomes the call's status;
+/// otherwise the events stream to the client, mapped by `map`.
+async fn open_wait<T: Send + 'static>(
+    engine: &EngineHandle,
+    make: impl FnOnce(WaiterId) -> Command,
+    map: fn(Reply) -> Result<T, Status>,
+) -> Result<Response<WaitResponse<T>>, Status> {
+    let mut events = engine.wait(make).await;
+    if let Some(Err(rejection)) = events.peek().await {
+        return Err(Status::from(rejection.clone()));
+    }
+    let stream = events.map(move |event| event.map_err(Status::from).and_then(map));
+    Ok(Response::new(Box::pin(stream)))
+}
+
+/// Why the server could not run.
+#[derive(Debug)]
+pub struct ServeError(pub String);
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+/// A server whose data directory is open and whose engine runs, ready to
+/// serve on a bound listener.
+pub struct Server {
+    config: ServerConfig,
+    engine: EngineHandle,
+    engine_task: tokio::task::JoinHandle<Result<(), crate::store::StoreError>>,
+}
+
+impl Server {
+    /// Opens the data directory (exclusively) and starts the engine.
+    pub fn open(config: ServerConfig) -> Result<Server, ServeError> {
+        let store = SledStore::open(&config.data_dir).map_err(|e| ServeError(e.0))?;
+        let (engine, engine_task) =
+            engine::start(store, config.engine.clone()).map_err(|e| ServeError(e.0))?;
+        Ok(Server {
+            config,
+            engine,
+            engine_task,
+        })
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then shuts down
+    /// gracefully (bounded by `shutdown_grace`). Returns an error if the
+    /// store failed while serving.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let Server {
+            config,
+            engine,
+            mut engine_task,
+        } = self;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_health(&health, ServingStatus::Serving).await;
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        let router = build_router(&config, &engine, stop_rx, health_service)?;
+        let incoming = TcpListenerStream::new(listener);
+        let grace = config.shutdown_grace;
+        let shutdown_engine = engine.clone();
+        let on_signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            set_health(&health, ServingStatus::NotServing).await;
+            shutdown_engine.shutdown().await;
+            let _ = stop_tx.send(true);
+        };
+        let serving = router.serve_with_incoming_shutdown(incoming, on_signal);
+        tokio::pin!(serving);
+        tokio::select! {
+            result = &mut serving => {
+                result.map_err(|e| ServeError(format!("server failed: {e}")))?;
+            }
+            result = &mut engine_task => {
+                // The engine stops first on a clean shutdown; anything else is
+                // a failure of the store.
+                if !matches!(result, Ok(Ok(()))) {
+                    return Err(engine_failure(result));
+                }
+                return drain(serving, grace).await;
+            }
+        }
+        // `serving` returned: the signal came and connections drained.
+        match tokio::time::timeout(grace, engine_task).await {
+            Ok(result) => match result {
+                Ok(Ok(())) => Ok(()),
+                other => Err(engine_failure(other)),
+            },
+            Err(_) => Err(ServeError("the engine did not stop in time".into())),
+        }
+    }
+}
+
+/// Lets open connections finish, at most `grace`.
+async fn drain<E: std::fmt::Display>(
+    serving: impl Future<Output = Result<(), E>>,
+    grace: Duration,
+) -> Result<(), ServeError> {
+    match tokio::time::timeout(grace, serving).await {
+        Ok(result) => result.map_err(|e| ServeError(format!("server failed: {e}"))),
+        Err(_) => {
+            tracing::warn!(?grace, "connections did not close in time; exiting anyway");
+            Ok(())
+        }
+    }
+}
+
+fn engine_failure(
+    result: Result<Result<(), crate::store::StoreError>, tokio::task::JoinError>,
+) -> ServeError {
+    match result {
+        Ok(Ok(())) => ServeError("the engine stopped unexpectedly".into()),
+        Ok(Err(e)) => ServeError(format!("storage failed, stopping to protect the data: {e}")),
+        Err(e) => ServeError(format!("the engine crashed: {e}")),
+    }
+}
+
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    for name in SERVICE_NAMES {
+        health.set_service_status(*name, status).await;
+    }
+    health.set_service_status("", status).await;
+}
+
+const SERVICE_NAMES: &[&str] = &["syncd.v1.System", "syncd.v1.Sessions", "syncd.v1.Locks"];
+
+fn build_router(
+    config: &ServerConfig,
+    engine: &EngineHandle,
+    stopping: watch::Receiver<bool>,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+) -> Result<tonic::transport::server::Router, ServeError> {
+    let limit = config.message_bytes_max;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServeError(format!("reflection: {e}")))?;
+    let system = SystemServer::new(system::SystemService {
+        engine: engine.clone(),
+    })
+    .max_decoding_message_size(limit);
+    let sessions = SessionsServer::new(session::SessionService {
+        engine: engine.clone(),
+        stopping,
+    })
+    .max_decoding_message_size(limit);
+    let locks = LocksServer::new(lock::LockService {
+        engine: engine.clone(),
+    })
+    .max_decoding_message_size(limit);
+    Ok(tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .max_concurrent_streams(config.streams_per_connection_max)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(system)
+        .add_service(sessions)
+        .add_service(locks))
+}

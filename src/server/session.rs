@@ -1,0 +1,118 @@
+//! `syncd.v1.Sessions`: create, keep alive (one stream per client), close.
+
+use std::pin::Pin;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::status::unexpected;
+use crate::core::{Command, Reply};
+use crate::engine::EngineHandle;
+use crate::proto::v1::{self as pb, sessions_server::Sessions};
+
+pub struct SessionService {
+    pub engine: EngineHandle,
+    /// Turns true when the server shuts down: open keep-alive streams end.
+    pub stopping: watch::Receiver<bool>,
+}
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::KeepAliveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Sessions for SessionService {
+    async fn create(
+        &self,
+        request: Request<pb::CreateSessionRequest>,
+    ) -> Result<Response<pb::CreateSessionResponse>, Status> {
+        let request = request.into_inner();
+        let command = Command::CreateSession {
+            ttl_ms: request.ttl_ms,
+            client_name: request.client_name,
+        };
+        match self.engine.call(command).await? {
+            Reply::SessionCreated { session_id, ttl_ms } => {
+                tracing::debug!(session_id, ttl_ms, "session created");
+                Ok(Response::new(pb::CreateSessionResponse {
+                    session_id,
+                    ttl_ms,
+                }))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    type KeepAliveStream = KeepAliveStream;
+
+    async fn keep_alive(
+        &self,
+        request: Request<Streaming<pb::KeepAliveRequest>>,
+    ) -> Result<Response<KeepAliveStream>, Status> {
+        let inbound = request.into_inner();
+        let (replies, stream) = mpsc::channel(4);
+        tokio::spawn(renew_loop(
+            self.engine.clone(),
+            self.stopping.clone(),
+            inbound,
+            replies,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
+    }
+
+    async fn close(
+        &self,
+        request: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        let session_id = request.into_inner().session_id;
+        match self
+            .engine
+            .call(Command::CloseSession { session_id })
+            .await?
+        {
+            Reply::SessionClosed { released } => {
+                tracing::debug!(session_id, released, "session closed");
+                Ok(Response::new(pb::CloseSessionResponse { released }))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// Answers each keep-alive request of one stream until the client stops,
+/// the session is gone, or the server shuts down.
+async fn renew_loop(
+    engine: EngineHandle,
+    mut stopping: watch::Receiver<bool>,
+    mut inbound: Streaming<pb::KeepAliveRequest>,
+    replies: mpsc::Sender<Result<pb::KeepAliveResponse, Status>>,
+) {
+    loop {
+        if *stopping.borrow() {
+            let _ = replies
+                .send(Err(Status::unavailable("the server is shutting down")))
+                .await;
+            return;
+        }
+        let request = tokio::select! {
+            _ = stopping.changed() => continue,
+            message = inbound.message() => match message {
+                Ok(Some(request)) => request,
+                // The client ended the stream or went away.
+                Ok(None) | Err(_) => return,
+            },
+        };
+        let session_id = request.session_id;
+        let reply = match engine.call(Command::KeepAlive { session_id }).await {
+            Ok(Reply::SessionRenewed { ttl_ms }) => {
+                Ok(pb::KeepAliveResponse { session_id, ttl_ms })
+            }
+            Ok(other) => Err(unexpected(&other)),
+            Err(rejection) => Err(Status::from(rejection)),
+        };
+        let failed = reply.is_err();
+        if replies.send(reply).await.is_err() || failed {
+            return;
+        }
+    }
+}

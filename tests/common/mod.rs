@@ -1,0 +1,224 @@
+//! Helpers for integration tests: run the real `syncd` binary on port 0 in
+//! a temporary data directory, kill it, restart it on the same data, and run
+//! client processes with bounded waits.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Longest a test waits for anything; only there to stop a hung test.
+pub const HANG_GUARD: Duration = Duration::from_secs(120);
+
+pub fn syncd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_syncd"))
+}
+
+pub fn syncctl_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_syncctl"))
+}
+
+/// The path of a built example (cargo builds examples for `cargo test`).
+pub fn example_bin(name: &str) -> PathBuf {
+    let dir = syncd_bin()
+        .parent()
+        .expect("binary has a directory")
+        .join("examples");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "example {name} is not built at {}; run `cargo test` (which builds examples) or `cargo build --examples`",
+        path.display()
+    );
+    path
+}
+
+/// A running syncd with its own data directory.
+pub struct Syncd {
+    child: Option<Child>,
+    pub addr: String,
+    data: PathBuf,
+    extra_args: Vec<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Syncd {
+    /// Starts syncd on 127.0.0.1:0 in a fresh temporary directory.
+    pub fn start() -> Syncd {
+        Syncd::start_with(&[])
+    }
+
+    pub fn start_with(extra_args: &[&str]) -> Syncd {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let (child, addr) = spawn(&data, "127.0.0.1:0", &extra_args);
+        Syncd {
+            child: Some(child),
+            addr,
+            data,
+            extra_args,
+            _dir: Some(dir),
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: no chance to flush anything that was not flushed.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        send_signal(child.id(), "TERM");
+        wait_bounded(&mut child, HANG_GUARD).expect("syncd did not exit after SIGTERM")
+    }
+
+    /// Starts syncd again on the same data directory and the same port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop syncd before restarting it");
+        let listen = self.addr.trim_start_matches("http://").to_string();
+        let deadline = Instant::now() + HANG_GUARD;
+        loop {
+            // The port may linger briefly after a kill; retry binding.
+            match try_spawn(&self.data, &listen, &self.extra_args) {
+                Ok((child, addr)) => {
+                    self.child = Some(child);
+                    self.addr = addr;
+                    return;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("restart retry: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("syncd did not restart: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for Syncd {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn spawn(data: &Path, listen: &str, extra_args: &[String]) -> (Child, String) {
+    try_spawn(data, listen, extra_args).unwrap_or_else(|e| panic!("syncd did not start: {e}"))
+}
+
+/// Spawns syncd and waits (bounded) for its `listening on` line.
+fn try_spawn(data: &Path, listen: &str, extra_args: &[String]) -> Result<(Child, String), String> {
+    let mut child = Command::new(syncd_bin())
+        .arg("serve")
+        .arg("--data")
+        .arg(data)
+        .arg("--listen")
+        .arg(listen)
+        .args(extra_args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot spawn syncd: {e}"))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        // Keep draining so that syncd never blocks on a full pipe.
+        for _ in lines {}
+    });
+    match rx.recv_timeout(HANG_GUARD) {
+        Ok(line) => match line.strip_prefix("listening on ") {
+            Some(addr) => Ok((child, format!("http://{addr}"))),
+            None => {
+                let _ = child.kill();
+                Err(format!("unexpected first line: {line:?}"))
+            }
+        },
+        Err(_) => {
+            let status = child.try_wait().ok().flatten();
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!("no `listening on` line (exit status {status:?})"))
+        }
+    }
+}
+
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// Waits for a child to exit, at most `limit`; kills it after that.
+pub fn wait_bounded(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a command to completion with the hang guard; returns its output.
+pub fn run_bounded(command: &mut Command) -> Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(HANG_GUARD) {
+        Ok(output) => output.expect("wait for output"),
+        Err(_) => {
+            send_signal(pid, "KILL");
+            panic!("command {command:?} hung for {HANG_GUARD:?}");
+        }
+    }
+}
+
+/// A `syncctl` command pointed at `addr`.
+pub fn syncctl(addr: &str) -> Command {
+    let mut command = Command::new(syncctl_bin());
+    command.env("SYNCD_ADDR", addr).env("RUST_LOG", "warn");
+    command
+}
+
+/// Polls `check` every 20 ms until it returns true or the hang guard ends.
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + HANG_GUARD;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
