@@ -895,7 +895,7 @@ fn history() -> (Sim, Vec<FencingToken>) {
     tokens.push(sim.take(b, "y"));
     tokens.push(sim.take(d, "z"));
     tokens.push(sim.take(e, "w"));
-    let wc = sim.queue(c, "x", None);
+    sim.queue(c, "x", None);
     sim.queue(a, "y", Some(10_000));
     let wa = sim.queue(a, "z", None);
     sim.at(500);
@@ -919,7 +919,6 @@ fn history() -> (Sim, Vec<FencingToken>) {
     tokens.push(sim.take(b, "v"));
     assert_eq!(sim.holder("x").map(|h| h.0), Some(a));
     assert_eq!(sim.waiting_sessions("x"), vec![c]);
-    let _ = wc;
     (sim, tokens)
 }
 
@@ -1040,13 +1039,14 @@ fn an_empty_store_restores_an_empty_state() {
 #[test]
 fn a_restored_lock_whose_name_is_now_too_long_is_still_released() {
     // Limits are flags: a restart may lower `name_bytes_max` below the
-    // length of a name that is already held. The hold must still end with
-    // its session, and its holder must still be able to release it.
+    // length of a name that is already held. A command naming it is bad
+    // input now, but the hold must still end with its session, and an
+    // undelivered grant must still be given back.
     let mut sim = Sim::new();
     let a = sim.session(1_000);
     let b = sim.session(1_000);
     let ta = sim.take(a, "a-long-lock-name");
-    let tb = sim.take(b, "another-long-name");
+    sim.take(b, "another-long-name");
     let mut store = sim.store.clone();
     persist(&mut store, &[sim.state.checkpoint()]);
     let limits = Limits {
@@ -1081,7 +1081,6 @@ fn a_restored_lock_whose_name_is_now_too_long_is_still_released() {
         0,
         "the expired session's hold is gone"
     );
-    let _ = tb;
     let listing = restored.apply(
         1_000,
         Command::List {
@@ -1315,6 +1314,9 @@ fn seen(reply: Result<Reply>) -> Seen {
     reply.map_err(|r| r.code)
 }
 
+/// One step of a random sequence. A `slot` below `SLOTS` names the session
+/// last created in that slot (maybe gone, or never made: then an unknown
+/// session); a larger one picks one of the live sessions.
 #[derive(Clone, Debug)]
 enum Op {
     Create {
@@ -1704,7 +1706,8 @@ impl Checker {
 
     fn step(&mut self, op: &Op) -> std::result::Result<(), TestCaseError> {
         let mut expected_events = ModelEvents::new();
-        // (the command, the model's reply, the lock a new waiter would wait on)
+        // The command, the model's reply, and (waiter, lock, session) for
+        // an acquire.
         let (command, expected, new_waiter) = match *op {
             Op::Create { slot, ttl_ms } => {
                 if self.model.sessions.len() >= SLOTS {
