@@ -98,7 +98,8 @@ impl StdError for Error {
 }
 
 impl From<Status> for Error {
-    /// Like [`Error::from_status`] without an address to name.
+    /// Classifies a status like the client does, without a server address
+    /// to name in the message.
     fn from(status: Status) -> Error {
         match status.code() {
             Code::DeadlineExceeded => Error::Timeout(status.message().to_string()),

@@ -188,7 +188,7 @@ impl Lock {
         let session = self.client.session();
         if session.is_closed() {
             return Err(Error::SessionLost(format!(
-                "session {old} was closed: {}",
+                "the client was closed: {}",
                 status.message()
             )));
         }
@@ -220,7 +220,8 @@ fn next_step(status: &Status) -> Next {
 
 /// A held lock. Release it with [`LockGuard::release`]; a guard dropped
 /// without that is released in the background, best effort (when a tokio
-/// runtime is running), and otherwise when the session ends.
+/// runtime is running), and otherwise when the session ends. A guard keeps
+/// its client, and so the session's keep-alive, running while it lives.
 #[derive(Debug)]
 pub struct LockGuard {
     client: Client,
@@ -269,7 +270,7 @@ impl LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if !self.armed {
+        if !self.armed || self.client.session().is_closed() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -298,6 +299,11 @@ async fn release_hold(
     session_id: u64,
     fencing_token: u64,
 ) -> Result<(), Error> {
+    if client.session().is_closed() {
+        return Err(Error::SessionLost(format!(
+            "lock {name:?} (token {fencing_token}) was released when the client was closed"
+        )));
+    }
     if client.session_id() != session_id {
         return Err(Error::SessionLost(format!(
             "lock {name:?} (token {fencing_token}) was lost with session {session_id}, \
@@ -329,7 +335,10 @@ async fn release_hold(
             Ok(())
         }
         Err(Error::Status(status)) if status.code() == Code::NotFound => {
-            Err(Error::SessionLost(status.message().to_string()))
+            Err(Error::SessionLost(format!(
+                "lock {name:?} (token {fencing_token}) was lost: {}",
+                status.message()
+            )))
         }
         other => other.map(|_| ()),
     }
