@@ -141,16 +141,28 @@ fn a_killed_holder_loses_the_lock_after_its_ttl() {
 fn syncctl_exit_codes_for_timeout_and_unreachable_server() {
     let syncd = Syncd::start();
     let (mut holder, _) = hold(&syncd.addr, "busy", "10s");
-    let output = run_bounded(
-        syncctl(&syncd.addr).args(["lock", "acquire", "busy", "--timeout", "0s", "--", "true"]),
-    );
+    let output = run_bounded(syncctl(&syncd.addr).args([
+        "lock",
+        "acquire",
+        "busy",
+        "--timeout",
+        "0s",
+        "--",
+        "true",
+    ]));
     assert_eq!(output.status.code(), Some(3), "try-once on a held lock");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
 
-    let output = run_bounded(
-        syncctl(&syncd.addr).args(["lock", "acquire", "busy", "--timeout", "300ms", "--", "true"]),
-    );
+    let output = run_bounded(syncctl(&syncd.addr).args([
+        "lock",
+        "acquire",
+        "busy",
+        "--timeout",
+        "300ms",
+        "--",
+        "true",
+    ]));
     assert_eq!(output.status.code(), Some(3), "timed wait on a held lock");
     assert_eq!(waiters(&syncd.addr, "busy"), 0, "the timed-out wait left");
 
@@ -182,9 +194,15 @@ fn a_hold_survives_a_server_kill9_and_the_next_token_is_larger() {
         Some(held_token),
         "{description}"
     );
-    let output = run_bounded(
-        syncctl(&syncd.addr).args(["lock", "acquire", "survivor", "--timeout", "0s", "--", "true"]),
-    );
+    let output = run_bounded(syncctl(&syncd.addr).args([
+        "lock",
+        "acquire",
+        "survivor",
+        "--timeout",
+        "0s",
+        "--",
+        "true",
+    ]));
     assert_eq!(output.status.code(), Some(3), "still held after restart");
 
     // The holder's client resumed its session: its release works.
@@ -193,10 +211,25 @@ fn a_hold_survives_a_server_kill9_and_the_next_token_is_larger() {
     assert!(status.success(), "holder exits 0: {status:?}");
     let output = run_bounded(
         syncctl(&syncd.addr)
-            .args(["lock", "acquire", "survivor", "--timeout", "5s", "--", "sh", "-c"])
+            .args([
+                "lock",
+                "acquire",
+                "survivor",
+                "--timeout",
+                "5s",
+                "--",
+                "sh",
+                "-c",
+            ])
             .arg("echo $SYNCD_FENCING_TOKEN"),
     );
     assert!(output.status.success());
-    let next: u64 = String::from_utf8_lossy(&output.stdout).trim().parse().unwrap();
-    assert!(next > held_token, "token {next} after restart, held {held_token}");
+    let next: u64 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        next > held_token,
+        "token {next} after restart, held {held_token}"
+    );
 }

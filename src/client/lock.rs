@@ -161,7 +161,12 @@ impl Lock {
             .into_inner();
         while let Some(message) = stream.message().await? {
             match message.event {
-                Some(Event::Granted(granted)) => return Ok(granted.fencing_token),
+                Some(Event::Granted(granted)) => {
+                    // The grant is the last message: read the stream's end
+                    // too, so that it closes cleanly instead of being reset.
+                    let _ = stream.message().await;
+                    return Ok(granted.fencing_token);
+                }
                 Some(Event::Queued(queued)) => {
                     debug!(
                         "lock {:?}: queued at position {}",

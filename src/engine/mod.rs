@@ -1,18 +1,23 @@
-//! The engine: one task that owns the [`State`] and is the only writer of
-//! the store.
+//! The engine: one task that owns the [`State`], and one writer thread
+//! that owns the store.
 //!
-//! Each turn of its loop:
-//! 1. waits for a command, or for the core's next deadline (one timer,
-//!    re-armed every turn to [`State::next_deadline_ms`]);
+//! Each turn of the engine's loop:
+//! 1. waits for a command, for the core's next deadline (one timer,
+//!    re-armed every turn to [`State::next_deadline_ms`]), or for the writer
+//!    to report progress;
 //! 2. drains up to `batch_max` more commands that are already queued;
 //! 3. ticks the core, then applies every command at the same `now`;
-//! 4. writes all their changes in one atomic batch and, with
-//!    [`Durability::Sync`], flushes once (group commit);
-//! 5. only then sends the replies and the waiters' events.
+//! 4. hands the turn's changes to the writer thread (numbered), and holds
+//!    the turn's replies and events;
+//! 5. sends held replies in order once the writer reports their changes
+//!    durable (with [`Durability::None`]: at once).
 //!
-//! So nothing a client hears can be lost by a crash. Commands that arrive
-//! during a flush wait in the channel and form the next batch; the busier
-//! the server, the more commands share one flush.
+//! So nothing a client hears can be lost by a crash, and the engine never
+//! waits for the disk: while the writer flushes, the engine applies the
+//! next commands, and the writer then writes all that queued up as one
+//! batch with one flush (group commit, see `writer.rs`). A turn that changed
+//! nothing is still held behind earlier turns, because what it reveals may
+//! depend on their changes.
 //!
 //! Waiters: a waiting RPC gets a [`WaitStream`]. When the client goes away
 //! the stream is dropped, and its `Drop` tells the engine (`Cancel`, and
@@ -21,8 +26,9 @@
 //! there, which covers a waiter dropped before the engine saw it.
 
 mod clock;
+mod writer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,6 +39,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::Stream;
 
 pub use self::clock::Clock;
+use self::writer::{Job, Progress, Writer};
 use crate::core::{self, Code, Command, Limits, Outcome, Rejection, Reply, State, WaiterId};
 use crate::store::{Store, StoreError};
 
@@ -225,7 +232,8 @@ impl Drop for WaitStream {
     }
 }
 
-/// Loads the state from `store` and starts the engine task.
+/// Loads the state from `store` and starts the engine task and its writer
+/// thread. The task ends with an error if the store fails.
 pub fn start<S: Store>(
     store: S,
     config: EngineConfig,
@@ -234,6 +242,9 @@ pub fn start<S: Store>(
     let state = State::restore(config.limits.clone(), records)
         .map_err(|e| StoreError(format!("the data directory holds invalid state: {e}")))?;
     let clock = Clock::resume_from(state.now_ms());
+    let (progress_tx, progress) = mpsc::unbounded_channel();
+    let writer = Writer::start(store, config.durability, WRITER_QUEUE_MAX, progress_tx)
+        .map_err(|e| StoreError(format!("cannot start the writer thread: {e}")))?;
     let (commands, command_rx) = mpsc::channel(config.queue_capacity);
     let (internal, internal_rx) = mpsc::unbounded_channel();
     let handle = EngineHandle {
@@ -244,20 +255,27 @@ pub fn start<S: Store>(
     };
     let engine = Engine {
         state,
-        store,
         config,
         clock,
         command_rx,
         internal_rx,
         loopback: internal,
         waiting: HashMap::new(),
+        writer: Some(writer),
+        progress,
+        submitted_seq: 0,
+        durable_seq: 0,
+        held: VecDeque::new(),
     };
     Ok((handle, tokio::spawn(engine.run())))
 }
 
-struct Engine<S> {
+/// Turns whose changes may wait for the writer at once; beyond it the engine
+/// waits (backpressure).
+const WRITER_QUEUE_MAX: usize = 4096;
+
+struct Engine {
     state: State,
-    store: S,
     config: EngineConfig,
     clock: Clock,
     command_rx: mpsc::Receiver<Envelope>,
@@ -266,45 +284,58 @@ struct Engine<S> {
     loopback: mpsc::UnboundedSender<Command>,
     /// Senders of waiters that got `Queued` and wait for their final event.
     waiting: HashMap<WaiterId, mpsc::Sender<Event>>,
+    writer: Option<Writer>,
+    progress: mpsc::UnboundedReceiver<Progress>,
+    /// The last sequence number handed to the writer.
+    submitted_seq: u64,
+    /// Everything up to this sequence number is durable.
+    durable_seq: u64,
+    /// Replies and events waiting for their turn's changes to be durable,
+    /// in turn order.
+    held: VecDeque<(u64, Deliveries)>,
 }
 
-/// What one turn must send once its changes are durable.
+/// What one turn sends once its changes (and all earlier ones) are durable.
 #[derive(Default)]
-struct Turn {
-    outcome: Outcome,
+struct Deliveries {
     replies: Vec<(oneshot::Sender<Event>, Event)>,
     first_events: Vec<(WaiterId, mpsc::Sender<Event>, Event)>,
-    shutdown: Option<oneshot::Sender<()>>,
-    /// Whether the command channel closed: every handle is gone.
-    closed: bool,
+    events: Vec<(WaiterId, Event)>,
 }
 
-impl<S: Store> Engine<S> {
+/// What woke the engine up.
+enum Wake {
+    Work,
+    Progress(Progress),
+    /// Shutdown was asked for, or every handle is gone.
+    Stop(Option<oneshot::Sender<()>>),
+}
+
+impl Engine {
     async fn run(mut self) -> Result<(), StoreError> {
         let mut batch = Vec::with_capacity(self.config.batch_max);
         let mut internal = Vec::new();
         loop {
-            let closed = self.next_batch(&mut batch, &mut internal).await;
-            let mut turn = Turn {
-                closed,
-                ..Turn::default()
-            };
-            self.apply_all(&mut batch, &mut internal, &mut turn);
-            self.persist(&mut turn.outcome).await?;
-            self.deliver(&mut turn);
-            if turn.closed || turn.shutdown.is_some() {
-                self.stop().await?;
-                if let Some(done) = turn.shutdown {
-                    let _ = done.send(());
+            match self.next_batch(&mut batch, &mut internal).await {
+                Wake::Progress(progress) => self.on_progress(progress?),
+                Wake::Work => {}
+                Wake::Stop(done) => {
+                    // Commands already taken in are answered before stopping.
+                    self.turn(&mut batch, &mut internal).await?;
+                    self.stop().await?;
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                    return Ok(());
                 }
-                return Ok(());
             }
+            self.turn(&mut batch, &mut internal).await?;
         }
     }
 
-    /// Waits for work (or the next deadline) and collects what is queued.
-    /// Returns true when every handle is gone.
-    async fn next_batch(&mut self, batch: &mut Vec<Envelope>, internal: &mut Vec<Command>) -> bool {
+    /// Waits for work, the next deadline, or the writer; collects what is
+    /// queued.
+    async fn next_batch(&mut self, batch: &mut Vec<Envelope>, internal: &mut Vec<Command>) -> Wake {
         let deadline = self
             .state
             .next_deadline_ms()
@@ -315,83 +346,127 @@ impl<S: Store> Engine<S> {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
+        let wake = tokio::select! {
             biased;
-            Some(command) = self.internal_rx.recv() => internal.push(command),
+            Some(progress) = self.progress.recv() => return Wake::Progress(progress),
+            Some(command) = self.internal_rx.recv() => {
+                internal.push(command);
+                Wake::Work
+            }
             envelope = self.command_rx.recv() => match envelope {
-                Some(envelope) => batch.push(envelope),
-                None => return true,
+                Some(Envelope::Shutdown { done }) => return Wake::Stop(Some(done)),
+                Some(envelope) => {
+                    batch.push(envelope);
+                    Wake::Work
+                }
+                None => return Wake::Stop(None),
             },
-            () = sleep => {}
-        }
+            () = sleep => Wake::Work,
+        };
         while let Ok(command) = self.internal_rx.try_recv() {
             internal.push(command);
         }
         while batch.len() < self.config.batch_max {
             match self.command_rx.try_recv() {
+                Ok(Envelope::Shutdown { done }) => return Wake::Stop(Some(done)),
                 Ok(envelope) => batch.push(envelope),
                 Err(_) => break,
             }
         }
-        false
+        wake
     }
 
-    fn apply_all(
+    /// Applies what was collected, hands the changes to the writer, and
+    /// sends or holds the answers.
+    async fn turn(
         &mut self,
         batch: &mut Vec<Envelope>,
         internal: &mut Vec<Command>,
-        turn: &mut Turn,
-    ) {
+    ) -> Result<(), StoreError> {
+        let mut outcome = Outcome::default();
+        let mut deliveries = Deliveries::default();
         let now_ms = self.clock.now_ms();
-        let out = &mut turn.outcome;
-        self.state.tick(now_ms, out);
+        self.state.tick(now_ms, &mut outcome);
         for command in internal.drain(..) {
-            let _ = self.state.apply(now_ms, command, out);
+            let _ = self.state.apply(now_ms, command, &mut outcome);
         }
         for envelope in batch.drain(..) {
             match envelope {
                 Envelope::Call { command, reply } => {
-                    let result = self.state.apply(now_ms, command, out);
-                    turn.replies.push((reply, result));
+                    let result = self.state.apply(now_ms, command, &mut outcome);
+                    deliveries.replies.push((reply, result));
                 }
                 Envelope::Wait {
                     command,
                     waiter,
                     events,
                 } => {
-                    let result = self.state.apply(now_ms, command, out);
-                    turn.first_events.push((waiter, events, result));
+                    let result = self.state.apply(now_ms, command, &mut outcome);
+                    deliveries.first_events.push((waiter, events, result));
                 }
-                Envelope::Shutdown { done } => turn.shutdown = Some(done),
+                Envelope::Shutdown { .. } => unreachable!("next_batch stops at a shutdown"),
             }
         }
-    }
-
-    async fn persist(&mut self, outcome: &mut Outcome) -> Result<(), StoreError> {
-        if outcome.changes.is_empty() {
-            return Ok(());
+        deliveries.events = outcome.events;
+        if !outcome.changes.is_empty() {
+            outcome.changes.push(self.state.checkpoint());
+            self.submit(outcome.changes).await?;
         }
-        outcome.changes.push(self.state.checkpoint());
-        self.store.write(&outcome.changes)?;
-        if self.config.durability == Durability::Sync {
-            self.store.flush().await?;
-        }
+        let needs_seq = match self.config.durability {
+            Durability::Sync => self.submitted_seq,
+            Durability::None => 0,
+        };
+        self.held.push_back((needs_seq, deliveries));
+        self.deliver_durable();
         Ok(())
     }
 
-    fn deliver(&mut self, turn: &mut Turn) {
-        for (reply, result) in turn.replies.drain(..) {
+    async fn submit(&mut self, changes: Vec<core::Change>) -> Result<(), StoreError> {
+        self.submitted_seq += 1;
+        let job = Job {
+            seq: self.submitted_seq,
+            changes,
+        };
+        let writer = self.writer.as_ref().expect("the writer runs until stop");
+        if writer.submit(job) {
+            return Ok(());
+        }
+        // The writer is gone: it reported why.
+        match self.progress.recv().await {
+            Some(Err(e)) => Err(e),
+            _ => Err(StoreError("the writer thread stopped".into())),
+        }
+    }
+
+    fn on_progress(&mut self, durable_seq: u64) {
+        self.durable_seq = self.durable_seq.max(durable_seq);
+        self.deliver_durable();
+    }
+
+    /// Sends every held turn whose changes are durable, in order.
+    fn deliver_durable(&mut self) {
+        while let Some((needs_seq, _)) = self.held.front() {
+            if *needs_seq > self.durable_seq {
+                return;
+            }
+            let (_, deliveries) = self.held.pop_front().expect("front exists");
+            self.deliver(deliveries);
+        }
+    }
+
+    fn deliver(&mut self, deliveries: Deliveries) {
+        for (reply, result) in deliveries.replies {
             let _ = reply.send(result);
         }
-        // First events before the outcome's events: a waiter queued in this
-        // turn may already have been granted or timed out in it.
-        for (waiter, sender, event) in turn.first_events.drain(..) {
+        // First events before the turn's other events: a waiter queued in
+        // this turn may already have been granted or timed out in it.
+        for (waiter, sender, event) in deliveries.first_events {
             let is_final = event.as_ref().map_or(true, Reply::is_final);
             if self.send(waiter, &sender, event) && !is_final {
                 self.waiting.insert(waiter, sender);
             }
         }
-        for (waiter, event) in turn.outcome.events.drain(..) {
+        for (waiter, event) in deliveries.events {
             let Some(sender) = self.waiting.remove(&waiter) else {
                 continue;
             };
@@ -423,11 +498,28 @@ impl<S: Store> Engine<S> {
         false
     }
 
-    /// Ends every wait with UNAVAILABLE and makes everything durable.
+    /// Waits until everything handed to the writer is durable and answered,
+    /// ends every remaining wait with UNAVAILABLE, and stops the writer
+    /// (which flushes).
     async fn stop(&mut self) -> Result<(), StoreError> {
+        while self.durable_seq < self.submitted_seq {
+            match self.progress.recv().await {
+                Some(progress) => self.on_progress(progress?),
+                None => return Err(StoreError("the writer thread stopped".into())),
+            }
+        }
+        self.deliver_durable();
         for (_, sender) in self.waiting.drain() {
             let _ = sender.try_send(Err(shutting_down()));
         }
-        self.store.flush().await
+        let writer = self.writer.take().expect("the writer runs until stop");
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .map_err(|e| StoreError(format!("the writer thread failed: {e}")))?;
+        // A failure of the final flush is reported on the progress channel.
+        while let Ok(progress) = self.progress.try_recv() {
+            progress?;
+        }
+        Ok(())
     }
 }

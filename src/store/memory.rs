@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use super::{Store, StoreError};
+use super::{Record, Store, StoreError};
 use crate::core::Change;
 
 #[derive(Clone, Debug, Default)]
@@ -19,7 +19,7 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn load(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn load(&self) -> Result<Vec<Record>, StoreError> {
         let records = self.records.lock().expect("memory store poisoned");
         Ok(records
             .iter()
@@ -42,7 +42,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn flush(&self) -> Result<(), StoreError> {
+    fn flush(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
 }

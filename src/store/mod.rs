@@ -1,15 +1,18 @@
 //! Persistence: where the core's [`Change`]s go.
 //!
-//! The engine calls [`Store::write`] once per batch of commands with all of
-//! their changes, then [`Store::flush`] once (group commit), and only then
-//! sends the batch's replies. A store applies one `write` atomically: after a
-//! crash either all of a batch's changes are there or none.
+//! The engine's writer thread calls [`Store::write`] with the changes of
+//! every turn that queued up while it was busy, as one batch, then
+//! [`Store::flush`] once (group commit); only then are those turns' replies
+//! sent. A store applies one `write` atomically: after a crash either all of
+//! a batch's changes are there or none.
+//!
+//! The calls block: they run on the writer thread, never on the async
+//! runtime.
 
 mod memory;
 mod sled;
 
 use std::fmt;
-use std::future::Future;
 
 pub use self::memory::MemoryStore;
 pub use self::sled::SledStore;
@@ -28,12 +31,15 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// One stored record: key and encoded value.
+pub type Record = (Vec<u8>, Vec<u8>);
+
 /// A key-value store for the state's records.
 pub trait Store: Send + 'static {
     /// Every stored record, in key order.
-    fn load(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn load(&self) -> Result<Vec<Record>, StoreError>;
     /// Applies all changes atomically (not necessarily durable yet).
     fn write(&mut self, changes: &[Change]) -> Result<(), StoreError>;
     /// Makes every earlier write durable.
-    fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn flush(&mut self) -> Result<(), StoreError>;
 }

@@ -1,14 +1,14 @@
-//! The sled store: one `Db`, one atomic batch per engine batch, one
-//! `flush_async` per group commit.
+//! The sled store: one `Db`, one atomic batch per group of engine turns,
+//! one `flush` per group commit.
 //!
 //! sled 0.34 calls itself beta, so this file is careful: it opens the data
 //! directory exclusively (a second syncd on the same directory is refused),
 //! reports corruption instead of starting empty, and never acknowledges a
-//! write before `flush_async` returned.
+//! write before `flush` returned.
 
 use std::path::Path;
 
-use super::{Store, StoreError};
+use super::{Record, Store, StoreError};
 use crate::core::Change;
 
 pub struct SledStore {
@@ -47,7 +47,7 @@ fn store_error(action: &str, error: sled::Error) -> StoreError {
 }
 
 impl Store for SledStore {
-    fn load(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn load(&self) -> Result<Vec<Record>, StoreError> {
         self.db
             .iter()
             .map(|entry| {
@@ -71,10 +71,9 @@ impl Store for SledStore {
             .map_err(|e| store_error("write", e))
     }
 
-    async fn flush(&self) -> Result<(), StoreError> {
+    fn flush(&mut self) -> Result<(), StoreError> {
         self.db
-            .flush_async()
-            .await
+            .flush()
             .map(|_| ())
             .map_err(|e| store_error("flush", e))
     }
