@@ -1,0 +1,236 @@
+//! The engine's promises: replies wait for the flush, concurrent turns share
+//! flushes, state survives a restart over the same store, and a waiter that
+//! goes away leaves nothing behind.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use tokio_stream::StreamExt;
+
+use super::*;
+use crate::core::lock::LockInfo;
+use crate::store::{MemoryStore, Record};
+
+/// A memory store whose flush blocks until the test lets it through.
+struct GatedStore {
+    inner: MemoryStore,
+    gate: Mutex<std_mpsc::Receiver<()>>,
+    flushes: Arc<AtomicUsize>,
+}
+
+impl Store for GatedStore {
+    fn load(&self) -> Result<Vec<Record>, StoreError> {
+        self.inner.load()
+    }
+
+    fn write(&mut self, changes: &[core::Change]) -> Result<(), StoreError> {
+        self.inner.write(changes)
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        // A closed gate (the test is over) lets everything through.
+        let _ = self.gate.lock().unwrap().recv();
+        self.flushes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn gated() -> (GatedStore, std_mpsc::Sender<()>, Arc<AtomicUsize>) {
+    let (open, gate) = std_mpsc::channel();
+    let flushes = Arc::new(AtomicUsize::new(0));
+    let store = GatedStore {
+        inner: MemoryStore::new(),
+        gate: Mutex::new(gate),
+        flushes: flushes.clone(),
+    };
+    (store, open, flushes)
+}
+
+fn create_session() -> Command {
+    Command::CreateSession {
+        ttl_ms: 10_000,
+        client_name: "test".into(),
+    }
+}
+
+async fn session(engine: &EngineHandle) -> u64 {
+    match engine.call(create_session()).await {
+        Ok(Reply::SessionCreated { session_id, .. }) => session_id,
+        other => panic!("expected a session, got {other:?}"),
+    }
+}
+
+fn acquire(session_id: u64, waiter: WaiterId) -> Command {
+    Command::LockAcquire {
+        session_id,
+        name: "l".into(),
+        waiter,
+        timeout_ms: None,
+        acquire_id: 0,
+    }
+}
+
+async fn describe(engine: &EngineHandle) -> LockInfo {
+    match engine
+        .call(Command::LockDescribe { name: "l".into() })
+        .await
+    {
+        Ok(Reply::LockDescription(info)) => info,
+        other => panic!("expected a description, got {other:?}"),
+    }
+}
+
+async fn granted_token(stream: &mut WaitStream) -> u64 {
+    loop {
+        match stream.next().await {
+            Some(Ok(Reply::LockGranted { fencing_token })) => return fencing_token,
+            Some(Ok(Reply::Queued { .. })) => continue,
+            other => panic!("expected a grant, got {other:?}"),
+        }
+    }
+}
+
+/// Polls `check` until it holds; the bound only stops a hung test.
+async fn eventually<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..5_000 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("condition never held");
+}
+
+#[tokio::test]
+async fn replies_wait_until_their_changes_are_flushed() {
+    let (store, open, flushes) = gated();
+    let (engine, _task) = start(store, EngineConfig::default()).unwrap();
+    let created = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.call(create_session()).await }
+    });
+    // A read after the change is held too: it could reveal the change.
+    let listed = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            engine
+                .call(Command::List {
+                    kind: None,
+                    prefix: String::new(),
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!created.is_finished(), "replied before the flush");
+    assert!(!listed.is_finished(), "a later read overtook the flush");
+    assert_eq!(flushes.load(Ordering::SeqCst), 0);
+
+    open.send(()).unwrap();
+    let reply = created.await.unwrap();
+    assert!(matches!(reply, Ok(Reply::SessionCreated { .. })), "{reply:?}");
+    assert!(listed.await.unwrap().is_ok());
+    assert_eq!(flushes.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn concurrent_commands_share_flushes() {
+    let (store, open, flushes) = gated();
+    let (engine, _task) = start(store, EngineConfig::default()).unwrap();
+    let calls: Vec<_> = (0..50)
+        .map(|_| {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.call(create_session()).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(open); // Let every flush through from now on.
+    for call in calls {
+        assert!(call.await.unwrap().is_ok());
+    }
+    let flushes = flushes.load(Ordering::SeqCst);
+    assert!(flushes < 50, "{flushes} flushes for 50 commands: no group commit");
+}
+
+#[tokio::test]
+async fn holds_and_tokens_survive_a_restart_over_the_same_store() {
+    let store = MemoryStore::new();
+    let (engine, task) = start(store.clone(), EngineConfig::default()).unwrap();
+    let owner = session(&engine).await;
+    let held = granted_token(&mut engine.wait(|w| acquire(owner, w)).await).await;
+    engine.shutdown().await;
+    task.await.unwrap().unwrap();
+
+    let (engine, _task) = start(store, EngineConfig::default()).unwrap();
+    let holder = describe(&engine).await.holder.expect("still held");
+    assert_eq!((holder.session_id, holder.fencing_token), (owner, held));
+    let other = session(&engine).await;
+    assert!(other > owner, "session ids are never reused");
+    let release = Command::LockRelease {
+        session_id: owner,
+        name: "l".into(),
+        fencing_token: held,
+    };
+    assert_eq!(engine.call(release).await, Ok(Reply::Done));
+    let next = granted_token(&mut engine.wait(|w| acquire(other, w)).await).await;
+    assert!(next > held);
+}
+
+#[tokio::test]
+async fn a_dropped_waiter_leaves_the_queue() {
+    let (engine, _task) = start(MemoryStore::new(), EngineConfig::default()).unwrap();
+    let owner = session(&engine).await;
+    let other = session(&engine).await;
+    granted_token(&mut engine.wait(|w| acquire(owner, w)).await).await;
+    let mut waiting = engine.wait(|w| acquire(other, w)).await;
+    assert!(matches!(
+        waiting.next().await,
+        Some(Ok(Reply::Queued { position: 1 }))
+    ));
+    drop(waiting);
+    eventually(|| async { describe(&engine).await.waiters.is_empty() }).await;
+}
+
+#[tokio::test]
+async fn a_grant_that_was_never_read_is_given_back() {
+    let (engine, _task) = start(MemoryStore::new(), EngineConfig::default()).unwrap();
+    let owner = session(&engine).await;
+    let other = session(&engine).await;
+    let held = granted_token(&mut engine.wait(|w| acquire(owner, w)).await).await;
+    let mut waiting = engine.wait(|w| acquire(other, w)).await;
+    assert!(matches!(waiting.next().await, Some(Ok(Reply::Queued { .. }))));
+    let release = Command::LockRelease {
+        session_id: owner,
+        name: "l".into(),
+        fencing_token: held,
+    };
+    assert_eq!(engine.call(release).await, Ok(Reply::Done));
+    // The grant now sits unread in the waiter's stream; the client leaves.
+    eventually(|| async { describe(&engine).await.holder.is_some() }).await;
+    drop(waiting);
+    eventually(|| async { describe(&engine).await.holder.is_none() }).await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_waits_with_unavailable() {
+    let (engine, task) = start(MemoryStore::new(), EngineConfig::default()).unwrap();
+    let owner = session(&engine).await;
+    let other = session(&engine).await;
+    granted_token(&mut engine.wait(|w| acquire(owner, w)).await).await;
+    let mut waiting = engine.wait(|w| acquire(other, w)).await;
+    assert!(matches!(waiting.next().await, Some(Ok(Reply::Queued { .. }))));
+    engine.shutdown().await;
+    let end = waiting.next().await;
+    assert!(
+        matches!(&end, Some(Err(r)) if r.code == Code::Unavailable),
+        "{end:?}"
+    );
+    task.await.unwrap().unwrap();
+    let after = engine.call(create_session()).await;
+    assert!(matches!(after, Err(r) if r.code == Code::Unavailable));
+}
