@@ -96,6 +96,21 @@ impl Lock {
     /// [`RETRY_BUDGET`], so that a quick restart does not end a short wait.
     async fn acquire_within(&self, timeout: Option<Duration>) -> Result<LockGuard, Error> {
         let acquire_id = retry::acquire_id();
+        let mut cancelled = CancelledAcquire {
+            lock: Some(self.clone()),
+            acquire_id,
+        };
+        let result = self.acquire_with_retries(acquire_id, timeout).await;
+        // Reached only if this future was not dropped while waiting.
+        cancelled.disarm();
+        result
+    }
+
+    async fn acquire_with_retries(
+        &self,
+        acquire_id: u64,
+        timeout: Option<Duration>,
+    ) -> Result<LockGuard, Error> {
         let started = Instant::now();
         let deadline = timeout.map(|t| started + t);
         let retry_until = deadline.map(|d| d.max(started + RETRY_BUDGET));
@@ -209,6 +224,54 @@ impl Lock {
         } else {
             Err(self.client.error(status))
         }
+    }
+}
+
+/// Cleans up after an acquire whose future was dropped (a caller's own
+/// timeout, a `select!`): if the grant had already left the server, the
+/// session holds the lock without anyone knowing. A try-once acquire with the
+/// same `acquire_id` returns that grant (or takes the free lock), and the
+/// cleanup releases whatever it got.
+struct CancelledAcquire {
+    /// `None` once the acquire ended normally.
+    lock: Option<Lock>,
+    acquire_id: u64,
+}
+
+impl CancelledAcquire {
+    fn disarm(&mut self) {
+        self.lock = None;
+    }
+}
+
+impl Drop for CancelledAcquire {
+    fn drop(&mut self) {
+        let Some(lock) = self.lock.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let acquire_id = self.acquire_id;
+        runtime.spawn(async move {
+            let session_id = lock.client.session_id();
+            let Ok(token) = lock
+                .attempt(session_id, acquire_id, Some(Instant::now()))
+                .await
+            else {
+                return;
+            };
+            debug!(
+                "lock {:?}: releasing the grant of a cancelled acquire",
+                lock.name
+            );
+            if let Err(error) = release_hold(&lock.client, &lock.name, session_id, token).await {
+                warn!(
+                    "releasing the grant of a cancelled acquire of {:?} failed: {error}",
+                    lock.name
+                );
+            }
+        });
     }
 }
 

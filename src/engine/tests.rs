@@ -133,7 +133,10 @@ async fn replies_wait_until_their_changes_are_flushed() {
 
     open.send(()).unwrap();
     let reply = created.await.unwrap();
-    assert!(matches!(reply, Ok(Reply::SessionCreated { .. })), "{reply:?}");
+    assert!(
+        matches!(reply, Ok(Reply::SessionCreated { .. })),
+        "{reply:?}"
+    );
     assert!(listed.await.unwrap().is_ok());
     assert_eq!(flushes.load(Ordering::SeqCst), 1);
 }
@@ -154,7 +157,10 @@ async fn concurrent_commands_share_flushes() {
         assert!(call.await.unwrap().is_ok());
     }
     let flushes = flushes.load(Ordering::SeqCst);
-    assert!(flushes < 50, "{flushes} flushes for 50 commands: no group commit");
+    assert!(
+        flushes < 50,
+        "{flushes} flushes for 50 commands: no group commit"
+    );
 }
 
 #[tokio::test]
@@ -203,7 +209,10 @@ async fn a_grant_that_was_never_read_is_given_back() {
     let other = session(&engine).await;
     let held = granted_token(&mut engine.wait(|w| acquire(owner, w)).await).await;
     let mut waiting = engine.wait(|w| acquire(other, w)).await;
-    assert!(matches!(waiting.next().await, Some(Ok(Reply::Queued { .. }))));
+    assert!(matches!(
+        waiting.next().await,
+        Some(Ok(Reply::Queued { .. }))
+    ));
     let release = Command::LockRelease {
         session_id: owner,
         name: "l".into(),
@@ -223,7 +232,10 @@ async fn shutdown_ends_waits_with_unavailable() {
     let other = session(&engine).await;
     granted_token(&mut engine.wait(|w| acquire(owner, w)).await).await;
     let mut waiting = engine.wait(|w| acquire(other, w)).await;
-    assert!(matches!(waiting.next().await, Some(Ok(Reply::Queued { .. }))));
+    assert!(matches!(
+        waiting.next().await,
+        Some(Ok(Reply::Queued { .. }))
+    ));
     engine.shutdown().await;
     let end = waiting.next().await;
     assert!(
