@@ -45,7 +45,10 @@ async fn try_and_timeout_report_a_held_lock() {
         .unwrap_err();
     assert!(matches!(timed_out, Error::Timeout(_)), "{timed_out}");
     let description = b.lock("t").describe().await.unwrap();
-    assert_eq!(description.holder.unwrap().fencing_token, guard.fencing_token());
+    assert_eq!(
+        description.holder.unwrap().fencing_token,
+        guard.fencing_token()
+    );
     assert!(description.waiters.is_empty(), "a timed-out wait left");
     let token = guard.fencing_token();
     guard.release().await.unwrap();
@@ -95,7 +98,11 @@ async fn close_releases_every_hold() {
     a.clone().close().await.unwrap();
     for name in ["x", "y"] {
         let lock = b.lock(name);
-        let guard = lock.try_acquire().await.unwrap().expect("released by close");
+        let guard = lock
+            .try_acquire()
+            .await
+            .unwrap()
+            .expect("released by close");
         guard.release().await.unwrap();
     }
 }
@@ -114,7 +121,11 @@ async fn the_session_and_its_hold_survive_a_server_restart() {
     .await
     .unwrap();
     // Same session, same hold; the release goes through after reconnecting.
-    let state = client.lock("r").describe().await.expect("describe after restart");
+    let state = client
+        .lock("r")
+        .describe()
+        .await
+        .expect("describe after restart");
     assert_eq!(state.holder.unwrap().session_id, session);
     guard.release().await.expect("release after restart");
     assert_eq!(client.session_id(), session);

@@ -112,7 +112,7 @@ async fn bad_input_gets_the_right_status_and_the_server_keeps_serving() {
         .await
         .unwrap_err();
     assert!(
-        matches!(huge.code(), Code::OutOfRange | Code::ResourceExhausted),
+        huge.code() == Code::ResourceExhausted,
         "huge message: {huge:?}"
     );
 

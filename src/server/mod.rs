@@ -28,6 +28,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Response, Status};
 use tonic_health::ServingStatus;
+use tower::util::MapResponseLayer;
 
 use crate::core::{Command, Reply, WaiterId};
 use crate::engine::{self, EngineConfig, EngineHandle};
@@ -191,6 +192,13 @@ async fn set_health(health: &tonic_health::server::HealthReporter, status: Servi
 
 const SERVICE_NAMES: &[&str] = &["syncd.v1.System", "syncd.v1.Sessions", "syncd.v1.Locks"];
 
+type Router = tonic::transport::server::Router<
+    tower::layer::util::Stack<
+        MapResponseLayer<fn(status::HttpResponse) -> status::HttpResponse>,
+        tower::layer::util::Identity,
+    >,
+>;
+
 fn build_router(
     config: &ServerConfig,
     engine: &EngineHandle,
@@ -198,7 +206,7 @@ fn build_router(
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
-) -> Result<tonic::transport::server::Router, ServeError> {
+) -> Result<Router, ServeError> {
     let limit = config.message_bytes_max;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -223,7 +231,10 @@ fn build_router(
         engine: engine.clone(),
     })
     .max_decoding_message_size(limit);
+    let oversized: fn(status::HttpResponse) -> status::HttpResponse =
+        status::oversized_is_resource_exhausted;
     Ok(tonic::transport::Server::builder()
+        .layer(MapResponseLayer::new(oversized))
         .tcp_nodelay(true)
         .max_concurrent_streams(config.streams_per_connection_max)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))

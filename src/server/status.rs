@@ -18,6 +18,35 @@ impl From<Rejection> for Status {
     }
 }
 
+/// The HTTP response type of every service.
+pub type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
+
+/// tonic refuses an oversized request with OUT_OF_RANGE; gRPC's own
+/// convention (and every other limit of syncd) says RESOURCE_EXHAUSTED. The
+/// refusal is a trailers-only response, so its status is in the headers.
+pub fn oversized_is_resource_exhausted(mut response: HttpResponse) -> HttpResponse {
+    let headers = response.headers_mut();
+    let out_of_range = headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"11");
+    // The message is percent-encoded on the wire.
+    let too_large = headers.get("grpc-message").is_some_and(|v| {
+        let message = v.as_bytes();
+        contains(message, b"too large") || contains(message, b"too%20large")
+    });
+    if out_of_range && too_large {
+        let code = (GrpcCode::ResourceExhausted as i32).to_string();
+        if let Ok(value) = code.parse() {
+            headers.insert("grpc-status", value);
+        }
+    }
+    response
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// A reply of the wrong shape: a bug in the server, never the client's fault.
 pub fn unexpected(reply: &crate::core::Reply) -> Status {
     tracing::error!(?reply, "unexpected reply from the engine");
@@ -33,5 +62,17 @@ mod tests {
         let status = Status::from(Rejection::new(Code::NotFound, "session 4 not found"));
         assert_eq!(status.code(), GrpcCode::NotFound);
         assert_eq!(status.message(), "session 4 not found");
+    }
+
+    #[test]
+    fn oversized_requests_become_resource_exhausted_and_nothing_else_changes() {
+        let too_large =
+            Status::out_of_range("Error, decoded message length too large: found 9 bytes");
+        let response = oversized_is_resource_exhausted(too_large.into_http());
+        assert_eq!(response.headers()["grpc-status"], "8");
+
+        let other = Status::out_of_range("index out of range");
+        let response = oversized_is_resource_exhausted(other.into_http());
+        assert_eq!(response.headers()["grpc-status"], "11");
     }
 }
