@@ -247,51 +247,37 @@ async fn health_and_reflection_are_served() {
     }
 }
 
-async fn list_services_v1(channel: Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        ServerReflectionRequest,
-    };
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut replies = ServerReflectionClient::new(channel)
-        .server_reflection_info(tokio_stream::once(request))
-        .await
-        .expect("reflection v1")
-        .into_inner();
-    match replies.message().await.unwrap().unwrap().message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect()
+/// The services a reflection endpoint lists; `$v` is the reflection
+/// version's generated module (the two versions have identical shapes).
+macro_rules! list_services {
+    ($name:ident, $v:ident) => {
+        async fn $name(channel: Channel) -> Vec<String> {
+            use tonic_reflection::pb::$v::{
+                server_reflection_client::ServerReflectionClient,
+                server_reflection_request::MessageRequest,
+                server_reflection_response::MessageResponse, ServerReflectionRequest,
+            };
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut replies = ServerReflectionClient::new(channel)
+                .server_reflection_info(tokio_stream::once(request))
+                .await
+                .expect(stringify!($v))
+                .into_inner();
+            match replies.message().await.unwrap().unwrap().message_response {
+                Some(MessageResponse::ListServicesResponse(list)) => {
+                    list.service.into_iter().map(|s| s.name).collect()
+                }
+                other => panic!("unexpected reflection reply {other:?}"),
+            }
         }
-        other => panic!("unexpected reflection reply {other:?}"),
-    }
+    };
 }
 
-async fn list_services_v1alpha(channel: Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1alpha::{
-        server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        ServerReflectionRequest,
-    };
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut replies = ServerReflectionClient::new(channel)
-        .server_reflection_info(tokio_stream::once(request))
-        .await
-        .expect("reflection v1alpha")
-        .into_inner();
-    match replies.message().await.unwrap().unwrap().message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect()
-        }
-        other => panic!("unexpected reflection reply {other:?}"),
-    }
-}
+list_services!(list_services_v1, v1);
+list_services!(list_services_v1alpha, v1alpha);
 
 #[tokio::test]
 async fn sigterm_ends_waiting_streams_with_unavailable_and_exits_zero() {
