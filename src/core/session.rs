@@ -97,6 +97,144 @@ impl Sessions {
     }
 }
 
+// --- the session rules of `State` -----------------------------------------
+
+use super::records;
+use super::{Code, Outcome, Rejection, Reply, Result, State};
+
+impl State {
+    pub(super) fn create_session(
+        &mut self,
+        ttl_ms: u64,
+        client_name: String,
+        out: &mut Outcome,
+    ) -> Result<Reply> {
+        let limits = &self.limits;
+        if ttl_ms < limits.session_ttl_ms_min || ttl_ms > limits.session_ttl_ms_max {
+            return Err(Rejection::new(
+                Code::InvalidArgument,
+                format!(
+                    "ttl_ms {ttl_ms} is outside the allowed range {}..={} ms",
+                    limits.session_ttl_ms_min, limits.session_ttl_ms_max
+                ),
+            ));
+        }
+        if client_name.len() > limits.name_bytes_max {
+            return Err(Rejection::new(
+                Code::InvalidArgument,
+                format!(
+                    "client_name is {} bytes, the limit is {}",
+                    client_name.len(),
+                    limits.name_bytes_max
+                ),
+            ));
+        }
+        if self.sessions.len() >= limits.sessions_max {
+            return Err(Rejection::new(
+                Code::ResourceExhausted,
+                format!(
+                    "sessions_max: {} sessions already open",
+                    limits.sessions_max
+                ),
+            ));
+        }
+        self.counters.last_session_id += 1;
+        let session = Session {
+            id: self.counters.last_session_id,
+            ttl_ms,
+            client_name,
+            expires_at_ms: self.now_ms.saturating_add(ttl_ms),
+            holds: BTreeSet::new(),
+            waiters: BTreeSet::new(),
+        };
+        out.changes.push(records::session_put(&session));
+        out.changes.push(self.checkpoint());
+        let reply = Reply::SessionCreated {
+            session_id: session.id,
+            ttl_ms,
+        };
+        self.sessions.insert(session);
+        Ok(reply)
+    }
+
+    pub(super) fn keep_alive(&mut self, session_id: SessionId) -> Result<Reply> {
+        match self.sessions.renew(session_id, self.now_ms) {
+            Some(ttl_ms) => Ok(Reply::SessionRenewed { ttl_ms }),
+            None => Err(unknown_session(session_id)),
+        }
+    }
+
+    pub(super) fn require_session(&self, session_id: SessionId) -> Result<&Session> {
+        self.sessions
+            .get(session_id)
+            .ok_or_else(|| unknown_session(session_id))
+    }
+
+    /// Releases everything a session holds and drops its waiters, then
+    /// forgets it. Returns the number of holds released.
+    pub(super) fn end_session(
+        &mut self,
+        session_id: SessionId,
+        why: SessionEnd,
+        out: &mut Outcome,
+    ) -> u32 {
+        self.drop_session_waiters(session_id, why, out);
+        let Some(session) = self.sessions.remove(session_id) else {
+            return 0;
+        };
+        for token in &session.holds {
+            self.release_hold(*token, out);
+        }
+        out.changes.push(records::session_delete(session_id));
+        session.holds.len() as u32
+    }
+
+    /// Removes every waiter of a session; each hears that its session ended.
+    pub(super) fn drop_session_waiters(
+        &mut self,
+        session_id: SessionId,
+        why: SessionEnd,
+        out: &mut Outcome,
+    ) {
+        let Some(session) = self.sessions.get_mut(session_id) else {
+            return;
+        };
+        for waiter in std::mem::take(&mut session.waiters) {
+            let Some(place) = self.remove_waiter(waiter) else {
+                continue;
+            };
+            let message = format!("session {session_id} {} while waiting", why.as_str());
+            out.events.push((
+                waiter,
+                Err(Rejection::new(Code::FailedPrecondition, message)),
+            ));
+            self.after_waiter_left(&place, out);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) enum SessionEnd {
+    Closed,
+    Expired,
+}
+
+impl SessionEnd {
+    fn as_str(self) -> &'static str {
+        match self {
+            SessionEnd::Closed => "was closed",
+            SessionEnd::Expired => "expired",
+        }
+    }
+}
+
+pub(super) fn unknown_session(session_id: SessionId) -> Rejection {
+    Rejection::new(
+        Code::NotFound,
+        format!("session {session_id} not found (it expired, was closed, or never existed)"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
