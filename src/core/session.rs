@@ -13,7 +13,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{FencingToken, SessionId, WaiterId};
+use super::records;
+use super::{Code, FencingToken, Outcome, Rejection, Reply, Result, SessionId, State, WaiterId};
 
 #[derive(Clone, Debug)]
 pub struct Session {
@@ -98,9 +99,6 @@ impl Sessions {
 }
 
 // --- the session rules of `State` -----------------------------------------
-
-use super::records;
-use super::{Code, Outcome, Rejection, Reply, Result, State};
 
 impl State {
     pub(super) fn create_session(
