@@ -24,7 +24,7 @@ use syncd::client::{Client, ClientOptions};
 
 /// Measure syncd: ops/s, p50 and p99 latency, each as a ratio to `ping`.
 #[derive(Parser, Debug)]
-#[command(name = "syncd-bench", version, about)]
+#[command(name = "syncd-bench", version)]
 struct Args {
     /// Use a running syncd instead of starting one (then --durability only
     /// labels the rows).

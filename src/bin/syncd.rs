@@ -1,7 +1,6 @@
 //! `syncd`: the coordination server. Flags and process plumbing only; the
 //! server itself is `syncd::server`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -38,9 +37,10 @@ struct ServeArgs {
     #[arg(long, env = "SYNCD_DATA", default_value = "./syncd-data")]
     data: PathBuf,
 
-    /// Address to listen on. Port 0 picks a free port (see the printed line).
+    /// Address to listen on, HOST:PORT (a name such as localhost is
+    /// resolved). Port 0 picks a free port (see the printed line).
     #[arg(long, env = "SYNCD_LISTEN", default_value = "127.0.0.1:7420")]
-    listen: SocketAddr,
+    listen: String,
 
     /// `sync`: a reply that depends on a change is sent only after the change
     /// is flushed to disk (concurrent calls share one flush). `none`: reply
@@ -58,11 +58,11 @@ struct ServeArgs {
     session_ttl_max: Duration,
 
     /// Sessions open at once, at most; beyond it RESOURCE_EXHAUSTED.
-    #[arg(long, env = "SYNCD_MAX_SESSIONS", default_value_t = 100_000)]
+    #[arg(long, env = "SYNCD_MAX_SESSIONS", default_value_t = 100_000, value_parser = at_least_one)]
     max_sessions: usize,
 
     /// Waiters queued on one primitive, at most; beyond it RESOURCE_EXHAUSTED.
-    #[arg(long, env = "SYNCD_MAX_WAITERS", default_value_t = 10_000)]
+    #[arg(long, env = "SYNCD_MAX_WAITERS", default_value_t = 10_000, value_parser = at_least_one)]
     max_waiters: usize,
 
     /// Largest request message accepted, in bytes.
@@ -74,7 +74,7 @@ struct ServeArgs {
     max_streams_per_connection: u32,
 
     /// Commands applied (and flushed) together at most.
-    #[arg(long, env = "SYNCD_BATCH_MAX", default_value_t = 1024)]
+    #[arg(long, env = "SYNCD_BATCH_MAX", default_value_t = 1024, value_parser = at_least_one)]
     batch_max: usize,
 
     /// How long a graceful shutdown may take before syncd exits anyway.
@@ -90,6 +90,14 @@ enum DurabilityArg {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     syncd::duration::parse(text)
+}
+
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e}")),
+    }
 }
 
 fn millis(d: Duration) -> u64 {
@@ -113,7 +121,7 @@ impl ServeArgs {
             data_dir: self.data.clone(),
             engine: EngineConfig {
                 durability,
-                batch_max: self.batch_max.max(1),
+                batch_max: self.batch_max,
                 limits,
                 ..EngineConfig::default()
             },
@@ -163,7 +171,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         return Err("--session-ttl-min is larger than --session-ttl-max".into());
     }
     let server = Server::open(config).map_err(|e| e.0)?;
-    let listener = TcpListener::bind(args.listen)
+    let listener = TcpListener::bind(args.listen.as_str())
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener

@@ -112,7 +112,8 @@ impl State {
             return Err(Rejection::new(
                 Code::InvalidArgument,
                 format!(
-                    "ttl_ms {ttl_ms} is outside the allowed range {}..={} ms",
+                    "session TTL of {ttl_ms} ms (ttl_ms) is outside the allowed range \
+                     {} ms to {} ms",
                     limits.session_ttl_ms_min, limits.session_ttl_ms_max
                 ),
             ));
