@@ -366,3 +366,51 @@ async fn server_kill9_and_restart_keeps_holds_and_tokens_only_grow() {
         "token {fresh} after restart, earlier {tokens:?}"
     );
 }
+
+#[tokio::test]
+async fn a_corrupted_data_directory_is_refused_not_served_empty() {
+    let mut syncd = Syncd::start();
+    let channel = channel(&syncd).await;
+    let mut locks = LocksClient::new(channel.clone());
+    let owner = session(&channel, 10_000).await;
+    take(&mut locks, owner, "precious").await;
+    drop(locks);
+    drop(channel);
+    let data = syncd.data_dir().to_path_buf();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = syncd.terminate();
+        (syncd, status)
+    });
+    let (_syncd, status) = status.await.unwrap();
+    assert!(status.success());
+
+    // Flip bits all over sled's log.
+    let db = data.join("db");
+    let mut bytes = std::fs::read(&db).expect("sled keeps its log in `db`");
+    for byte in bytes.iter_mut().step_by(7) {
+        *byte ^= 0xff;
+    }
+    std::fs::write(&db, bytes).unwrap();
+
+    let output = common::run_bounded(
+        std::process::Command::new(common::syncd_bin())
+            .arg("serve")
+            .arg("--data")
+            .arg(&data)
+            .arg("--listen")
+            .arg("127.0.0.1:0"),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "served corrupt data; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("corrupt") || stderr.contains("invalid"),
+        "stderr: {stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains("listening on"),
+        "it must not start listening"
+    );
+}

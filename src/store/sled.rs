@@ -5,14 +5,27 @@
 //! directory exclusively (a second syncd on the same directory is refused),
 //! reports corruption instead of starting empty, and never acknowledges a
 //! write before `flush` returned.
+//!
+//! sled recovers from a damaged log by dropping what it cannot read, which
+//! can leave an empty database that opens without error. So after the first
+//! flush that made data durable, a marker file is written next to it; a
+//! directory with the marker but an empty database is refused as corrupt
+//! instead of being served empty.
 
-use std::path::Path;
+use std::fs;
+use std::path::{Path, PathBuf};
 
 use super::{Record, Store, StoreError};
 use crate::core::Change;
 
+/// Written once data has been flushed; its presence means "this directory
+/// holds syncd state".
+const MARKER_FILE: &str = "syncd-state";
+
 pub struct SledStore {
     db: sled::Db,
+    /// Set until the marker file exists.
+    marker_missing: Option<PathBuf>,
 }
 
 impl SledStore {
@@ -23,7 +36,35 @@ impl SledStore {
             .path(dir)
             .open()
             .map_err(|e| open_error(dir, e))?;
-        Ok(SledStore { db })
+        let marker = dir.join(MARKER_FILE);
+        let marked = marker.exists();
+        if marked && db.is_empty() {
+            return Err(StoreError(format!(
+                "data directory {} held syncd state, but its database is now empty or \
+                 unreadable (corrupt?); refusing to start over it. Restore it from a backup, \
+                 or move it away to start empty",
+                dir.display()
+            )));
+        }
+        Ok(SledStore {
+            db,
+            marker_missing: (!marked).then_some(marker),
+        })
+    }
+
+    /// Writes the marker once the database holds durable data.
+    fn mark(&mut self) -> Result<(), StoreError> {
+        let Some(marker) = &self.marker_missing else {
+            return Ok(());
+        };
+        if self.db.is_empty() {
+            return Ok(());
+        }
+        let written = fs::write(marker, b"syncd data directory, format 1\n")
+            .and_then(|()| fs::File::open(marker)?.sync_all());
+        written.map_err(|e| StoreError(format!("cannot write {}: {e}", marker.display())))?;
+        self.marker_missing = None;
+        Ok(())
     }
 }
 
@@ -72,9 +113,7 @@ impl Store for SledStore {
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
-        self.db
-            .flush()
-            .map(|_| ())
-            .map_err(|e| store_error("flush", e))
+        self.db.flush().map_err(|e| store_error("flush", e))?;
+        self.mark()
     }
 }
