@@ -3,36 +3,62 @@
 //! its work and closes the session again.
 
 use std::{
-    io::{IsTerminal, Write},
+    ffi::OsString,
+    io::{self, IsTerminal, Write},
     os::unix::process::ExitStatusExt,
     process::ExitStatus,
     time::{Duration, Instant},
 };
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{error::ErrorKind, Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use syncd::{
-    client::{Client, ClientOptions, Error, LockGuard},
+    client::{Client, ClientOptions, Error, LockGuard, SessionLoss},
     duration,
     proto::v1::{DescribeLockResponse, LockHolder, LockWaiter, PrimitiveSummary},
 };
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::{
+    process::Child,
+    signal::unix::{signal, Signal, SignalKind},
+    time::sleep,
+};
 use tracing_subscriber::EnvFilter;
 
+/// Exit code: any other error.
+const EXIT_ERROR: i32 = 1;
 /// Exit code: a wait timed out.
 const EXIT_TIMEOUT: i32 = 3;
 /// Exit code: the server cannot be reached.
 const EXIT_UNAVAILABLE: i32 = 4;
-/// Exit code: any other error.
-const EXIT_ERROR: i32 = 1;
+/// Exit code: the lock was lost while held.
+const EXIT_LOST: i32 = 7;
+/// Exit code: CMD exists but cannot be executed (as in shells).
+const EXIT_CANNOT_EXECUTE: i32 = 126;
+/// Exit code: CMD was not found (as in shells).
+const EXIT_NOT_FOUND: i32 = 127;
+
+/// The longest duration any flag accepts, as written in messages.
+const DURATION_MAX_TEXT: &str = "365d";
+/// The longest duration any flag accepts: long enough for any real wait,
+/// short enough that deadlines never overflow.
+const DURATION_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// How long syncctl tries to release the lock and close its session on its
+/// way out. If the server cannot be reached it stops there: the session's
+/// lease frees everything anyway.
+const LEAVE_BUDGET: Duration = Duration::from_secs(1);
 
 const AFTER_HELP: &str = "\
 Exit codes:
   0        success (with `lock acquire -- CMD`: CMD's own exit code)
-  1        any other error (bad input refused by the server, lock lost, ...)
+  1        any other error (bad input refused by the server, ...)
   2        invalid command line (reported by the argument parser)
   3        a wait timed out (`lock acquire --timeout`)
   4        the server cannot be reached
+  7        the lock was lost while held (`lock acquire`): its session expired,
+           or could not be renewed for a full TTL; a running CMD is stopped first
+  126      CMD could not be executed
+  127      CMD was not found
   128+N    interrupted by signal N while waiting for a lock, or CMD killed by signal N
 
 Errors are reported as one line on stderr. Logs go to stderr too: level `warn` by
@@ -43,7 +69,8 @@ default, RUST_LOG overrides (e.g. RUST_LOG=syncd=debug).";
 #[derive(Parser, Debug)]
 #[command(name = "syncctl", version, after_help = AFTER_HELP)]
 struct Cli {
-    /// The server's address: `http://HOST:PORT` (the scheme may be left out).
+    /// The server's address: `http://HOST:PORT` (the scheme may be left out;
+    /// `https://` is refused: this version speaks no TLS).
     #[arg(
         long,
         global = true,
@@ -73,8 +100,8 @@ enum Command {
     /// Acquire or describe locks.
     #[command(subcommand, after_help = AFTER_HELP)]
     Lock(LockCommand),
-    /// List the primitives that exist now: one line each with kind, name and
-    /// state.
+    /// List the primitives that exist now: one line each with kind, name
+    /// (quoted, as `lock describe` shows it) and state.
     #[command(after_help = AFTER_HELP)]
     Ls(LsArgs),
     /// Check that the server answers, and how fast.
@@ -89,15 +116,27 @@ enum LockCommand {
     ///
     /// With `-- CMD [ARGS...]`: runs CMD while holding the lock (the session
     /// is kept alive in the background), then releases the lock and exits
-    /// with CMD's exit code (128+N if CMD was killed by signal N). CMD gets
-    /// the environment variables SYNCD_FENCING_TOKEN (the grant's fencing
-    /// token) and SYNCD_LOCK_NAME. SIGINT and SIGTERM sent to syncctl are
+    /// with CMD's exit code (128+N if CMD was killed by signal N; 127 if CMD
+    /// was not found, 126 if it cannot be executed). CMD gets the environment
+    /// variables SYNCD_FENCING_TOKEN (the grant's fencing token) and
+    /// SYNCD_LOCK_NAME. SIGINT, SIGTERM and SIGHUP sent to syncctl are
     /// forwarded to CMD.
     ///
+    /// If the lock is lost while CMD runs (the session expired, or could not
+    /// be renewed for a full TTL, e.g. because syncctl was stopped or cut off
+    /// from the server), syncctl says so on stderr, sends SIGTERM to CMD,
+    /// SIGKILL after --kill-grace, and exits 7. The signals go to CMD's
+    /// process only: a shell script should `exec` its last command or pass
+    /// the signal on to its children.
+    ///
     /// Without CMD: prints the fencing token (text: the number on one line;
-    /// json: {"name":..,"fencing_token":..}) and holds the lock until SIGINT
-    /// or SIGTERM, then releases it and exits 0. Exits 1 if the lock is lost
-    /// (the session expired) while held.
+    /// json: {"name":..,"fencing_token":..}) and holds the lock until SIGINT,
+    /// SIGTERM or SIGHUP, then releases it and exits 0. Exits 7 if the lock
+    /// is lost while held.
+    ///
+    /// On the way out syncctl tries for about 1s to release the lock and
+    /// close its session; if the server cannot be reached it warns and
+    /// leaves that to the session's lease (--ttl).
     #[command(after_help = AFTER_HELP)]
     Acquire(AcquireArgs),
     /// Show a lock's holder (session, client name, fencing token, how long
@@ -112,18 +151,39 @@ struct AcquireArgs {
     name: String,
 
     /// The session's lease. If syncctl dies or is cut off from the server for
-    /// this long, the server releases the lock. Written like 500ms, 30s, 2m.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse)]
+    /// this long, the server releases the lock (and syncctl takes the lock
+    /// as lost). Written like 500ms, 30s, 2m; the server sets the limits
+    /// (by default 1s to 1h).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     ttl: Duration,
 
-    /// How long to wait for the lock before giving up with exit code 3;
-    /// `0s` tries once. Default: wait as long as it takes.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    /// How long to wait for the lock before giving up: exit code 3 if it is
+    /// held all that time, 4 if the server cannot be reached until then.
+    /// `0s` tries once. At most 365d. Default: wait as long as it takes.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     timeout: Option<Duration>,
+
+    /// When the lock is lost while CMD runs: how long CMD gets to exit after
+    /// SIGTERM before syncctl kills it with SIGKILL.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    kill_grace: Duration,
 
     /// The command to run while holding the lock, after `--`.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
+}
+
+/// Parses a duration flag (`500ms`, `30s`, `2m`), refusing more than
+/// [`DURATION_MAX`].
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let parsed = duration::parse(text)?;
+    if parsed > DURATION_MAX {
+        return Err(format!(
+            "duration {:?} is too long: at most {DURATION_MAX_TEXT}",
+            text.trim()
+        ));
+    }
+    Ok(parsed)
 }
 
 #[derive(Args, Debug)]
@@ -143,7 +203,8 @@ struct LsArgs {
     prefix: Option<String>,
 }
 
-/// Why syncctl stops early: the exit code and the one line for stderr.
+/// Why syncctl stops early: the exit code and the one line for stderr
+/// (empty when it was reported already).
 #[derive(Debug)]
 struct Failure {
     code: i32,
@@ -157,6 +218,14 @@ impl Failure {
             message: message.into(),
         }
     }
+
+    /// A failure whose line is already on stderr.
+    fn reported(code: i32) -> Failure {
+        Failure {
+            code,
+            message: String::new(),
+        }
+    }
 }
 
 impl From<Error> for Failure {
@@ -168,17 +237,29 @@ impl From<Error> for Failure {
     }
 }
 
-/// The exit code for a client error.
+/// The exit code for a client error. (A lock found lost by its release
+/// exits 7 instead: see [`finish`].)
 fn exit_code(error: &Error) -> i32 {
     match error {
         Error::Unavailable(_) => EXIT_UNAVAILABLE,
         Error::Timeout(_) => EXIT_TIMEOUT,
-        Error::SessionLost(_) | Error::Status(_) => EXIT_ERROR,
+        Error::SessionLost(_) | Error::InvalidAddress(_) | Error::Status(_) => EXIT_ERROR,
     }
 }
 
 fn main() {
     let cli = Cli::parse();
+    if let Command::Lock(LockCommand::Acquire(args)) = &cli.command {
+        if has_empty_command(args, std::env::args_os()) {
+            acquire_command()
+                .error(
+                    ErrorKind::InvalidValue,
+                    "no command after `--`: give CMD [ARGS...] after it, or leave `--` out \
+                     to hold the lock until interrupted",
+                )
+                .exit();
+        }
+    }
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -195,9 +276,33 @@ fn main() {
     std::process::exit(code);
 }
 
+/// The definition of `syncctl lock acquire`, for its usage line in errors.
+fn acquire_command() -> clap::Command {
+    let mut cli = Cli::command();
+    cli.build();
+    cli.find_subcommand("lock")
+        .and_then(|lock| lock.find_subcommand("acquire"))
+        .cloned()
+        .unwrap_or(cli)
+}
+
+/// True when `--` ends the command line with nothing after it: clap cannot
+/// tell that from no `--` at all, and it is most likely a mistake.
+fn has_empty_command(args: &AcquireArgs, raw: impl Iterator<Item = OsString>) -> bool {
+    args.command.is_empty() && raw.last().is_some_and(|last| last == "--")
+}
+
 fn exit_with(failure: Failure) -> ! {
-    eprintln!("syncctl: {}", failure.message);
+    if !failure.message.is_empty() {
+        report(&failure.message);
+    }
     std::process::exit(failure.code)
+}
+
+/// Writes one `syncctl: ...` line on stderr. A closed terminal (after
+/// SIGHUP) must not make syncctl panic, so a failed write is ignored.
+fn report(line: &str) {
+    let _ = writeln!(io::stderr().lock(), "syncctl: {line}");
 }
 
 fn init_tracing() {
@@ -222,12 +327,55 @@ async fn connect(cli: &Cli, options: ClientOptions) -> Result<Client, Failure> {
     Ok(Client::connect_with(cli.addr.as_str(), options).await?)
 }
 
-/// Closes the session of a command that holds nothing: a failure only
-/// delays the session's expiry, so it is logged, not reported.
-async fn close_quietly(client: Client) {
-    if let Err(error) = client.close().await {
-        tracing::warn!("closing the session failed: {error}");
+/// Releases the lock (if any) and closes the session, trying for at most
+/// [`LEAVE_BUDGET`] in all: if the server cannot be reached, the session's
+/// lease frees everything anyway. Returns the release's error when the
+/// server refused it or the lock was lost.
+async fn leave(guard: Option<LockGuard>, client: Client) -> Result<(), Error> {
+    let deadline = tokio::time::Instant::now() + LEAVE_BUDGET;
+    let released = match guard {
+        Some(guard) => release_within(guard, client.addr(), deadline).await,
+        None => Ok(()),
+    };
+    // The session holds nothing any more (or nothing it can still lose):
+    // a failed close only delays its expiry.
+    let session_id = client.session_id();
+    match tokio::time::timeout_at(deadline, client.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::info!("closing session {session_id} failed: {error}"),
+        Err(_) => tracing::info!("closing session {session_id}: no answer in time"),
     }
+    released
+}
+
+/// Releases the lock, giving up at `deadline` with a warning when the
+/// server cannot be reached.
+async fn release_within(
+    guard: LockGuard,
+    addr: &str,
+    deadline: tokio::time::Instant,
+) -> Result<(), Error> {
+    let what = format!("lock {:?} (token {})", guard.name(), guard.fencing_token());
+    let unreachable = match tokio::time::timeout_at(deadline, guard.release()).await {
+        Ok(Err(Error::Unavailable(reason))) => reason,
+        Ok(done) => return done,
+        Err(_) => format!("syncd at {addr} did not answer"),
+    };
+    report(&format!(
+        "warning: could not release {what} within {} ({unreachable}); the server \
+         releases it when the session's lease runs out",
+        duration::format(LEAVE_BUDGET)
+    ));
+    Ok(())
+}
+
+/// Writes text to stdout; a closed pipe is an error, not a panic.
+fn write_stdout(text: &str) -> Result<(), Failure> {
+    let mut stdout = io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| Failure::other(format!("cannot write to stdout: {e}")))
 }
 
 // --- ping, ls, describe ---------------------------------------------------
@@ -238,12 +386,12 @@ async fn ping(cli: &Cli) -> Result<i32, Failure> {
     let pinged = client.ping().await;
     let rtt = started.elapsed();
     let addr = client.addr().to_string();
-    close_quietly(client).await;
+    leave(None, client).await?;
     pinged?;
     let rtt_ms = rtt.as_secs_f64() * 1000.0;
     match cli.output {
-        Output::Text => println!("pong from {addr} in {rtt_ms:.1}ms"),
-        Output::Json => println!("{}", json!({ "addr": addr, "rtt_ms": rtt_ms })),
+        Output::Text => write_stdout(&format!("pong from {addr} in {rtt_ms:.1}ms\n"))?,
+        Output::Json => write_stdout(&format!("{}\n", json!({ "addr": addr, "rtt_ms": rtt_ms })))?,
     }
     Ok(0)
 }
@@ -253,44 +401,42 @@ async fn list(cli: &Cli, args: &LsArgs) -> Result<i32, Failure> {
     let kind = args.kind.as_deref().unwrap_or_default();
     let prefix = args.prefix.as_deref().unwrap_or_default();
     let listed = client.list(kind, prefix).await;
-    close_quietly(client).await;
+    leave(None, client).await?;
     let primitives = listed?;
     match cli.output {
-        Output::Text => print!("{}", format_list(&primitives)),
+        Output::Text => write_stdout(&format_list(&primitives)),
         Output::Json => {
             let rows: Vec<_> = primitives
                 .iter()
                 .map(|p| json!({ "kind": p.kind, "name": p.name, "state": p.state }))
                 .collect();
-            println!("{}", serde_json::Value::Array(rows));
+            write_stdout(&format!("{}\n", serde_json::Value::Array(rows)))
         }
-    }
+    }?;
     Ok(0)
 }
 
-/// One line per primitive, columns aligned: kind, name, state.
+/// One line per primitive, columns aligned: kind, name (quoted, as
+/// `lock describe` shows it, so that spaces are unambiguous), state.
 fn format_list(primitives: &[PrimitiveSummary]) -> String {
+    let names: Vec<String> = primitives.iter().map(|p| format!("{:?}", p.name)).collect();
     let kind_width = primitives.iter().map(|p| p.kind.len()).max().unwrap_or(0);
-    let name_width = primitives.iter().map(|p| p.name.len()).max().unwrap_or(0);
+    let name_width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
     primitives
         .iter()
-        .map(|p| {
-            format!(
-                "{:kind_width$}  {:name_width$}  {}\n",
-                p.kind, p.name, p.state
-            )
-        })
+        .zip(&names)
+        .map(|(p, name)| format!("{:kind_width$}  {name:name_width$}  {}\n", p.kind, p.state))
         .collect()
 }
 
 async fn lock_describe(cli: &Cli, args: &DescribeArgs) -> Result<i32, Failure> {
     let client = connect(cli, ClientOptions::default()).await?;
     let described = client.lock(args.name.as_str()).describe().await;
-    close_quietly(client).await;
+    leave(None, client).await?;
     let description = described?;
     match cli.output {
-        Output::Text => print!("{}", format_description(&description)),
-        Output::Json => println!("{}", description_json(&description)),
+        Output::Text => write_stdout(&format_description(&description))?,
+        Output::Json => write_stdout(&format!("{}\n", description_json(&description)))?,
     }
     Ok(0)
 }
@@ -359,11 +505,12 @@ fn description_json(lock: &DescribeLockResponse) -> serde_json::Value {
 
 // --- lock acquire ---------------------------------------------------------
 
-/// SIGINT and SIGTERM, caught: while syncctl holds a lock they must not
-/// kill it before it releases.
+/// SIGINT, SIGTERM and SIGHUP, caught: while syncctl holds a lock they must
+/// not kill it before it releases.
 struct Signals {
     interrupt: Signal,
     terminate: Signal,
+    hangup: Signal,
 }
 
 impl Signals {
@@ -373,6 +520,7 @@ impl Signals {
         Ok(Signals {
             interrupt: catch(SignalKind::interrupt())?,
             terminate: catch(SignalKind::terminate())?,
+            hangup: catch(SignalKind::hangup())?,
         })
     }
 
@@ -381,8 +529,17 @@ impl Signals {
         tokio::select! {
             _ = self.interrupt.recv() => libc::SIGINT,
             _ = self.terminate.recv() => libc::SIGTERM,
+            _ = self.hangup.recv() => libc::SIGHUP,
         }
     }
+}
+
+/// How the wait for the lock ended.
+enum Waited {
+    Granted(LockGuard),
+    /// Signal N ended the wait: exit 128+N.
+    Interrupted(i32),
+    Failed(Failure),
 }
 
 async fn lock_acquire(cli: &Cli, args: &AcquireArgs) -> Result<i32, Failure> {
@@ -392,19 +549,26 @@ async fn lock_acquire(cli: &Cli, args: &AcquireArgs) -> Result<i32, Failure> {
         ..ClientOptions::default()
     };
     let client = connect(cli, options).await?;
-    let outcome = acquire_and_hold(cli, args, &client, &mut signals).await;
-    close_quietly(client).await;
-    outcome
+    let guard = match wait_for_lock(args, &client, &mut signals).await {
+        Waited::Granted(guard) => guard,
+        Waited::Interrupted(signal) => {
+            leave(None, client).await?;
+            return Ok(128 + signal);
+        }
+        Waited::Failed(failure) => {
+            // The failure is what matters; a failed close only delays the
+            // session's expiry.
+            let _ = leave(None, client).await;
+            return Err(failure);
+        }
+    };
+    let held = hold(cli, args, &guard, &mut signals).await;
+    let released = leave(Some(guard), client).await;
+    finish(held, released)
 }
 
-/// Waits for the lock (a signal ends the wait), holds it while CMD runs or
-/// until a signal, then releases it.
-async fn acquire_and_hold(
-    cli: &Cli,
-    args: &AcquireArgs,
-    client: &Client,
-    signals: &mut Signals,
-) -> Result<i32, Failure> {
+/// Waits for the lock; a signal ends the wait.
+async fn wait_for_lock(args: &AcquireArgs, client: &Client, signals: &mut Signals) -> Waited {
     let lock = client.lock(args.name.as_str());
     let acquired = tokio::select! {
         acquired = async {
@@ -413,16 +577,28 @@ async fn acquire_and_hold(
                 None => lock.acquire().await,
             }
         } => acquired,
-        signal = signals.recv() => return Ok(128 + signal),
+        signal = signals.recv() => return Waited::Interrupted(signal),
     };
-    let guard = acquired.map_err(|error| acquire_failure(error, args.timeout))?;
-    let session_id = client.session_id();
-    let held = match args.command.split_first() {
-        Some((program, program_args)) => run_command(program, program_args, &guard, signals).await,
-        None => hold_until_signal(cli, client, session_id, &guard, signals).await,
-    };
-    let released = guard.release().await;
-    finish(held, released)
+    match acquired {
+        Ok(guard) => Waited::Granted(guard),
+        Err(error) => Waited::Failed(acquire_failure(error, args.timeout)),
+    }
+}
+
+/// Holds the lock while CMD runs, or until a signal.
+async fn hold(
+    cli: &Cli,
+    args: &AcquireArgs,
+    guard: &LockGuard,
+    signals: &mut Signals,
+) -> Result<i32, Failure> {
+    match args.command.split_first() {
+        Some((program, program_args)) => {
+            let child = spawn_command(program, program_args, guard)?;
+            run_command(child, guard, signals, args.kill_grace).await
+        }
+        None => hold_until_signal(cli.output, guard, signals).await,
+    }
 }
 
 /// Adds how long the wait was to a timeout's message.
@@ -439,56 +615,120 @@ fn acquire_failure(error: Error, timeout: Option<Duration>) -> Failure {
     failure
 }
 
-/// The exit code once the lock is released: CMD's (or 0), unless holding or
-/// releasing failed. A failed release after a successful CMD exits 1.
+/// The exit code once the lock is released: CMD's (or 0), unless holding
+/// failed or the lock turned out to be lost (7). Any other failed release
+/// matters only after a successful CMD (exit 1); otherwise it is reported
+/// and CMD's code kept.
 fn finish(held: Result<i32, Failure>, released: Result<(), Error>) -> Result<i32, Failure> {
-    let code = held?;
-    match released {
-        Ok(()) => Ok(code),
-        Err(error) => {
-            let failure = Failure::from(error);
-            if code == 0 {
-                Err(failure)
-            } else {
-                eprintln!("syncctl: {}", failure.message);
-                Ok(code)
+    match (held, released) {
+        (held, Ok(())) => held,
+        (Err(failure), Err(error)) => {
+            if failure.code != EXIT_LOST {
+                report(&error.to_string());
             }
+            Err(failure)
+        }
+        (Ok(_), Err(Error::SessionLost(message))) => Err(Failure {
+            code: EXIT_LOST,
+            message,
+        }),
+        (Ok(0), Err(error)) => Err(Failure::from(error)),
+        (Ok(code), Err(error)) => {
+            report(&error.to_string());
+            Ok(code)
         }
     }
 }
 
-/// Runs CMD with the token in its environment, forwarding SIGINT and
-/// SIGTERM to it; returns its exit code.
-async fn run_command(
-    program: &str,
-    program_args: &[String],
-    guard: &LockGuard,
-    signals: &mut Signals,
-) -> Result<i32, Failure> {
-    let mut child = tokio::process::Command::new(program)
-        .args(program_args)
+/// Starts CMD with the token and the lock's name in its environment.
+fn spawn_command(program: &str, args: &[String], guard: &LockGuard) -> Result<Child, Failure> {
+    tokio::process::Command::new(program)
+        .args(args)
         .env("SYNCD_FENCING_TOKEN", guard.fencing_token().to_string())
         .env("SYNCD_LOCK_NAME", guard.name())
         .spawn()
-        .map_err(|e| Failure::other(format!("cannot run {program:?}: {e}")))?;
+        .map_err(|error| spawn_failure(program, &error))
+}
+
+/// 127 when CMD does not exist, 126 when it cannot be executed, as shells
+/// do.
+fn spawn_failure(program: &str, error: &io::Error) -> Failure {
+    match error.kind() {
+        io::ErrorKind::NotFound => Failure {
+            code: EXIT_NOT_FOUND,
+            message: format!("cannot run {program:?}: command not found"),
+        },
+        _ => Failure {
+            code: EXIT_CANNOT_EXECUTE,
+            message: format!("cannot run {program:?}: {error}"),
+        },
+    }
+}
+
+/// Waits for CMD, forwarding SIGINT, SIGTERM and SIGHUP to it; returns its
+/// exit code. When the lock is lost first, stops CMD and fails with 7.
+async fn run_command(
+    mut child: Child,
+    guard: &LockGuard,
+    signals: &mut Signals,
+    kill_grace: Duration,
+) -> Result<i32, Failure> {
+    let lost = guard.lost();
+    tokio::pin!(lost);
     loop {
         tokio::select! {
             status = child.wait() => {
                 let status = status
-                    .map_err(|e| Failure::other(format!("waiting for {program:?} failed: {e}")))?;
+                    .map_err(|e| Failure::other(format!("waiting for the command failed: {e}")))?;
                 return Ok(status_code(status));
             }
-            signal = signals.recv() => forward_signal(child.id(), signal),
+            signal = signals.recv() => forward_signal(&child, signal),
+            loss = &mut lost => {
+                report(&lost_line(guard, &loss, "; stopping the command"));
+                stop_command(&mut child, kill_grace, signals).await;
+                return Err(Failure::reported(EXIT_LOST));
+            }
         }
     }
 }
 
-fn forward_signal(pid: Option<u32>, signal: i32) {
-    let Some(pid) = pid.and_then(|pid| libc::pid_t::try_from(pid).ok()) else {
+/// Sends SIGTERM to CMD, then SIGKILL if it still runs after `grace`, and
+/// waits for it to end. Signals for syncctl still go to CMD meanwhile.
+async fn stop_command(child: &mut Child, grace: Duration, signals: &mut Signals) {
+    forward_signal(child, libc::SIGTERM);
+    let grace_over = sleep(grace);
+    tokio::pin!(grace_over);
+    loop {
+        tokio::select! {
+            _ = child.wait() => return,
+            signal = signals.recv() => forward_signal(child, signal),
+            _ = &mut grace_over => break,
+        }
+    }
+    report(&format!(
+        "the command still runs {} after SIGTERM; killing it",
+        duration::format(grace)
+    ));
+    forward_signal(child, libc::SIGKILL);
+    let _ = child.wait().await;
+}
+
+/// `lost lock "p" (token 28): session 101 expired` and `suffix`.
+fn lost_line(guard: &LockGuard, loss: &SessionLoss, suffix: &str) -> String {
+    format!(
+        "lost lock {:?} (token {}): {loss}{suffix}",
+        guard.name(),
+        guard.fencing_token()
+    )
+}
+
+/// Sends `signal` to CMD, unless it has been reaped already.
+fn forward_signal(child: &Child, signal: i32) {
+    let Some(pid) = child.id().and_then(|pid| libc::pid_t::try_from(pid).ok()) else {
         return;
     };
     // SAFETY: kill has no memory-safety preconditions. The child has not
-    // been reaped yet (it is reaped only by `wait`), so the pid is still
+    // been reaped yet (`id` returns None once it has), so the pid is still
     // ours.
     unsafe {
         libc::kill(pid, signal);
@@ -504,28 +744,19 @@ fn status_code(status: ExitStatus) -> i32 {
     }
 }
 
-/// Prints the token and holds the lock until SIGINT or SIGTERM. Fails when
-/// the session is replaced (the old one, with the lock, expired).
+/// Prints the token and holds the lock until SIGINT, SIGTERM or SIGHUP.
+/// Fails with 7 when the lock is lost first.
 async fn hold_until_signal(
-    cli: &Cli,
-    client: &Client,
-    session_id: u64,
+    output: Output,
     guard: &LockGuard,
     signals: &mut Signals,
 ) -> Result<i32, Failure> {
-    print_token(cli.output, guard)?;
-    let mut check = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = signals.recv() => return Ok(0),
-            _ = check.tick() => {
-                if client.session_id() != session_id {
-                    return Err(Failure::other(format!(
-                        "lost lock {:?}: session {session_id} expired while holding it",
-                        guard.name()
-                    )));
-                }
-            }
+    print_token(output, guard)?;
+    tokio::select! {
+        _ = signals.recv() => Ok(0),
+        loss = guard.lost() => {
+            report(&lost_line(guard, &loss, ""));
+            Err(Failure::reported(EXIT_LOST))
         }
     }
 }
@@ -537,16 +768,12 @@ fn print_token(output: Output, guard: &LockGuard) -> Result<(), Failure> {
             json!({ "name": guard.name(), "fencing_token": guard.fencing_token() }).to_string()
         }
     };
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{line}")
-        .and_then(|()| stdout.flush())
-        .map_err(|e| Failure::other(format!("cannot write to stdout: {e}")))
+    write_stdout(&format!("{line}\n"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_definition_is_valid() {
@@ -558,6 +785,7 @@ mod tests {
         assert_eq!(exit_code(&Error::Unavailable("x".into())), 4);
         assert_eq!(exit_code(&Error::Timeout("x".into())), 3);
         assert_eq!(exit_code(&Error::SessionLost("x".into())), 1);
+        assert_eq!(exit_code(&Error::InvalidAddress("x".into())), 1);
         let status = tonic::Status::invalid_argument("bad name");
         assert_eq!(exit_code(&Error::Status(status)), 1);
     }
@@ -578,10 +806,59 @@ mod tests {
 
     #[test]
     fn release_failure_matters_only_after_success() {
+        let refused = || Err(Error::Status(tonic::Status::internal("disk full")));
+        assert_eq!(finish(Ok(0), refused()).unwrap_err().code, 1);
+        assert_eq!(finish(Ok(5), refused()).unwrap(), 5);
+        assert_eq!(finish(Ok(5), Ok(())).unwrap(), 5);
+    }
+
+    #[test]
+    fn a_lock_lost_by_the_release_exits_7() {
         let lost = || Err(Error::SessionLost("lost".into()));
-        assert_eq!(finish(Ok(0), lost()).unwrap_err().code, 1);
-        assert_eq!(finish(Ok(7), lost()).unwrap(), 7);
-        assert_eq!(finish(Ok(7), Ok(())).unwrap(), 7);
+        assert_eq!(finish(Ok(0), lost()).unwrap_err().code, EXIT_LOST);
+        assert_eq!(finish(Ok(5), lost()).unwrap_err().code, EXIT_LOST);
+        let stopped = Err(Failure::reported(EXIT_LOST));
+        assert_eq!(finish(stopped, lost()).unwrap_err().code, EXIT_LOST);
+    }
+
+    #[test]
+    fn commands_that_cannot_start_exit_like_in_shells() {
+        let missing = io::Error::from(io::ErrorKind::NotFound);
+        let failure = spawn_failure("nope", &missing);
+        assert_eq!(failure.code, 127);
+        assert_eq!(failure.message, "cannot run \"nope\": command not found");
+        let denied = io::Error::from_raw_os_error(libc::EACCES);
+        assert_eq!(spawn_failure("./x", &denied).code, 126);
+        let not_executable = io::Error::from_raw_os_error(libc::ENOEXEC);
+        assert_eq!(spawn_failure("./x", &not_executable).code, 126);
+    }
+
+    #[test]
+    fn absurd_durations_are_refused() {
+        assert_eq!(parse_duration(DURATION_MAX_TEXT), Ok(DURATION_MAX));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        let error = parse_duration("99999999999h").unwrap_err();
+        assert_eq!(error, "duration \"99999999999h\" is too long: at most 365d");
+        assert!(parse_duration("366d").is_err());
+        let parsed = Cli::try_parse_from(["syncctl", "lock", "acquire", "x", "--ttl", "400d"]);
+        assert_eq!(parsed.unwrap_err().kind(), ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn dashes_without_a_command_are_noticed() {
+        let parse = |argv: &[&str]| {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Lock(LockCommand::Acquire(args)) = cli.command else {
+                panic!("parsed {:?}", cli.command);
+            };
+            has_empty_command(&args, argv.iter().map(OsString::from))
+        };
+        assert!(parse(&["syncctl", "lock", "acquire", "x", "--"]));
+        assert!(!parse(&["syncctl", "lock", "acquire", "x"]));
+        assert!(!parse(&["syncctl", "lock", "acquire", "x", "--", "true"]));
+        assert!(!parse(&[
+            "syncctl", "lock", "acquire", "x", "--", "echo", "--"
+        ]));
     }
 
     #[test]
@@ -610,6 +887,7 @@ mod tests {
         };
         assert_eq!(args.timeout, Some(Duration::ZERO));
         assert_eq!(args.ttl, Duration::from_secs(10));
+        assert_eq!(args.kill_grace, Duration::from_secs(5));
         assert_eq!(args.command, ["sh", "-c", "exit 3"]);
     }
 
@@ -620,7 +898,19 @@ mod tests {
             name: "db".into(),
             state: "free".into(),
         }];
-        assert_eq!(format_list(&rows), "lock  db  free\n");
+        assert_eq!(format_list(&rows), "lock  \"db\"  free\n");
+        let spaced = [
+            PrimitiveSummary {
+                kind: "lock".into(),
+                name: "a b".into(),
+                state: "held".into(),
+            },
+            rows[0].clone(),
+        ];
+        assert_eq!(
+            format_list(&spaced),
+            "lock  \"a b\"  held\nlock  \"db\"   free\n"
+        );
         let lock = DescribeLockResponse {
             name: "db".into(),
             holder: Some(LockHolder {

@@ -16,6 +16,9 @@ pub enum Error {
     /// The session that owned a hold or a wait is gone (expired or closed):
     /// the holds it had are released.
     SessionLost(String),
+    /// The server address cannot be used (empty, malformed, or a scheme
+    /// this client does not speak, such as `https://`). Nothing was sent.
+    InvalidAddress(String),
     /// Any other status from the server, message kept (bad input,
     /// releasing what is not held, limits, ...).
     Status(Status),
@@ -48,9 +51,10 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Unavailable(message) | Error::Timeout(message) | Error::SessionLost(message) => {
-                f.write_str(message)
-            }
+            Error::Unavailable(message)
+            | Error::Timeout(message)
+            | Error::SessionLost(message)
+            | Error::InvalidAddress(message) => f.write_str(message),
             Error::Status(status) => write_status(f, status),
         }
     }

@@ -5,7 +5,9 @@
 //! retried with the same `acquire_id`, so that a grant lost on the way is
 //! handed back instead of queueing the session behind its own hold. The
 //! server enforces the wait's timeout (`timeout_ms`, recomputed for every
-//! retry); the gRPC deadline set on the request is only a safety margin.
+//! retry); the client keeps the same deadline for its retries, and gives the
+//! server [`DEADLINE_MARGIN`] more to answer before it gives up on its own.
+//! A timeout too large to represent means no deadline at all.
 
 use std::{
     sync::atomic::{AtomicU32, Ordering},
@@ -17,7 +19,9 @@ use tonic::{Code, Request, Status};
 use tracing::{debug, warn};
 
 use super::{
-    retry::{self, Backoff, RETRY_BUDGET},
+    no_answer,
+    retry::{self, Backoff, Unreachable, RETRY_BUDGET},
+    session::SessionLoss,
     with_timeout, Client, Error,
 };
 use crate::proto::v1::{
@@ -27,7 +31,12 @@ use crate::proto::v1::{
 
 /// How much longer than the wait itself the client gives the server to
 /// answer before it gives up on its own.
-const DEADLINE_MARGIN: Duration = Duration::from_secs(5);
+const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
+
+/// The longest gRPC deadline the client sets on a wait. gRPC cannot encode
+/// every duration (tonic panics on absurd ones); the server enforces the
+/// wait's own `timeout_ms` anyway, so longer waits go without one.
+const GRPC_TIMEOUT_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// A named lock on the server, seen through one [`Client`]'s session.
 #[derive(Clone, Debug)]
@@ -44,6 +53,13 @@ enum Next {
     RenewSession,
     /// Give the error to the caller.
     Fail,
+}
+
+/// A failed acquire, and whether the server may have granted the lock
+/// without the client hearing of it (the last attempt got no answer).
+struct Failed {
+    error: Error,
+    unanswered: bool,
 }
 
 impl Lock {
@@ -91,51 +107,101 @@ impl Lock {
             .await
     }
 
-    /// The retry loop around acquire attempts. While the server cannot be
-    /// reached it keeps trying until the wait's deadline, but for at least
-    /// [`RETRY_BUDGET`], so that a quick restart does not end a short wait.
+    /// Runs the retry loop; cleans up after it (see [`CancelledAcquire`])
+    /// when it is dropped, or when it failed without an answer.
     async fn acquire_within(&self, timeout: Option<Duration>) -> Result<LockGuard, Error> {
         let acquire_id = retry::acquire_id();
         let mut cancelled = CancelledAcquire {
             lock: Some(self.clone()),
             acquire_id,
         };
-        let result = self.acquire_with_retries(acquire_id, timeout).await;
         // Reached only if this future was not dropped while waiting.
-        cancelled.disarm();
-        result
+        match self.acquire_with_retries(acquire_id, timeout).await {
+            Ok(guard) => {
+                cancelled.disarm();
+                Ok(guard)
+            }
+            Err(failed) => {
+                if !failed.unanswered {
+                    cancelled.disarm();
+                }
+                Err(failed.error)
+            }
+        }
     }
 
+    /// The retry loop around acquire attempts. While the server cannot be
+    /// reached it keeps trying until the wait's deadline (with no deadline:
+    /// forever, with a warning every so often), then fails with
+    /// [`Error::Unavailable`].
     async fn acquire_with_retries(
         &self,
         acquire_id: u64,
         timeout: Option<Duration>,
-    ) -> Result<LockGuard, Error> {
-        let started = Instant::now();
-        let deadline = timeout.map(|t| started + t);
-        let retry_until = deadline.map(|d| d.max(started + RETRY_BUDGET));
+    ) -> Result<LockGuard, Failed> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut backoff = Backoff::default();
+        let mut unreachable = Unreachable::default();
         loop {
-            let session_id = self.client.session_id();
+            let session_id = self.usable_session(deadline).await;
             let status = match self.attempt(session_id, acquire_id, deadline).await {
                 Ok(token) => return Ok(LockGuard::new(self, session_id, token)),
                 Err(status) => status,
             };
+            let fail = |unanswered| Failed {
+                error: self.client.error(status.clone()),
+                unanswered,
+            };
             match next_step(&status) {
                 Next::Retry => {
-                    let pause = backoff.next_pause();
-                    if retry_until.is_some_and(|until| Instant::now() + pause > until) {
-                        return Err(self.client.error(status));
-                    }
-                    debug!(
-                        "acquire {:?} failed: {status}; retrying in {pause:?}",
-                        self.name
-                    );
+                    let Some(pause) = pause_before_retry(backoff.next_pause(), deadline) else {
+                        return Err(fail(true));
+                    };
+                    self.note_unreachable(&mut unreachable, &status, pause);
                     sleep(pause).await;
                 }
-                Next::RenewSession => self.await_new_session(session_id, status, deadline).await?,
-                Next::Fail => return Err(self.client.error(status)),
+                Next::RenewSession => {
+                    unreachable.reset();
+                    self.await_new_session(session_id, status.clone(), deadline)
+                        .await
+                        .map_err(|error| Failed {
+                            error,
+                            unanswered: false,
+                        })?
+                }
+                Next::Fail => return Err(fail(false)),
             }
+        }
+    }
+
+    /// The session to wait in: when the current one is known to be lost (it
+    /// could not be renewed for a full TTL), its replacement, if it comes
+    /// soon enough.
+    async fn usable_session(&self, deadline: Option<Instant>) -> u64 {
+        let session = self.client.session();
+        let current = session.id();
+        if session.loss_of(current).is_some() && !session.is_closed() {
+            session
+                .wait_for_replacement(current, limit_within(deadline))
+                .await;
+        }
+        session.id()
+    }
+
+    /// Logs a failure to reach the server: at debug level each time, and a
+    /// warning every [`retry::UNREACHABLE_WARNING_EVERY`].
+    fn note_unreachable(&self, unreachable: &mut Unreachable, status: &Status, pause: Duration) {
+        debug!(
+            "acquire {:?} failed: {status}; retrying in {pause:?}",
+            self.name
+        );
+        if let Some(unreachable_for) = unreachable.failed(Instant::now()) {
+            warn!(
+                "still waiting for lock {:?}: {} (for {}); retrying",
+                self.name,
+                self.client.error(status.clone()),
+                crate::duration::format(round_to_seconds(unreachable_for))
+            );
         }
     }
 
@@ -156,16 +222,14 @@ impl Lock {
         let Some(remaining) = remaining else {
             return self.read_grant(request).await;
         };
-        let limit = remaining + DEADLINE_MARGIN;
-        request.set_timeout(limit);
+        let limit = remaining.saturating_add(DEADLINE_MARGIN);
+        if let Some(grpc_timeout) = grpc_timeout(limit) {
+            request.set_timeout(grpc_timeout);
+        }
+        // No answer in time counts as a server that cannot be reached.
         tokio::time::timeout(limit, self.read_grant(request))
             .await
-            .unwrap_or_else(|_| {
-                Err(Status::deadline_exceeded(format!(
-                    "no answer from syncd while waiting for lock {:?}",
-                    self.name
-                )))
-            })
+            .unwrap_or_else(|_| Err(no_answer(limit)))
     }
 
     /// Reads the `Acquire` stream until the grant.
@@ -212,11 +276,10 @@ impl Lock {
                 status.message()
             )));
         }
-        let limit = deadline.map_or(RETRY_BUDGET, |d| {
-            d.saturating_duration_since(Instant::now())
-                .min(RETRY_BUDGET)
-        });
-        if session.wait_for_replacement(old, limit).await {
+        if session
+            .wait_for_replacement(old, limit_within(deadline))
+            .await
+        {
             return Ok(());
         }
         if status.code() == Code::NotFound {
@@ -228,10 +291,11 @@ impl Lock {
 }
 
 /// Cleans up after an acquire whose future was dropped (a caller's own
-/// timeout, a `select!`): if the grant had already left the server, the
-/// session holds the lock without anyone knowing. A try-once acquire with the
-/// same `acquire_id` returns that grant (or takes the free lock), and the
-/// cleanup releases whatever it got.
+/// timeout, a `select!`), or that gave up without an answer from the server:
+/// if the grant had already left the server, the session holds the lock
+/// without anyone knowing. A try-once acquire with the same `acquire_id`
+/// returns that grant (or takes the free lock), and the cleanup releases
+/// whatever it got.
 struct CancelledAcquire {
     /// `None` once the acquire ended normally.
     lock: Option<Lock>,
@@ -273,6 +337,37 @@ impl Drop for CancelledAcquire {
             }
         });
     }
+}
+
+/// How long to pause before the next attempt: `pause`, cut short at the
+/// deadline; `None` once the deadline has passed (with a zero timeout: after
+/// the first attempt).
+fn pause_before_retry(pause: Duration, deadline: Option<Instant>) -> Option<Duration> {
+    let Some(deadline) = deadline else {
+        return Some(pause);
+    };
+    let left = deadline.checked_duration_since(Instant::now())?;
+    (!left.is_zero()).then(|| pause.min(left))
+}
+
+/// The gRPC deadline to set on a wait that may last `limit`: none above
+/// [`GRPC_TIMEOUT_MAX`].
+fn grpc_timeout(limit: Duration) -> Option<Duration> {
+    (limit <= GRPC_TIMEOUT_MAX).then_some(limit)
+}
+
+/// How long to wait for a new session: [`RETRY_BUDGET`], but not past the
+/// deadline.
+fn limit_within(deadline: Option<Instant>) -> Duration {
+    deadline.map_or(RETRY_BUDGET, |d| {
+        d.saturating_duration_since(Instant::now())
+            .min(RETRY_BUDGET)
+    })
+}
+
+/// Whole seconds, for log lines.
+fn round_to_seconds(duration: Duration) -> Duration {
+    Duration::from_secs(duration.as_secs())
 }
 
 /// Classifies a failed acquire attempt. For `Acquire`, `NOT_FOUND` can only
@@ -322,6 +417,21 @@ impl LockGuard {
         &self.name
     }
 
+    /// The session that holds the lock.
+    pub fn session_id(&self) -> u64 {
+        self.session_id
+    }
+
+    /// Waits until this hold is lost, and returns why: its session expired,
+    /// could not be renewed for a full TTL (the client cannot tell a dead
+    /// server from an expired lease, so it assumes the worst), or the client
+    /// was closed. Returns at once if that already happened; never while the
+    /// hold is safe. Whatever the lock protects must stop when it returns:
+    /// someone else may hold the lock by then.
+    pub async fn lost(&self) -> SessionLoss {
+        self.client.session().lost(self.session_id).await
+    }
+
     /// Releases the lock. [`Error::SessionLost`] when the session that held
     /// it is gone (the server released the hold already).
     pub async fn release(mut self) -> Result<(), Error> {
@@ -338,7 +448,7 @@ impl LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if !self.armed || self.client.session().is_closed() {
+        if !self.armed || self.client.session().loss_of(self.session_id).is_some() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -367,15 +477,9 @@ async fn release_hold(
     session_id: u64,
     fencing_token: u64,
 ) -> Result<(), Error> {
-    if client.session().is_closed() {
+    if let Some(loss) = client.session().loss_of(session_id) {
         return Err(Error::SessionLost(format!(
-            "lock {name:?} (token {fencing_token}) was released when the client was closed"
-        )));
-    }
-    if client.session_id() != session_id {
-        return Err(Error::SessionLost(format!(
-            "lock {name:?} (token {fencing_token}) was lost with session {session_id}, \
-             which ended before the release"
+            "lock {name:?} (token {fencing_token}) was lost: {loss}"
         )));
     }
     let attempts = AtomicU32::new(0);
@@ -409,5 +513,46 @@ async fn release_hold(
             )))
         }
         other => other.map(|_| ()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_stop_at_the_deadline() {
+        let pause = Duration::from_millis(800);
+        assert_eq!(pause_before_retry(pause, None), Some(pause));
+        let passed = Instant::now();
+        assert_eq!(pause_before_retry(pause, Some(passed)), None);
+        let far = Instant::now() + Duration::from_secs(3600);
+        assert_eq!(pause_before_retry(pause, Some(far)), Some(pause));
+        let near = Instant::now() + Duration::from_millis(300);
+        let cut = pause_before_retry(pause, Some(near)).unwrap();
+        assert!(cut <= Duration::from_millis(300), "{cut:?}");
+    }
+
+    #[test]
+    fn session_waits_stay_within_the_deadline() {
+        assert_eq!(limit_within(None), RETRY_BUDGET);
+        assert_eq!(limit_within(Some(Instant::now())), Duration::ZERO);
+        let far = Instant::now() + Duration::from_secs(3600);
+        assert_eq!(limit_within(Some(far)), RETRY_BUDGET);
+    }
+
+    #[test]
+    fn grpc_deadlines_stay_encodable() {
+        // tonic panics on durations of more than about 11,000 years; the
+        // cap keeps every deadline the client sets far below that.
+        assert_eq!(grpc_timeout(Duration::MAX), None);
+        assert_eq!(
+            grpc_timeout(GRPC_TIMEOUT_MAX + Duration::from_secs(1)),
+            None
+        );
+        let day = grpc_timeout(GRPC_TIMEOUT_MAX).unwrap();
+        let mut request = Request::new(());
+        request.set_timeout(day);
+        assert_eq!(request.metadata().get("grpc-timeout").unwrap(), "86400000m");
     }
 }

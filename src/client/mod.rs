@@ -19,14 +19,23 @@
 //! - [`Client::connect`] opens a session with a TTL and starts one background
 //!   task per client that keeps it alive over one `KeepAlive` stream. After a
 //!   server restart the task resumes the same session (sessions are durable);
-//!   if the session is gone it opens a new one and logs a warning: the holds
-//!   of the old one are lost, as the lease promised.
+//!   if the session is gone it opens a new one and logs a warning (unless
+//!   someone waits on [`LockGuard::lost`] to report it): the holds of the
+//!   old one are lost, as the lease promised.
+//! - A session is lost when the server no longer knows it, and also when no
+//!   keep-alive was confirmed for a full TTL: the client cannot tell a dead
+//!   server from an expired lease, so it assumes the worst.
+//!   [`LockGuard::lost`] and [`Client::session_lost`] tell when that happens;
+//!   whatever a lost hold protects must stop at once.
 //! - Unary calls (release, describe, ping, list) retry a server that cannot
 //!   be reached for about 5 s before returning [`Error::Unavailable`].
 //! - [`Lock::acquire`] retries a broken wait with the same retry identity, so
-//!   a grant lost with a connection is returned rather than queued behind.
+//!   a grant lost with a connection is returned rather than queued behind. A
+//!   wait with a timeout keeps its deadline also while the server cannot be
+//!   reached; one without keeps trying and logs a warning every 10 s.
 //! - [`LockGuard`] releases on [`LockGuard::release`], or, best effort, when
 //!   dropped.
+//! - Only `http://` addresses work: this version speaks no TLS.
 
 mod error;
 mod lock;
@@ -44,13 +53,14 @@ use tracing::debug;
 
 pub use error::Error;
 pub use lock::{Lock, LockGuard};
+pub use session::{LossReason, SessionLoss};
 
 use crate::proto::v1::{
     sessions_client::SessionsClient, system_client::SystemClient, CloseSessionRequest, ListRequest,
     PingRequest, PrimitiveSummary,
 };
 use retry::{Backoff, ATTEMPT_TIMEOUT, RETRY_BUDGET};
-use session::{KeepAlive, SessionShared};
+use session::{KeepAlive, Lease, SessionShared};
 
 /// How often HTTP/2 pings check that the connection is alive.
 const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -62,7 +72,8 @@ const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     /// The session's lease: if the client cannot renew it for this long
-    /// (crash, partition), the server releases everything it holds.
+    /// (crash, partition), the server releases everything it holds, and the
+    /// client takes all of it as lost too (see [`LockGuard::lost`]).
     /// Default 10 s.
     pub session_ttl: Duration,
     /// A label shown by `describe`. Default `<exe-name>@<hostname>:<pid>`.
@@ -115,7 +126,7 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Connects to the server at `addr` (`http://127.0.0.1:7420`, or
     /// `127.0.0.1:7420` without a scheme) with default options and opens a
-    /// session.
+    /// session. `https://` is refused: this version speaks no TLS.
     pub async fn connect(addr: impl Into<String>) -> Result<Client, Error> {
         Client::connect_with(addr, ClientOptions::default()).await
     }
@@ -129,6 +140,7 @@ impl Client {
     ) -> Result<Client, Error> {
         let addr = normalize_addr(&addr.into())?;
         let channel = endpoint(&addr, &options)?.connect_lazy();
+        let asked = tokio::time::Instant::now();
         let created = tokio::time::timeout(
             options.connect_timeout,
             session::create_session(&channel, options.session_ttl, &options.client_name),
@@ -144,6 +156,7 @@ impl Client {
             addr: addr.clone(),
             ttl: options.session_ttl,
             client_name: options.client_name,
+            lease: Lease::new(asked, options.session_ttl),
         }
         .spawn();
         let inner = Inner {
@@ -161,6 +174,16 @@ impl Client {
     /// and replaced by a new one.
     pub fn session_id(&self) -> u64 {
         self.inner.session.id()
+    }
+
+    /// Waits until the current session (the one [`Client::session_id`]
+    /// returns now) is lost, and with it everything it holds: the server
+    /// said it expired, no keep-alive was confirmed for a full TTL, or the
+    /// client was closed. Returns which session and why. The client goes on
+    /// with a new session.
+    pub async fn session_lost(&self) -> SessionLoss {
+        let session_id = self.session_id();
+        self.inner.session.lost(session_id).await
     }
 
     /// The gRPC channel all of this client's calls share: raw access for
@@ -286,27 +309,31 @@ fn no_answer(waited: Duration) -> Status {
     ))
 }
 
-/// Adds `http://` when the address has no scheme; refuses an empty one.
+/// Adds `http://` when the address has no scheme; refuses an empty one and
+/// any scheme but `http`.
 fn normalize_addr(addr: &str) -> Result<String, Error> {
     let addr = addr.trim().trim_end_matches('/');
     if addr.is_empty() {
-        return Err(Error::Status(Status::invalid_argument(
-            "the server address is empty; write e.g. http://127.0.0.1:7420",
-        )));
+        return Err(Error::InvalidAddress(
+            "the server address is empty; write e.g. http://127.0.0.1:7420".to_string(),
+        ));
     }
-    if addr.contains("://") {
-        Ok(addr.to_string())
-    } else {
-        Ok(format!("http://{addr}"))
+    match addr.split_once("://") {
+        None => Ok(format!("http://{addr}")),
+        Some(("http", _)) => Ok(addr.to_string()),
+        Some(("https", _)) => Err(Error::InvalidAddress(
+            "https:// needs TLS, which this syncd version does not support yet; use http://"
+                .to_string(),
+        )),
+        Some((scheme, _)) => Err(Error::InvalidAddress(format!(
+            "unsupported scheme {scheme:?} in server address {addr:?}; use http://HOST:PORT"
+        ))),
     }
 }
 
 fn endpoint(addr: &str, options: &ClientOptions) -> Result<Endpoint, Error> {
-    let endpoint = Endpoint::from_shared(addr.to_string()).map_err(|e| {
-        Error::Status(Status::invalid_argument(format!(
-            "invalid server address {addr:?}: {e}"
-        )))
-    })?;
+    let endpoint = Endpoint::from_shared(addr.to_string())
+        .map_err(|e| Error::InvalidAddress(format!("invalid server address {addr:?}: {e}")))?;
     Ok(endpoint
         .connect_timeout(options.connect_timeout)
         .tcp_nodelay(true)
@@ -350,8 +377,27 @@ mod tests {
             normalize_addr(" http://localhost:1/ ").unwrap(),
             "http://localhost:1"
         );
-        assert_eq!(normalize_addr("https://h:2").unwrap(), "https://h:2");
-        assert!(matches!(normalize_addr("  "), Err(Error::Status(_))));
+        assert!(matches!(
+            normalize_addr("  "),
+            Err(Error::InvalidAddress(_))
+        ));
+    }
+
+    #[test]
+    fn only_plain_http_is_accepted() {
+        let https = normalize_addr("https://h:2").unwrap_err().to_string();
+        assert_eq!(
+            https,
+            "https:// needs TLS, which this syncd version does not support yet; use http://"
+        );
+        let other = normalize_addr("ftp://h:2").unwrap_err().to_string();
+        assert!(other.contains("unsupported scheme \"ftp\""), "{other}");
+    }
+
+    #[tokio::test]
+    async fn connect_refuses_https() {
+        let error = Client::connect("https://127.0.0.1:1").await.unwrap_err();
+        assert!(error.to_string().contains("needs TLS"), "{error}");
     }
 
     #[test]

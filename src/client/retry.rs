@@ -1,11 +1,14 @@
 //! Retry policy shared by every call: a doubling backoff, the retry budget
-//! of unary calls, and retry identities for `Acquire`.
+//! of unary calls, periodic warnings while the server cannot be reached, and
+//! retry identities for `Acquire`.
 
 use std::{
     process,
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
+
+use tokio::time::Instant;
 
 /// How long a unary call keeps retrying a server that cannot be reached
 /// before it gives up with [`super::Error::Unavailable`]: long enough to
@@ -15,6 +18,9 @@ pub(crate) const RETRY_BUDGET: Duration = Duration::from_secs(5);
 /// The longest one unary attempt may take before it counts as a failure to
 /// reach the server.
 pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a wait that cannot reach the server logs a warning about it.
+pub(crate) const UNREACHABLE_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -44,6 +50,34 @@ impl Backoff {
     /// Starts again from the shortest pause, after a success.
     pub(crate) fn reset(&mut self) {
         self.next = BACKOFF_FIRST;
+    }
+}
+
+/// One stretch of failures to reach the server, to warn about it every
+/// [`UNREACHABLE_WARNING_EVERY`] rather than once or on every retry.
+#[derive(Debug, Default)]
+pub(crate) struct Unreachable {
+    since: Option<Instant>,
+    warned_at: Option<Instant>,
+}
+
+impl Unreachable {
+    /// Records a failure at `now`. Returns how long the server has been
+    /// unreachable when a warning is due: once that reaches
+    /// [`UNREACHABLE_WARNING_EVERY`], then every that long again.
+    pub(crate) fn failed(&mut self, now: Instant) -> Option<Duration> {
+        let since = *self.since.get_or_insert(now);
+        let last = self.warned_at.unwrap_or(since);
+        if now.saturating_duration_since(last) < UNREACHABLE_WARNING_EVERY {
+            return None;
+        }
+        self.warned_at = Some(now);
+        Some(now.saturating_duration_since(since))
+    }
+
+    /// The server answered: the stretch is over.
+    pub(crate) fn reset(&mut self) {
+        *self = Unreachable::default();
     }
 }
 
@@ -87,6 +121,24 @@ mod tests {
         assert_eq!(pauses, [100, 200, 400, 800, 1000, 1000]);
         backoff.reset();
         assert_eq!(backoff.next_pause(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn unreachable_servers_are_warned_about_periodically() {
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let mut unreachable = Unreachable::default();
+        let warnings: Vec<Option<u64>> = [0, 5, 10, 15, 19, 20, 31]
+            .into_iter()
+            .map(|secs| unreachable.failed(at(secs)).map(|d| d.as_secs()))
+            .collect();
+        assert_eq!(
+            warnings,
+            [None, None, Some(10), None, None, Some(20), Some(31)]
+        );
+        unreachable.reset();
+        assert_eq!(unreachable.failed(at(40)), None);
+        assert_eq!(unreachable.failed(at(50)), Some(Duration::from_secs(10)));
     }
 
     #[test]
