@@ -36,8 +36,12 @@ struct Args {
     clients: usize,
 
     /// How long each scenario runs (after a warm-up of a tenth of it).
-    #[arg(long, short = 'd', default_value = "5s", value_parser = syncd::duration::parse)]
+    #[arg(long, short = 'd', default_value = "3s", value_parser = syncd::duration::parse)]
     duration: Duration,
+
+    /// Rounds over every mode and scenario; the table shows medians.
+    #[arg(long, short = 'r', default_value_t = 3)]
+    rounds: usize,
 
     /// Scenarios to run, comma-separated.
     #[arg(
@@ -92,6 +96,37 @@ struct Measured {
 }
 
 impl Measured {
+    /// The rows this measurement gives: `false` for its own latencies, and
+    /// `true` for the handoff latencies of `lock-contended`.
+    fn views(&self) -> Vec<bool> {
+        match self.scenario {
+            Scenario::LockContended => vec![false, true],
+            _ => vec![false],
+        }
+    }
+
+    fn name(&self, handoff: bool) -> &'static str {
+        match (self.scenario, handoff) {
+            (Scenario::Ping, _) => "ping",
+            (Scenario::LockUncontended, _) => UNCONTENDED,
+            (Scenario::LockContended, false) => CONTENDED_WAIT,
+            (Scenario::LockContended, true) => CONTENDED_HANDOFF,
+        }
+    }
+
+    fn summary(&self, handoff: bool) -> Summary {
+        let latencies = if handoff {
+            &self.handoffs_us
+        } else {
+            &self.latencies_us
+        };
+        Summary {
+            ops_per_s: self.ops_per_s(),
+            p50_ms: Measured::percentile(latencies, 0.50),
+            p99_ms: Measured::percentile(latencies, 0.99),
+        }
+    }
+
     fn ops_per_s(&self) -> f64 {
         self.ops as f64 / self.seconds
     }
@@ -119,31 +154,52 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), Error> {
     println!(
-        "syncd-bench: {} clients, {} per scenario",
+        "syncd-bench: {} clients, {} per scenario, median of {} rounds",
         args.clients,
-        syncd::duration::format(args.duration)
+        syncd::duration::format(args.duration),
+        args.rounds
     );
-    println!("| durability | scenario | ops/s | p50 ms | p99 ms | ops/s ÷ ping | p50 ÷ ping p50 |");
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    let mut servers = Vec::new();
     for durability in &args.durability {
-        let (addr, mut server) = match &args.addr {
+        let (addr, server) = match &args.addr {
             Some(addr) => (addr.clone(), None),
             None => {
                 let server = StartedSyncd::start(args.syncd.clone(), *durability)?;
                 (server.addr.clone(), Some(server))
             }
         };
-        let mut ping: Option<(f64, f64)> = None;
-        let mut scenarios = args.scenarios.clone();
-        // Ratios need the floor first.
-        if !scenarios.contains(&Scenario::Ping) {
-            scenarios.insert(0, Scenario::Ping);
+        servers.push((*durability, addr, server));
+    }
+    let mut scenarios = args.scenarios.clone();
+    // Ratios need the floor, measured right before the others.
+    if !scenarios.contains(&Scenario::Ping) {
+        scenarios.insert(0, Scenario::Ping);
+    }
+    scenarios.sort_by_key(|s| *s != Scenario::Ping);
+
+    // Rounds interleave every mode and scenario, so that a burst of noise
+    // on this shared machine hits one round, not one row.
+    let mut rows: Vec<Row> = Vec::new();
+    for _ in 0..args.rounds {
+        for (durability, addr, _) in &servers {
+            let mut ping = None;
+            for scenario in &scenarios {
+                let measured = measure(addr, *scenario, args.clients, args.duration).await?;
+                if *scenario == Scenario::Ping {
+                    ping = Some(measured.summary(false));
+                }
+                let floor = ping.expect("ping runs first");
+                for handoff in measured.views() {
+                    let summary = measured.summary(handoff);
+                    row_for(&mut rows, durability.as_str(), measured.name(handoff))
+                        .push(summary, floor);
+                }
+            }
         }
-        scenarios.sort_by_key(|s| *s != Scenario::Ping);
-        for scenario in scenarios {
-            let measured = measure(&addr, scenario, args.clients, args.duration).await?;
-            print_rows(durability.as_str(), &measured, &mut ping);
-        }
+    }
+    print_table(&rows);
+    print_sync_vs_none(&rows);
+    for (_, _, server) in servers.iter_mut() {
         if let Some(server) = server.as_mut() {
             server.stop();
         }
@@ -151,34 +207,101 @@ async fn run(args: Args) -> Result<(), Error> {
     Ok(())
 }
 
-fn print_rows(durability: &str, m: &Measured, ping: &mut Option<(f64, f64)>) {
-    let ops = m.ops_per_s();
-    let p50 = Measured::percentile(&m.latencies_us, 0.50);
-    let p99 = Measured::percentile(&m.latencies_us, 0.99);
-    if m.scenario == Scenario::Ping {
-        *ping = Some((ops, p50));
+/// One round's figures for one row.
+#[derive(Clone, Copy)]
+struct Summary {
+    ops_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// A table row: every round's figures and ratios to that round's ping.
+struct Row {
+    durability: &'static str,
+    name: &'static str,
+    rounds: Vec<(Summary, f64, f64)>,
+}
+
+impl Row {
+    fn push(&mut self, summary: Summary, ping: Summary) {
+        let ops_ratio = summary.ops_per_s / ping.ops_per_s;
+        let p50_ratio = summary.p50_ms / ping.p50_ms;
+        self.rounds.push((summary, ops_ratio, p50_ratio));
     }
-    let (ping_ops, ping_p50) = ping.unwrap_or((f64::NAN, f64::NAN));
-    let name = match m.scenario {
-        Scenario::Ping => "ping",
-        Scenario::LockUncontended => "lock-uncontended (acquire+release)",
-        Scenario::LockContended => "lock-contended (acquire wait)",
+
+    fn median(&self, pick: impl Fn(&(Summary, f64, f64)) -> f64) -> f64 {
+        let mut values: Vec<f64> = self.rounds.iter().map(pick).collect();
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    }
+}
+
+fn row_for<'a>(
+    rows: &'a mut Vec<Row>,
+    durability: &'static str,
+    name: &'static str,
+) -> &'a mut Row {
+    let index = match rows
+        .iter()
+        .position(|r| r.durability == durability && r.name == name)
+    {
+        Some(index) => index,
+        None => {
+            rows.push(Row {
+                durability,
+                name,
+                rounds: Vec::new(),
+            });
+            rows.len() - 1
+        }
     };
-    println!(
-        "| {durability} | {name} | {ops:.0} | {p50:.2} | {p99:.2} | {:.2} | {:.2} |",
-        ops / ping_ops,
-        p50 / ping_p50
-    );
-    if m.scenario == Scenario::LockContended {
-        let h50 = Measured::percentile(&m.handoffs_us, 0.50);
-        let h99 = Measured::percentile(&m.handoffs_us, 0.99);
+    &mut rows[index]
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!("| durability | scenario | ops/s | p50 ms | p99 ms | ops/s ÷ ping | p50 ÷ ping p50 |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for row in rows {
         println!(
-            "| {durability} | lock-contended (handoff) | {ops:.0} | {h50:.2} | {h99:.2} | {:.2} | {:.2} |",
-            ops / ping_ops,
-            h50 / ping_p50
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            row.durability,
+            row.name,
+            row.median(|r| r.0.ops_per_s),
+            row.median(|r| r.0.p50_ms),
+            row.median(|r| r.0.p99_ms),
+            row.median(|r| r.1),
+            row.median(|r| r.2),
         );
     }
 }
+
+/// Group commit at work: `sync` throughput as a share of `none`, per round.
+fn print_sync_vs_none(rows: &[Row]) {
+    let find = |durability: &str, name: &str| {
+        rows.iter()
+            .find(|r| r.durability == durability && r.name == name)
+    };
+    for name in [UNCONTENDED, CONTENDED_HANDOFF] {
+        let (Some(sync), Some(none)) = (find("sync", name), find("none", name)) else {
+            continue;
+        };
+        let mut shares: Vec<f64> = sync
+            .rounds
+            .iter()
+            .zip(&none.rounds)
+            .map(|(s, n)| s.0.ops_per_s / n.0.ops_per_s)
+            .collect();
+        shares.sort_by(f64::total_cmp);
+        if let Some(median) = shares.get(shares.len() / 2) {
+            println!("{name}: sync ops/s ÷ none ops/s = {median:.2} (median over rounds)");
+        }
+    }
+}
+
+const UNCONTENDED: &str = "lock-uncontended (acquire+release)";
+const CONTENDED_WAIT: &str = "lock-contended (acquire wait)";
+const CONTENDED_HANDOFF: &str = "lock-contended (handoff)";
 
 async fn measure(
     addr: &str,
