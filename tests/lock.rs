@@ -81,15 +81,7 @@ fn hold(addr: &str, name: &str, ttl: &str) -> (Child, u64) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn syncctl");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read token");
-    let token = line
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("expected a token, got {line:?}"));
+    let token = common::read_token(&mut child);
     (child, token)
 }
 

@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -35,14 +35,7 @@ fn spawn_acquire(addr: &str, name: &str, ttl: &str, extra: &[&str]) -> Child {
 /// Starts a holder without a command; returns it with the token it printed.
 fn hold(addr: &str, name: &str, ttl: &str) -> (Child, u64) {
     let mut child = spawn_acquire(addr, name, ttl, &[]);
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped stdout"))
-        .read_line(&mut line)
-        .expect("read token");
-    let token = line
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("expected a token, got {line:?}"));
+    let token = common::read_token(&mut child);
     (child, token)
 }
 

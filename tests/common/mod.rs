@@ -222,3 +222,16 @@ pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Reads the fencing token that `syncctl lock acquire NAME` (without a
+/// command) prints as its first line of stdout.
+pub fn read_token(child: &mut Child) -> u64 {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read token");
+    line.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("expected a token, got {line:?}"))
+}
