@@ -143,9 +143,3 @@ pub struct Outcome {
     pub changes: Vec<Change>,
 }
 
-impl Outcome {
-    pub fn clear(&mut self) {
-        self.events.clear();
-        self.changes.clear();
-    }
-}
