@@ -142,4 +142,3 @@ pub struct Outcome {
     /// Records to persist before any reply or event of this outcome is sent.
     pub changes: Vec<Change>,
 }
-
