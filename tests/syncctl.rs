@@ -47,6 +47,22 @@ fn sleeper(pid_file: &Path, prelude: &str) -> String {
 }
 
 /// Waits until `pid_file` exists; returns the pid in it.
+/// `lock acquire NAME --ttl TTL -- sh -c <sleeper>`: returns syncctl, the
+/// command's pid once it runs (so the lock is held), and the directory of
+/// its pid file (keep it alive for the test).
+fn hold_running_sleeper(addr: &str, name: &str, ttl: &str) -> (Child, u32, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pid_file = temp_path(&dir, "cmd.pid");
+    let child = spawn_acquire(
+        addr,
+        name,
+        ttl,
+        &["--", "sh", "-c", &sleeper(&pid_file, "")],
+    );
+    let command_pid = read_pid(&pid_file);
+    (child, command_pid, dir)
+}
+
 fn read_pid(pid_file: &Path) -> u32 {
     eventually("the command writes its pid", || pid_file.exists());
     let text = std::fs::read_to_string(pid_file).expect("read pid file");
@@ -166,15 +182,7 @@ async fn the_library_takes_any_timeout() {
 #[test]
 fn a_stopped_holder_stops_its_command_when_it_finds_the_lock_lost() {
     let syncd = Syncd::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let pid_file = temp_path(&dir, "cmd.pid");
-    let holder = spawn_acquire(
-        &syncd.addr,
-        "p",
-        "1s",
-        &["--", "sh", "-c", &sleeper(&pid_file, "")],
-    );
-    let command_pid = read_pid(&pid_file);
+    let (holder, command_pid, _dir) = hold_running_sleeper(&syncd.addr, "p", "1s");
 
     // Stopped, syncctl cannot renew its session: the server expires it and
     // hands the lock to the next client.
@@ -290,15 +298,7 @@ fn sighup_releases_a_lock_held_without_command() {
 #[test]
 fn sighup_is_forwarded_to_the_command_then_the_lock_released() {
     let syncd = Syncd::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let pid_file = temp_path(&dir, "cmd.pid");
-    let child = spawn_acquire(
-        &syncd.addr,
-        "hup-cmd",
-        "30s",
-        &["--", "sh", "-c", &sleeper(&pid_file, "")],
-    );
-    let command_pid = read_pid(&pid_file);
+    let (child, command_pid, _dir) = hold_running_sleeper(&syncd.addr, "hup-cmd", "30s");
     send_signal(child.id(), "HUP");
     let (code, stderr) = finish(child);
     assert_eq!(code, Some(128 + 1), "the command died of SIGHUP: {stderr}");

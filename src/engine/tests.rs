@@ -71,6 +71,36 @@ fn acquire(session_id: u64, waiter: WaiterId) -> Command {
     }
 }
 
+fn release(session_id: u64, fencing_token: u64) -> Command {
+    Command::LockRelease {
+        session_id,
+        name: "l".into(),
+        fencing_token,
+    }
+}
+
+/// A fresh engine where one session holds lock "l" and another waits for
+/// it (its stream has seen `Queued` at position 1). Returns the engine, its
+/// task, the holder's session and token, and the waiting stream.
+async fn held_and_waiting() -> (
+    EngineHandle,
+    JoinHandle<std::result::Result<(), StoreError>>,
+    u64,
+    u64,
+    WaitStream,
+) {
+    let (engine, task) = start(MemoryStore::new(), EngineConfig::default()).unwrap();
+    let owner = session(&engine).await;
+    let other = session(&engine).await;
+    let held = granted_token(&mut engine.wait(|w| acquire(owner, w)).await).await;
+    let mut waiting = engine.wait(|w| acquire(other, w)).await;
+    assert!(matches!(
+        waiting.next().await,
+        Some(Ok(Reply::Queued { position: 1 }))
+    ));
+    (engine, task, owner, held, waiting)
+}
+
 async fn describe(engine: &EngineHandle) -> LockInfo {
     match engine
         .call(Command::LockDescribe { name: "l".into() })
@@ -177,48 +207,22 @@ async fn holds_and_tokens_survive_a_restart_over_the_same_store() {
     assert_eq!((holder.session_id, holder.fencing_token), (owner, held));
     let other = session(&engine).await;
     assert!(other > owner, "session ids are never reused");
-    let release = Command::LockRelease {
-        session_id: owner,
-        name: "l".into(),
-        fencing_token: held,
-    };
-    assert_eq!(engine.call(release).await, Ok(Reply::Done));
+    assert_eq!(engine.call(release(owner, held)).await, Ok(Reply::Done));
     let next = granted_token(&mut engine.wait(|w| acquire(other, w)).await).await;
     assert!(next > held);
 }
 
 #[tokio::test]
 async fn a_dropped_waiter_leaves_the_queue() {
-    let (engine, _task) = start(MemoryStore::new(), EngineConfig::default()).unwrap();
-    let owner = session(&engine).await;
-    let other = session(&engine).await;
-    granted_token(&mut engine.wait(|w| acquire(owner, w)).await).await;
-    let mut waiting = engine.wait(|w| acquire(other, w)).await;
-    assert!(matches!(
-        waiting.next().await,
-        Some(Ok(Reply::Queued { position: 1 }))
-    ));
+    let (engine, _task, _, _, waiting) = held_and_waiting().await;
     drop(waiting);
     eventually(|| async { describe(&engine).await.waiters.is_empty() }).await;
 }
 
 #[tokio::test]
 async fn a_grant_that_was_never_read_is_given_back() {
-    let (engine, _task) = start(MemoryStore::new(), EngineConfig::default()).unwrap();
-    let owner = session(&engine).await;
-    let other = session(&engine).await;
-    let held = granted_token(&mut engine.wait(|w| acquire(owner, w)).await).await;
-    let mut waiting = engine.wait(|w| acquire(other, w)).await;
-    assert!(matches!(
-        waiting.next().await,
-        Some(Ok(Reply::Queued { .. }))
-    ));
-    let release = Command::LockRelease {
-        session_id: owner,
-        name: "l".into(),
-        fencing_token: held,
-    };
-    assert_eq!(engine.call(release).await, Ok(Reply::Done));
+    let (engine, _task, owner, held, waiting) = held_and_waiting().await;
+    assert_eq!(engine.call(release(owner, held)).await, Ok(Reply::Done));
     // The grant now sits unread in the waiter's stream; the client leaves.
     eventually(|| async { describe(&engine).await.holder.is_some() }).await;
     drop(waiting);
@@ -227,15 +231,7 @@ async fn a_grant_that_was_never_read_is_given_back() {
 
 #[tokio::test]
 async fn shutdown_ends_waits_with_unavailable() {
-    let (engine, task) = start(MemoryStore::new(), EngineConfig::default()).unwrap();
-    let owner = session(&engine).await;
-    let other = session(&engine).await;
-    granted_token(&mut engine.wait(|w| acquire(owner, w)).await).await;
-    let mut waiting = engine.wait(|w| acquire(other, w)).await;
-    assert!(matches!(
-        waiting.next().await,
-        Some(Ok(Reply::Queued { .. }))
-    ));
+    let (engine, task, _, _, mut waiting) = held_and_waiting().await;
     engine.shutdown().await;
     let end = waiting.next().await;
     assert!(
