@@ -7,7 +7,13 @@ use std::{env, fs, path::PathBuf};
 const API_PROTOS: &[&str] = &[
     "proto/syncd/v1/system.proto",
     "proto/syncd/v1/session.proto",
+    "proto/syncd/v1/common.proto",
     "proto/syncd/v1/lock.proto",
+    "proto/syncd/v1/semaphore.proto",
+    "proto/syncd/v1/rwlock.proto",
+    "proto/syncd/v1/event.proto",
+    "proto/syncd/v1/condition.proto",
+    "proto/syncd/v1/barrier.proto",
 ];
 const RECORD_PROTOS: &[&str] = &["proto/syncd/store/v1/records.proto"];
 

@@ -4,7 +4,11 @@
 
 use std::fmt;
 
-use super::{lock, Change, FencingToken, Kind, SessionId, WaiterId};
+pub use super::rwlock::RwMode;
+use super::{
+    barrier, condition, event, lock, rwlock, semaphore, Change, FencingToken, Kind, SessionId,
+    WaiterId,
+};
 
 /// Everything a client (or the engine) can ask of the state machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,12 +32,89 @@ pub enum Command {
         /// Retry identity; 0 = none. See `proto/syncd/v1/lock.proto`.
         acquire_id: u64,
     },
-    LockRelease {
+    /// Gives back a hold of a lock, semaphore or read-write lock.
+    Release {
+        kind: Kind,
         session_id: SessionId,
         name: String,
         fencing_token: FencingToken,
     },
     LockDescribe {
+        name: String,
+    },
+    SemaphoreAcquire {
+        session_id: SessionId,
+        name: String,
+        waiter: WaiterId,
+        timeout_ms: Option<u64>,
+        acquire_id: u64,
+        /// 0 = the existing semaphore's capacity.
+        capacity: u32,
+        /// 0 = 1.
+        permits: u32,
+    },
+    SemaphoreDescribe {
+        name: String,
+    },
+    RwLockAcquire {
+        session_id: SessionId,
+        name: String,
+        waiter: WaiterId,
+        timeout_ms: Option<u64>,
+        acquire_id: u64,
+        mode: RwMode,
+    },
+    RwLockDescribe {
+        name: String,
+    },
+    EventSet {
+        name: String,
+    },
+    EventClear {
+        name: String,
+    },
+    EventWait {
+        session_id: SessionId,
+        name: String,
+        waiter: WaiterId,
+        timeout_ms: Option<u64>,
+    },
+    EventDescribe {
+        name: String,
+    },
+    ConditionWait {
+        session_id: SessionId,
+        name: String,
+        /// The lock the caller holds under `fencing_token`.
+        lock: String,
+        fencing_token: FencingToken,
+        waiter: WaiterId,
+        /// Bounds the wait for a notification, not the re-acquire.
+        timeout_ms: Option<u64>,
+    },
+    ConditionNotify {
+        name: String,
+        /// `None` wakes every waiter.
+        count: Option<u32>,
+    },
+    ConditionDescribe {
+        name: String,
+    },
+    BarrierWait {
+        session_id: SessionId,
+        name: String,
+        waiter: WaiterId,
+        /// 0 = the stored barrier's parties.
+        parties: u32,
+        timeout_ms: Option<u64>,
+    },
+    BarrierReset {
+        name: String,
+    },
+    BarrierDescribe {
+        name: String,
+    },
+    BarrierDelete {
         name: String,
     },
     List {
@@ -67,10 +148,31 @@ pub enum Reply {
     Queued {
         position: u32,
     },
-    LockGranted {
+    /// A hold of a lock, semaphore or read-write lock.
+    Granted {
         fencing_token: FencingToken,
     },
+    /// A condition wait ended: the lock is held again.
+    Reacquired {
+        fencing_token: FencingToken,
+        timed_out: bool,
+    },
+    /// An event is set.
+    EventIsSet,
+    /// A barrier released this party.
+    BarrierPassed {
+        arrival_index: u32,
+        generation: u64,
+    },
+    /// Waiters woken (event set, condition notify) or aborted (barrier
+    /// reset or delete).
+    Count(u32),
     LockDescription(lock::LockInfo),
+    SemaphoreDescription(semaphore::SemaphoreInfo),
+    RwLockDescription(rwlock::RwLockInfo),
+    EventDescription(event::EventInfo),
+    ConditionDescription(condition::ConditionInfo),
+    BarrierDescription(barrier::BarrierInfo),
     Listing(Vec<Summary>),
     Done,
 }
@@ -85,7 +187,9 @@ impl Reply {
     /// not be delivered.
     pub fn granted_token(&self) -> Option<FencingToken> {
         match self {
-            Reply::LockGranted { fencing_token } => Some(*fencing_token),
+            Reply::Granted { fencing_token } | Reply::Reacquired { fencing_token, .. } => {
+                Some(*fencing_token)
+            }
             _ => None,
         }
     }
@@ -109,6 +213,8 @@ pub enum Code {
     DeadlineExceeded,
     ResourceExhausted,
     Unavailable,
+    /// A barrier is broken.
+    Aborted,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

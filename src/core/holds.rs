@@ -13,7 +13,12 @@
 //! - fencing tokens only increase: each comes from `Counters`, which is
 //!   persisted with every batch.
 
-use super::{Code, FencingToken, Kind, Outcome, Rejection, Result, SessionId, State, WaiterId};
+use std::collections::BTreeMap;
+
+use super::waitq::{WaitQueue, Waiter};
+use super::{
+    Code, FencingToken, Kind, Outcome, Rejection, Reply, Result, SessionId, State, WaiterId,
+};
 
 /// Where a hold lives, indexed by its fencing token.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,6 +26,52 @@ pub(super) struct HoldRef {
     pub(super) session_id: SessionId,
     pub(super) kind: Kind,
     pub(super) name: String,
+    /// The retry identity it was granted under (0 = none).
+    pub(super) acquire_id: u64,
+}
+
+/// One hold as every holding primitive keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    pub session_id: SessionId,
+    pub fencing_token: FencingToken,
+    pub acquired_at_ms: u64,
+    pub acquire_id: u64,
+}
+
+/// What `describe` shows of a hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HolderInfo {
+    pub session_id: SessionId,
+    pub client_name: String,
+    pub fencing_token: FencingToken,
+    pub held_ms: u64,
+    pub lease_left_ms: u64,
+}
+
+/// What `describe` shows of a waiter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WaiterInfo {
+    pub session_id: SessionId,
+    pub client_name: String,
+    pub waiting_ms: u64,
+}
+
+/// A primitive with a waiter queue, so that queueing and leaving are
+/// written once for all of them.
+pub(super) trait Queueing: Default {
+    type Request;
+    fn queue(&mut self) -> &mut WaitQueue<Self::Request>;
+}
+
+/// The table of one kind of primitive inside `State`.
+pub(super) type Table<P> = fn(&mut State) -> &mut BTreeMap<String, P>;
+
+/// A primitive may exist while nobody uses it only if this says so.
+pub(super) fn forget_if<P>(table: &mut BTreeMap<String, P>, name: &str, unused: fn(&P) -> bool) {
+    if table.get(name).is_some_and(unused) {
+        table.remove(name);
+    }
 }
 
 /// Where a waiter waits, indexed by its id.
@@ -40,6 +91,26 @@ impl State {
         self.counters.last_fencing_token
     }
 
+    /// Takes a token for a new hold of `session_id` and indexes it; the
+    /// primitive stores the returned `Hold` and persists it.
+    pub(super) fn new_hold(
+        &mut self,
+        session_id: SessionId,
+        kind: Kind,
+        name: &str,
+        acquire_id: u64,
+        out: &mut Outcome,
+    ) -> Hold {
+        let fencing_token = self.next_fencing_token(out);
+        self.register_hold(fencing_token, session_id, kind, name, acquire_id);
+        Hold {
+            session_id,
+            fencing_token,
+            acquired_at_ms: self.now_ms,
+            acquire_id,
+        }
+    }
+
     /// Records that `session_id` holds `token` on a primitive.
     pub(super) fn register_hold(
         &mut self,
@@ -47,6 +118,7 @@ impl State {
         session_id: SessionId,
         kind: Kind,
         name: &str,
+        acquire_id: u64,
     ) {
         let session = self
             .sessions
@@ -59,8 +131,80 @@ impl State {
                 session_id,
                 kind,
                 name: name.to_owned(),
+                acquire_id,
             },
         );
+    }
+
+    /// A retry of an acquire that was granted already: the session holds
+    /// `name` under this nonzero `acquire_id`.
+    pub(super) fn retried_grant(
+        &self,
+        session_id: SessionId,
+        kind: Kind,
+        name: &str,
+        acquire_id: u64,
+    ) -> Option<FencingToken> {
+        if acquire_id == 0 {
+            return None;
+        }
+        let session = self.sessions.get(session_id)?;
+        session.holds.iter().copied().find(|token| {
+            self.holds.get(token).is_some_and(|hold| {
+                hold.kind == kind && hold.name == name && hold.acquire_id == acquire_id
+            })
+        })
+    }
+
+    /// Gives back a hold on a client's request: only the holding session,
+    /// naming the hold's token on this primitive, may release it. (The
+    /// name and session were checked by `apply`.)
+    pub(super) fn release(
+        &mut self,
+        kind: Kind,
+        session_id: SessionId,
+        name: &str,
+        fencing_token: FencingToken,
+        out: &mut Outcome,
+    ) -> Result<Reply> {
+        let what = format!("{} {name:?}", kind.as_str());
+        let problem = match self.holds.get(&fencing_token) {
+            Some(hold) if hold.kind != kind || hold.name != name => {
+                format!("token {fencing_token} is not a hold of {what}")
+            }
+            Some(hold) if hold.session_id != session_id => format!(
+                "{what} is held under token {fencing_token} by session {}, not by session {session_id}",
+                hold.session_id
+            ),
+            Some(_) => {
+                self.release_hold(fencing_token, out);
+                return Ok(Reply::Done);
+            }
+            None => match self.tokens_held(session_id, kind, name).as_slice() {
+                [] => format!("{what} is not held by session {session_id}"),
+                held => format!(
+                    "{what} is held by this session under token {}, not {fencing_token}",
+                    join(held)
+                ),
+            },
+        };
+        Err(Rejection::new(Code::FailedPrecondition, problem))
+    }
+
+    fn tokens_held(&self, session_id: SessionId, kind: Kind, name: &str) -> Vec<FencingToken> {
+        let Some(session) = self.sessions.get(session_id) else {
+            return Vec::new();
+        };
+        session
+            .holds
+            .iter()
+            .copied()
+            .filter(|token| {
+                self.holds
+                    .get(token)
+                    .is_some_and(|h| h.kind == kind && h.name == name)
+            })
+            .collect()
     }
 
     /// Forgets a hold in the indexes (the primitive itself is updated by
@@ -75,15 +219,88 @@ impl State {
 
     /// Releases a hold whoever owns it, and wakes whoever can go next.
     pub(super) fn release_hold(&mut self, token: FencingToken, out: &mut Outcome) {
-        let Some(hold) = self.holds.get(&token) else {
+        let Some(hold) = self.unregister_hold(token) else {
             return;
         };
+        let name = hold.name.as_str();
         match hold.kind {
-            Kind::Lock => {
-                let (session_id, name) = (hold.session_id, hold.name.clone());
-                // The index says this hold exists, so the release cannot fail.
-                let _ = self.lock_release(session_id, &name, token, out);
+            Kind::Lock => self.lock_drop_hold(name, out),
+            Kind::Semaphore => self.semaphore_drop_hold(name, token, out),
+            Kind::RwLock => self.rwlock_drop_hold(name, token, out),
+            Kind::Event | Kind::Condition | Kind::Barrier => {
+                unreachable!("{} has no holds", hold.kind.as_str())
             }
+        }
+        self.refresh(hold.kind, name, out);
+    }
+
+    /// Something changed on a primitive: grant whoever can go now, and
+    /// forget the primitive if nobody uses it any more.
+    pub(super) fn refresh(&mut self, kind: Kind, name: &str, out: &mut Outcome) {
+        match kind {
+            Kind::Lock => self.lock_wake(name, out),
+            Kind::Semaphore => self.semaphore_wake(name, out),
+            Kind::RwLock => self.rwlock_wake(name, out),
+            Kind::Event => self.event_forget_if_unused(name),
+            Kind::Condition => self.condition_forget_if_unused(name),
+            Kind::Barrier => {}
+        }
+    }
+
+    /// Puts a waiter at the back of a primitive's queue (creating the
+    /// primitive if needed) and indexes it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn enqueue<P: Queueing>(
+        &mut self,
+        table: Table<P>,
+        kind: Kind,
+        name: &str,
+        waiter: WaiterId,
+        session_id: SessionId,
+        timeout_ms: Option<u64>,
+        request: P::Request,
+    ) -> Result<Reply> {
+        let limit = self.limits.waiters_per_primitive_max;
+        let entry = Waiter {
+            id: waiter,
+            session_id,
+            enqueued_at_ms: self.now_ms,
+            request,
+        };
+        let queue = table(self).entry(name.to_owned()).or_default().queue();
+        let position = queue.push(entry, limit).map_err(|full| {
+            Rejection::new(
+                Code::ResourceExhausted,
+                format!(
+                    "waiters_per_primitive_max: {} {name:?} already has {} waiters",
+                    kind.as_str(),
+                    full.limit
+                ),
+            )
+        })?;
+        self.register_waiter(waiter, session_id, kind, name, timeout_ms);
+        Ok(Reply::Queued {
+            position: position as u32,
+        })
+    }
+
+    /// Describes a hold for `describe`.
+    pub(super) fn holder_info(&self, hold: &Hold) -> HolderInfo {
+        HolderInfo {
+            session_id: hold.session_id,
+            client_name: self.client_name(hold.session_id),
+            fencing_token: hold.fencing_token,
+            held_ms: self.now_ms.saturating_sub(hold.acquired_at_ms),
+            lease_left_ms: self.lease_left_ms(hold.session_id),
+        }
+    }
+
+    /// Describes a waiter for `describe`.
+    pub(super) fn waiter_info<R>(&self, waiter: &Waiter<R>) -> WaiterInfo {
+        WaiterInfo {
+            session_id: waiter.session_id,
+            client_name: self.client_name(waiter.session_id),
+            waiting_ms: self.now_ms.saturating_sub(waiter.enqueued_at_ms),
         }
     }
 
@@ -127,9 +344,20 @@ impl State {
 
     /// Removes a waiter from its primitive's queue and from the indexes.
     pub(super) fn remove_waiter(&mut self, waiter: WaiterId) -> Option<WaiterRef> {
+        fn leave<P: Queueing>(table: &mut BTreeMap<String, P>, name: &str, waiter: WaiterId) {
+            if let Some(primitive) = table.get_mut(name) {
+                primitive.queue().remove(waiter);
+            }
+        }
         let place = self.unregister_waiter(waiter)?;
+        let name = place.name.as_str();
         match place.kind {
-            Kind::Lock => self.lock_remove_waiter(&place.name, waiter),
+            Kind::Lock => leave(&mut self.locks, name, waiter),
+            Kind::Semaphore => leave(&mut self.semaphores, name, waiter),
+            Kind::RwLock => leave(&mut self.rwlocks, name, waiter),
+            Kind::Event => leave(&mut self.events, name, waiter),
+            Kind::Condition => leave(&mut self.conditions, name, waiter),
+            Kind::Barrier => leave(&mut self.barriers, name, waiter),
         }
         Some(place)
     }
@@ -140,12 +368,36 @@ impl State {
         }
     }
 
-    /// A waiter left: others may be able to go now, or the primitive may be
-    /// empty and vanish.
+    /// A waiter left before its wait was over: others may be able to go
+    /// now, or the primitive may be empty and vanish; a barrier breaks.
     pub(super) fn after_waiter_left(&mut self, place: &WaiterRef, out: &mut Outcome) {
         match place.kind {
-            Kind::Lock => self.lock_wake(&place.name, out),
+            Kind::Barrier => self.barrier_break(&place.name, out),
+            kind => self.refresh(kind, &place.name, out),
         }
+    }
+
+    /// A waiter's deadline passed: it hears DEADLINE_EXCEEDED, except a
+    /// condition waiter, which goes on to take its lock again.
+    pub(super) fn deadline_passed(&mut self, waiter: WaiterId, out: &mut Outcome) {
+        let Some(kind) = self.waiters.get(&waiter).map(|w| w.kind) else {
+            return;
+        };
+        if kind == Kind::Condition {
+            self.condition_timed_out(waiter, out);
+            return;
+        }
+        let Some(place) = self.remove_waiter(waiter) else {
+            return;
+        };
+        let message = format!(
+            "timed out waiting for {} {:?}",
+            place.kind.as_str(),
+            place.name
+        );
+        out.events
+            .push((waiter, Err(Rejection::new(Code::DeadlineExceeded, message))));
+        self.after_waiter_left(&place, out);
     }
 
     pub(super) fn client_name(&self, session_id: SessionId) -> String {
@@ -185,18 +437,9 @@ impl State {
             None => Ok(()),
         }
     }
+}
 
-    pub(super) fn check_queue_room(&self, kind: Kind, name: &str, len: usize) -> Result<()> {
-        let limit = self.limits.waiters_per_primitive_max;
-        if len >= limit {
-            return Err(Rejection::new(
-                Code::ResourceExhausted,
-                format!(
-                    "waiters_per_primitive_max: {} {name:?} already has {limit} waiters",
-                    kind.as_str()
-                ),
-            ));
-        }
-        Ok(())
-    }
+fn join(tokens: &[FencingToken]) -> String {
+    let texts: Vec<String> = tokens.iter().map(u64::to_string).collect();
+    texts.join(", ")
 }

@@ -9,6 +9,8 @@
 //! - Only the holding session, naming the hold's token, may release it.
 //! - A retry that names the `acquire_id` of a grant the session already
 //!   holds gets that grant back instead of queueing behind itself.
+//! - A condition waiter that was notified queues here like anyone else; its
+//!   grant ends its condition wait (`Reply::Reacquired`).
 //! - A lock exists while it is held or awaited; then it vanishes. Only a held
 //!   lock is persisted (waiters live in memory, with their streams).
 //!
@@ -18,40 +20,46 @@
 //!   would have been granted);
 //! - the holder's token is in the session's `holds` and in `State::holds`.
 
-use super::waitq::{WaitQueue, Waiter};
+use super::holds::{Hold, HolderInfo, Queueing, Table, WaiterInfo};
+use super::waitq::WaitQueue;
 use super::{
     records, Code, FencingToken, Kind, Outcome, Rejection, Reply, Result, SessionId, State,
     Summary, WaiterId,
 };
 
-/// The current hold of a lock.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LockHold {
-    pub session_id: SessionId,
-    pub fencing_token: FencingToken,
-    pub acquired_at_ms: u64,
-    pub acquire_id: u64,
-}
-
-/// A waiting acquire: its retry identity.
+/// A waiting acquire.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LockRequest {
+    /// Retry identity (0 = none).
     pub acquire_id: u64,
+    /// What the grant answers.
+    pub answer: LockAnswer,
+}
+
+/// Whom a lock grant answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockAnswer {
+    /// An acquire: `Reply::Granted`.
+    Acquire,
+    /// A condition wait: `Reply::Reacquired`.
+    ConditionWait { timed_out: bool },
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct Lock {
-    pub(super) holder: Option<LockHold>,
+    pub(super) holder: Option<Hold>,
     waiters: WaitQueue<LockRequest>,
 }
 
-impl Lock {
-    /// A lock in this state can be forgotten.
-    fn is_unused(&self) -> bool {
-        self.holder.is_none() && self.waiters.is_empty()
+impl Queueing for Lock {
+    type Request = LockRequest;
+    fn queue(&mut self) -> &mut WaitQueue<LockRequest> {
+        &mut self.waiters
     }
+}
 
-    pub(super) fn from_hold(hold: LockHold) -> Lock {
+impl Lock {
+    pub(super) fn from_hold(hold: Hold) -> Lock {
         Lock {
             holder: Some(hold),
             waiters: WaitQueue::default(),
@@ -67,22 +75,6 @@ pub struct LockInfo {
     pub waiters: Vec<WaiterInfo>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HolderInfo {
-    pub session_id: SessionId,
-    pub client_name: String,
-    pub fencing_token: FencingToken,
-    pub held_ms: u64,
-    pub lease_left_ms: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WaiterInfo {
-    pub session_id: SessionId,
-    pub client_name: String,
-    pub waiting_ms: u64,
-}
-
 impl State {
     pub(super) fn lock_acquire(
         &mut self,
@@ -95,87 +87,68 @@ impl State {
     ) -> Result<Reply> {
         self.validate_name(Kind::Lock, &name)?;
         self.require_session(session_id)?;
-        let lock = self.locks.get(&name);
-        if let Some(hold) = lock.and_then(|l| l.holder.as_ref()) {
-            if acquire_id != 0 && hold.session_id == session_id && hold.acquire_id == acquire_id {
-                return Ok(Reply::LockGranted {
-                    fencing_token: hold.fencing_token,
-                });
+        if let Some(fencing_token) = self.retried_grant(session_id, Kind::Lock, &name, acquire_id) {
+            return Ok(Reply::Granted { fencing_token });
+        }
+        let request = LockRequest {
+            acquire_id,
+            answer: LockAnswer::Acquire,
+        };
+        match self.locks.get(&name) {
+            Some(lock) if timeout_ms == Some(0) => {
+                let holder = lock.holder.as_ref().map_or(0, |h| h.session_id);
+                Err(Rejection::new(
+                    Code::DeadlineExceeded,
+                    format!("lock {name:?} is held by session {holder}"),
+                ))
+            }
+            Some(_) => self.lock_enqueue(&name, waiter, session_id, timeout_ms, request),
+            None => {
+                let fencing_token = self.grant_lock(&name, session_id, acquire_id, out);
+                Ok(Reply::Granted { fencing_token })
             }
         }
-        if lock.is_none_or(Lock::is_unused) {
-            let fencing_token = self.grant_lock(&name, session_id, acquire_id, out);
-            return Ok(Reply::LockGranted { fencing_token });
-        }
-        let lock = lock.expect("an unused lock was granted above");
-        if timeout_ms == Some(0) {
-            let holder = lock.holder.as_ref().map_or(0, |h| h.session_id);
-            return Err(Rejection::new(
-                Code::DeadlineExceeded,
-                format!("lock {name:?} is held by session {holder}"),
-            ));
-        }
-        self.check_queue_room(Kind::Lock, &name, lock.waiters.len())?;
-        let entry = Waiter {
-            id: waiter,
-            session_id,
-            enqueued_at_ms: self.now_ms,
-            request: LockRequest { acquire_id },
-        };
-        let limit = self.limits.waiters_per_primitive_max;
-        let lock = self.locks.get_mut(&name).expect("checked above");
-        let position = lock
-            .waiters
-            .push(entry, limit)
-            .expect("room was checked above");
-        self.register_waiter(waiter, session_id, Kind::Lock, &name, timeout_ms);
-        Ok(Reply::Queued {
-            position: position as u32,
-        })
     }
 
-    pub(super) fn lock_release(
+    /// Queues a request for the lock (which may be free: `lock_wake`
+    /// grants it then).
+    pub(super) fn lock_enqueue(
         &mut self,
-        session_id: SessionId,
         name: &str,
-        fencing_token: FencingToken,
-        out: &mut Outcome,
+        waiter: WaiterId,
+        session_id: SessionId,
+        timeout_ms: Option<u64>,
+        request: LockRequest,
     ) -> Result<Reply> {
-        // The name and the session are checked by `apply`, not here: see
-        // `Command::LockRelease` there.
-        let holder = self.locks.get(name).and_then(|l| l.holder.as_ref());
-        match holder {
-            Some(h) if h.session_id == session_id && h.fencing_token == fencing_token => {}
-            Some(h) if h.session_id == session_id => {
-                return Err(Rejection::new(
-                    Code::FailedPrecondition,
-                    format!(
-                        "lock {name:?} is held by this session under token {}, not {fencing_token}",
-                        h.fencing_token
-                    ),
-                ))
-            }
-            Some(h) => {
-                return Err(Rejection::new(
-                    Code::FailedPrecondition,
-                    format!(
-                        "lock {name:?} is held by session {}, not by session {session_id}",
-                        h.session_id
-                    ),
-                ))
-            }
-            None => {
-                return Err(Rejection::new(
-                    Code::FailedPrecondition,
-                    format!("lock {name:?} is not held"),
-                ))
-            }
+        let table: Table<Lock> = |state| &mut state.locks;
+        self.enqueue(
+            table,
+            Kind::Lock,
+            name,
+            waiter,
+            session_id,
+            timeout_ms,
+            request,
+        )
+    }
+
+    /// The hold of `token` is gone from the indexes: free the lock.
+    pub(super) fn lock_drop_hold(&mut self, name: &str, out: &mut Outcome) {
+        if let Some(lock) = self.locks.get_mut(name) {
+            lock.holder = None;
         }
-        self.locks.get_mut(name).expect("holder found above").holder = None;
-        self.unregister_hold(fencing_token);
         out.changes.push(records::lock_delete(name));
-        self.lock_wake(name, out);
-        Ok(Reply::Done)
+    }
+
+    /// The session's hold of `name` under `fencing_token`, if it has it.
+    pub(super) fn lock_held_by(
+        &self,
+        name: &str,
+        session_id: SessionId,
+        fencing_token: FencingToken,
+    ) -> bool {
+        let holder = self.locks.get(name).and_then(|l| l.holder.as_ref());
+        holder.is_some_and(|h| h.session_id == session_id && h.fencing_token == fencing_token)
     }
 
     pub(super) fn lock_describe(&self, name: &str) -> Result<Reply> {
@@ -186,30 +159,14 @@ impl State {
             waiters: Vec::new(),
         };
         if let Some(lock) = self.locks.get(name) {
-            info.holder = lock.holder.as_ref().map(|h| HolderInfo {
-                session_id: h.session_id,
-                client_name: self.client_name(h.session_id),
-                fencing_token: h.fencing_token,
-                held_ms: self.now_ms.saturating_sub(h.acquired_at_ms),
-                lease_left_ms: self.lease_left_ms(h.session_id),
-            });
-            info.waiters = lock
-                .waiters
-                .iter()
-                .map(|w| WaiterInfo {
-                    session_id: w.session_id,
-                    client_name: self.client_name(w.session_id),
-                    waiting_ms: self.now_ms.saturating_sub(w.enqueued_at_ms),
-                })
-                .collect();
+            info.holder = lock.holder.as_ref().map(|h| self.holder_info(h));
+            info.waiters = lock.waiters.iter().map(|w| self.waiter_info(w)).collect();
         }
         Ok(Reply::LockDescription(info))
     }
 
     pub(super) fn lock_summaries(&self, prefix: &str) -> Vec<Summary> {
-        self.locks
-            .range(prefix.to_owned()..)
-            .take_while(|(name, _)| name.starts_with(prefix))
+        super::named(&self.locks, prefix)
             .map(|(name, lock)| {
                 let held = match &lock.holder {
                     Some(h) => format!(
@@ -227,13 +184,6 @@ impl State {
             .collect()
     }
 
-    /// Removes a waiter from the lock's queue (indexes are the caller's).
-    pub(super) fn lock_remove_waiter(&mut self, name: &str, waiter: WaiterId) {
-        if let Some(lock) = self.locks.get_mut(name) {
-            lock.waiters.remove(waiter);
-        }
-    }
-
     /// Grants the lock to the first waiter if it is free, or forgets the
     /// lock if nobody uses it any more.
     pub(super) fn lock_wake(&mut self, name: &str, out: &mut Outcome) {
@@ -243,18 +193,21 @@ impl State {
         if lock.holder.is_some() {
             return;
         }
-        match lock.waiters.pop_front() {
-            Some(next) => {
-                self.unregister_waiter(next.id);
-                let fencing_token =
-                    self.grant_lock(name, next.session_id, next.request.acquire_id, out);
-                out.events
-                    .push((next.id, Ok(Reply::LockGranted { fencing_token })));
-            }
-            None => {
-                self.locks.remove(name);
-            }
-        }
+        let Some(next) = lock.waiters.pop_front() else {
+            self.locks.remove(name);
+            return;
+        };
+        self.unregister_waiter(next.id);
+        let request = next.request;
+        let fencing_token = self.grant_lock(name, next.session_id, request.acquire_id, out);
+        let reply = match request.answer {
+            LockAnswer::Acquire => Reply::Granted { fencing_token },
+            LockAnswer::ConditionWait { timed_out } => Reply::Reacquired {
+                fencing_token,
+                timed_out,
+            },
+        };
+        out.events.push((next.id, Ok(reply)));
     }
 
     /// Makes `session_id` the holder of a free lock.
@@ -265,18 +218,12 @@ impl State {
         acquire_id: u64,
         out: &mut Outcome,
     ) -> FencingToken {
-        let fencing_token = self.next_fencing_token(out);
-        let hold = LockHold {
-            session_id,
-            fencing_token,
-            acquired_at_ms: self.now_ms,
-            acquire_id,
-        };
+        let hold = self.new_hold(session_id, Kind::Lock, name, acquire_id, out);
         out.changes.push(records::lock_put(name, &hold));
+        let fencing_token = hold.fencing_token;
         let lock = self.locks.entry(name.to_owned()).or_default();
         debug_assert!(lock.holder.is_none(), "two holders of lock {name:?}");
         lock.holder = Some(hold);
-        self.register_hold(fencing_token, session_id, Kind::Lock, name);
         fencing_token
     }
 }

@@ -18,16 +18,22 @@
 //!   changes before sending its replies never shows anything that a crash
 //!   could take back.
 
+pub mod barrier;
 mod command;
+pub mod condition;
+pub mod event;
 mod holds;
 pub mod lock;
 pub mod records;
+pub mod rwlock;
+pub mod semaphore;
 pub mod session;
 pub mod waitq;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use command::{Code, Command, Outcome, Rejection, Reply, Result, Summary};
+pub use command::{Code, Command, Outcome, Rejection, Reply, Result, RwMode, Summary};
+pub use holds::{Hold, HolderInfo, WaiterInfo};
 use holds::{HoldRef, WaiterRef};
 pub use records::{Change, RestoreError};
 use session::{SessionEnd, Sessions};
@@ -46,14 +52,31 @@ pub struct WaiterId(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Lock,
+    Semaphore,
+    RwLock,
+    Event,
+    Condition,
+    Barrier,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 1] = [Kind::Lock];
+    pub const ALL: [Kind; 6] = [
+        Kind::Lock,
+        Kind::Semaphore,
+        Kind::RwLock,
+        Kind::Event,
+        Kind::Condition,
+        Kind::Barrier,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Lock => "lock",
+            Kind::Semaphore => "semaphore",
+            Kind::RwLock => "rwlock",
+            Kind::Event => "event",
+            Kind::Condition => "condition",
+            Kind::Barrier => "barrier",
         }
     }
 
@@ -70,6 +93,7 @@ pub struct Limits {
     pub sessions_max: usize,
     pub waiters_per_primitive_max: usize,
     pub name_bytes_max: usize,
+    pub semaphore_capacity_max: u32,
 }
 
 impl Default for Limits {
@@ -80,6 +104,7 @@ impl Default for Limits {
             sessions_max: 100_000,
             waiters_per_primitive_max: 10_000,
             name_bytes_max: 256,
+            semaphore_capacity_max: 1_000_000,
         }
     }
 }
@@ -102,6 +127,11 @@ pub struct State {
     waiters: BTreeMap<WaiterId, WaiterRef>,
     deadlines: BTreeSet<(u64, WaiterId)>,
     locks: BTreeMap<String, lock::Lock>,
+    semaphores: BTreeMap<String, semaphore::Semaphore>,
+    rwlocks: BTreeMap<String, rwlock::RwLock>,
+    events: BTreeMap<String, event::Event>,
+    conditions: BTreeMap<String, condition::Condition>,
+    barriers: BTreeMap<String, barrier::Barrier>,
 }
 
 impl State {
@@ -115,6 +145,11 @@ impl State {
             waiters: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             locks: BTreeMap::new(),
+            semaphores: BTreeMap::new(),
+            rwlocks: BTreeMap::new(),
+            events: BTreeMap::new(),
+            conditions: BTreeMap::new(),
+            barriers: BTreeMap::new(),
         }
     }
 
@@ -160,20 +195,78 @@ impl State {
                 timeout_ms,
                 acquire_id,
             } => self.lock_acquire(session_id, name, waiter, timeout_ms, acquire_id, out),
-            Command::LockRelease {
+            Command::Release {
+                kind,
                 session_id,
                 name,
                 fencing_token,
             } => {
-                // Checked here, not in `lock_release`: the internal releases
-                // (session end, undelivered grant) must work for a restored
-                // name that today's limits refuse, and after the session has
-                // been removed.
-                self.validate_name(Kind::Lock, &name)?;
+                self.validate_name(kind, &name)?;
                 self.require_session(session_id)?;
-                self.lock_release(session_id, &name, fencing_token, out)
+                self.release(kind, session_id, &name, fencing_token, out)
             }
             Command::LockDescribe { name } => self.lock_describe(&name),
+            Command::SemaphoreAcquire {
+                session_id,
+                name,
+                waiter,
+                timeout_ms,
+                acquire_id,
+                capacity,
+                permits,
+            } => self.semaphore_acquire(
+                session_id, name, waiter, timeout_ms, acquire_id, capacity, permits, out,
+            ),
+            Command::SemaphoreDescribe { name } => self.semaphore_describe(&name),
+            Command::RwLockAcquire {
+                session_id,
+                name,
+                waiter,
+                timeout_ms,
+                acquire_id,
+                mode,
+            } => {
+                let request = rwlock::RwRequest { acquire_id, mode };
+                self.rwlock_acquire(session_id, name, waiter, timeout_ms, request, out)
+            }
+            Command::RwLockDescribe { name } => self.rwlock_describe(&name),
+            Command::EventSet { name } => self.event_set(name, out),
+            Command::EventClear { name } => self.event_clear(name, out),
+            Command::EventWait {
+                session_id,
+                name,
+                waiter,
+                timeout_ms,
+            } => self.event_wait(session_id, name, waiter, timeout_ms),
+            Command::EventDescribe { name } => self.event_describe(&name),
+            Command::ConditionWait {
+                session_id,
+                name,
+                lock,
+                fencing_token,
+                waiter,
+                timeout_ms,
+            } => self.condition_wait(
+                session_id,
+                name,
+                lock,
+                fencing_token,
+                waiter,
+                timeout_ms,
+                out,
+            ),
+            Command::ConditionNotify { name, count } => self.condition_notify(name, count, out),
+            Command::ConditionDescribe { name } => self.condition_describe(&name),
+            Command::BarrierWait {
+                session_id,
+                name,
+                waiter,
+                parties,
+                timeout_ms,
+            } => self.barrier_wait(session_id, name, waiter, parties, timeout_ms, out),
+            Command::BarrierReset { name } => self.barrier_reset(name, out),
+            Command::BarrierDescribe { name } => self.barrier_describe(&name),
+            Command::BarrierDelete { name } => self.barrier_delete(name, out),
             Command::List { kind, prefix } => Ok(Reply::Listing(self.list(kind, &prefix))),
             Command::Cancel { waiter } => {
                 self.cancel_waiter(waiter, out);
@@ -205,17 +298,7 @@ impl State {
             .map(|(_, id)| *id)
             .collect();
         for waiter in due {
-            let Some(place) = self.remove_waiter(waiter) else {
-                continue;
-            };
-            let message = format!(
-                "timed out waiting for {} {:?}",
-                place.kind.as_str(),
-                place.name
-            );
-            out.events
-                .push((waiter, Err(Rejection::new(Code::DeadlineExceeded, message))));
-            self.after_waiter_left(&place, out);
+            self.deadline_passed(waiter, out);
         }
     }
 
@@ -239,8 +322,18 @@ impl State {
 
     fn list(&self, kind: Option<Kind>, prefix: &str) -> Vec<Summary> {
         let mut out = Vec::new();
-        if kind.is_none_or(|k| k == Kind::Lock) {
-            out.extend(self.lock_summaries(prefix));
+        for each in Kind::ALL {
+            if kind.is_some_and(|k| k != each) {
+                continue;
+            }
+            out.extend(match each {
+                Kind::Lock => self.lock_summaries(prefix),
+                Kind::Semaphore => self.semaphore_summaries(prefix),
+                Kind::RwLock => self.rwlock_summaries(prefix),
+                Kind::Event => self.event_summaries(prefix),
+                Kind::Condition => self.condition_summaries(prefix),
+                Kind::Barrier => self.barrier_summaries(prefix),
+            });
         }
         out
     }
@@ -249,6 +342,16 @@ impl State {
         debug_assert!(now_ms >= self.now_ms, "time ran backwards");
         self.now_ms = self.now_ms.max(now_ms);
     }
+}
+
+/// The entries of a table whose names start with `prefix`, in name order.
+fn named<'a, P>(
+    table: &'a BTreeMap<String, P>,
+    prefix: &'a str,
+) -> impl Iterator<Item = (&'a String, &'a P)> + 'a {
+    table
+        .range(prefix.to_owned()..)
+        .take_while(move |(name, _)| name.starts_with(prefix))
 }
 
 #[cfg(test)]

@@ -4,6 +4,9 @@
 //! - `meta/counters`       → `Counters` (last token, last session id, clock)
 //! - `session/<id as u64 BE>` → `SessionRecord`
 //! - `lock/<name>`         → `LockRecord` (only held locks are stored)
+//! - `hold/<token as u64 BE>` → `HoldRecord` (semaphore and rwlock holds)
+//! - `event/<name>`        → `EventRecord` (only set events are stored)
+//! - `barrier/<name>`      → `BarrierRecord`
 //!
 //! Waiters are not persisted: they belong to open streams, which a restart
 //! ends anyway; clients retry.
@@ -13,14 +16,22 @@ use std::fmt;
 
 use prost::Message;
 
-use super::lock::{Lock, LockHold};
+use super::barrier::Barrier;
+use super::event::Event;
+use super::holds::Hold;
+use super::lock::Lock;
+use super::rwlock::RwMode;
+use super::semaphore::SemaphoreHold;
 use super::session::Session;
-use super::{Counters, HoldRef, Kind, Limits, SessionId, State};
+use super::{Counters, FencingToken, Kind, Limits, SessionId, State};
 use crate::proto::store as pb;
 
 const COUNTERS_KEY: &[u8] = b"meta/counters";
 const SESSION_PREFIX: &[u8] = b"session/";
 const LOCK_PREFIX: &[u8] = b"lock/";
+const HOLD_PREFIX: &[u8] = b"hold/";
+const EVENT_PREFIX: &[u8] = b"event/";
+const BARRIER_PREFIX: &[u8] = b"barrier/";
 
 /// One write to the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,7 +82,7 @@ fn lock_key(name: &str) -> Vec<u8> {
     [LOCK_PREFIX, name.as_bytes()].concat()
 }
 
-pub(super) fn lock_put(name: &str, hold: &LockHold) -> Change {
+pub(super) fn lock_put(name: &str, hold: &Hold) -> Change {
     let record = pb::LockRecord {
         session_id: hold.session_id,
         fencing_token: hold.fencing_token,
@@ -87,6 +98,81 @@ pub(super) fn lock_put(name: &str, hold: &LockHold) -> Change {
 pub(super) fn lock_delete(name: &str) -> Change {
     Change::Delete {
         key: lock_key(name),
+    }
+}
+
+/// What a hold record keeps beyond the `Hold` itself.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum HoldExtra {
+    Semaphore { capacity: u32, permits: u32 },
+    RwLock { mode: RwMode },
+}
+
+fn hold_key(token: FencingToken) -> Vec<u8> {
+    [HOLD_PREFIX, &token.to_be_bytes()].concat()
+}
+
+pub(super) fn hold_put(kind: Kind, name: &str, hold: &Hold, extra: HoldExtra) -> Change {
+    let mut record = pb::HoldRecord {
+        kind: kind.as_str().to_owned(),
+        name: name.to_owned(),
+        session_id: hold.session_id,
+        fencing_token: hold.fencing_token,
+        acquired_at_ms: hold.acquired_at_ms,
+        acquire_id: hold.acquire_id,
+        ..Default::default()
+    };
+    match extra {
+        HoldExtra::Semaphore { capacity, permits } => {
+            record.capacity = capacity;
+            record.permits = permits;
+        }
+        HoldExtra::RwLock { mode } => record.write = mode == RwMode::Write,
+    }
+    Change::Put {
+        key: hold_key(hold.fencing_token),
+        value: record.encode_to_vec(),
+    }
+}
+
+pub(super) fn hold_delete(token: FencingToken) -> Change {
+    Change::Delete {
+        key: hold_key(token),
+    }
+}
+
+fn named_key(prefix: &[u8], name: &str) -> Vec<u8> {
+    [prefix, name.as_bytes()].concat()
+}
+
+pub(super) fn event_put(name: &str, set_at_ms: u64) -> Change {
+    Change::Put {
+        key: named_key(EVENT_PREFIX, name),
+        value: pb::EventRecord { set_at_ms }.encode_to_vec(),
+    }
+}
+
+pub(super) fn event_delete(name: &str) -> Change {
+    Change::Delete {
+        key: named_key(EVENT_PREFIX, name),
+    }
+}
+
+pub(super) fn barrier_put(name: &str, barrier: &Barrier) -> Change {
+    let record = pb::BarrierRecord {
+        parties: barrier.parties,
+        generation: barrier.generation,
+        broken: barrier.broken,
+    };
+    Change::Put {
+        key: named_key(BARRIER_PREFIX, name),
+        value: record.encode_to_vec(),
+    }
+}
+
+pub(super) fn barrier_delete(name: &str) -> Change {
+    Change::Delete {
+        key: named_key(BARRIER_PREFIX, name),
     }
 }
 
@@ -123,6 +209,7 @@ impl State {
     ) -> Result<State, RestoreError> {
         let mut state = State::new(limits);
         let mut locks = Vec::new();
+        let mut holds = Vec::new();
         let mut sessions = Vec::new();
         for (key, value) in records {
             if key == COUNTERS_KEY {
@@ -142,6 +229,24 @@ impl State {
                 let name = String::from_utf8(name.to_vec()).map_err(|e| corrupt(&key, e))?;
                 let record: pb::LockRecord = decode(&key, &value)?;
                 locks.push((name, record));
+            } else if let Some(token) = key.strip_prefix(HOLD_PREFIX) {
+                let record: pb::HoldRecord = decode(&key, &value)?;
+                if token != record.fencing_token.to_be_bytes() {
+                    return Err(corrupt(&key, "fencing token does not match its key"));
+                }
+                holds.push(record);
+            } else if let Some(name) = key.strip_prefix(EVENT_PREFIX) {
+                let name = String::from_utf8(name.to_vec()).map_err(|e| corrupt(&key, e))?;
+                let record: pb::EventRecord = decode(&key, &value)?;
+                state.events.insert(name, Event::set_at(record.set_at_ms));
+            } else if let Some(name) = key.strip_prefix(BARRIER_PREFIX) {
+                let name = String::from_utf8(name.to_vec()).map_err(|e| corrupt(&key, e))?;
+                let r: pb::BarrierRecord = decode(&key, &value)?;
+                if r.parties == 0 {
+                    return Err(corrupt(&key, "a barrier of 0 parties"));
+                }
+                let barrier = Barrier::restored(r.parties, r.generation, r.broken);
+                state.barriers.insert(name, barrier);
             } else {
                 return Err(corrupt(&key, "unknown key"));
             }
@@ -165,35 +270,88 @@ impl State {
         for (name, record) in locks {
             state.restore_lock(name, record)?;
         }
+        for record in holds {
+            state.restore_hold(record)?;
+        }
         Ok(state)
     }
 
-    fn restore_lock(&mut self, name: String, record: pb::LockRecord) -> Result<(), RestoreError> {
-        let token = record.fencing_token;
+    /// Checks a restored hold's token and session, and indexes it.
+    fn restore_hold_ref(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        session_id: SessionId,
+        token: FencingToken,
+        acquire_id: u64,
+    ) -> Result<(), RestoreError> {
+        let what = format!("{} {name:?}", kind.as_str());
         if token == 0 || token > self.counters.last_fencing_token {
             return Err(RestoreError(format!(
-                "lock {name:?} has token {token}, beyond the token counter"
+                "{what} has token {token}, beyond the token counter"
             )));
         }
         if self.holds.contains_key(&token) {
             return Err(RestoreError(format!("fencing token {token} is held twice")));
         }
-        let Some(session) = self.sessions.get_mut(record.session_id) else {
+        if self.sessions.get(session_id).is_none() {
             return Err(RestoreError(format!(
-                "lock {name:?} is held by session {}, which is not stored",
-                record.session_id
+                "{what} is held by session {session_id}, which is not stored"
             )));
+        }
+        self.register_hold(token, session_id, kind, name, acquire_id);
+        Ok(())
+    }
+
+    fn restore_hold(&mut self, r: pb::HoldRecord) -> Result<(), RestoreError> {
+        let kind = Kind::parse(&r.kind)
+            .filter(|k| matches!(k, Kind::Semaphore | Kind::RwLock))
+            .ok_or_else(|| RestoreError(format!("a hold of unknown kind {:?}", r.kind)))?;
+        let token = r.fencing_token;
+        self.restore_hold_ref(kind, &r.name, r.session_id, token, r.acquire_id)?;
+        let hold = Hold {
+            session_id: r.session_id,
+            fencing_token: token,
+            acquired_at_ms: r.acquired_at_ms,
+            acquire_id: r.acquire_id,
         };
-        session.holds.insert(token);
-        self.holds.insert(
+        let fits = match kind {
+            Kind::Semaphore => {
+                let hold = SemaphoreHold {
+                    hold,
+                    permits: r.permits,
+                };
+                let semaphore = self.semaphores.entry(r.name.clone()).or_default();
+                semaphore.restore_hold(r.capacity, hold)
+            }
+            _ => {
+                let mode = if r.write { RwMode::Write } else { RwMode::Read };
+                self.rwlocks
+                    .entry(r.name.clone())
+                    .or_default()
+                    .restore_hold(hold, mode)
+            }
+        };
+        if !fits {
+            return Err(RestoreError(format!(
+                "the holds of {} {:?} do not fit together",
+                kind.as_str(),
+                r.name
+            )));
+        }
+        Ok(())
+    }
+
+    fn restore_lock(&mut self, name: String, record: pb::LockRecord) -> Result<(), RestoreError> {
+        let token = record.fencing_token;
+        self.restore_hold_ref(
+            Kind::Lock,
+            &name,
+            record.session_id,
             token,
-            HoldRef {
-                session_id: record.session_id,
-                kind: Kind::Lock,
-                name: name.clone(),
-            },
-        );
-        let hold = LockHold {
+            record.acquire_id,
+        )?;
+        let hold = Hold {
             session_id: record.session_id,
             fencing_token: token,
             acquired_at_ms: record.acquired_at_ms,

@@ -144,7 +144,7 @@ impl Sim {
     /// Acquires a lock that must be granted at once.
     fn take(&mut self, session_id: SessionId, name: &str) -> FencingToken {
         match self.acquire(session_id, name, None).1 {
-            Ok(Reply::LockGranted { fencing_token }) => fencing_token,
+            Ok(Reply::Granted { fencing_token }) => fencing_token,
             other => panic!("take {name:?}: {other:?}"),
         }
     }
@@ -165,7 +165,8 @@ impl Sim {
         name: &str,
         fencing_token: FencingToken,
     ) -> (Result<Reply>, Events) {
-        self.run(Command::LockRelease {
+        self.run(Command::Release {
+            kind: Kind::Lock,
             session_id,
             name: name.to_owned(),
             fencing_token,
@@ -218,12 +219,12 @@ fn code(reply: &Result<Reply>) -> Option<Code> {
 }
 
 fn granted(fencing_token: FencingToken) -> Result<Reply> {
-    Ok(Reply::LockGranted { fencing_token })
+    Ok(Reply::Granted { fencing_token })
 }
 
 fn token_of(reply: &Result<Reply>) -> FencingToken {
     match reply {
-        Ok(Reply::LockGranted { fencing_token }) => *fencing_token,
+        Ok(Reply::Granted { fencing_token }) => *fencing_token,
         other => panic!("not a grant: {other:?}"),
     }
 }
@@ -384,7 +385,7 @@ fn an_expired_lease_hands_its_lock_to_the_next_waiter_and_drops_its_waiters() {
             (wa, Err(Code::FailedPrecondition)),
             (
                 wb,
-                Ok(Reply::LockGranted {
+                Ok(Reply::Granted {
                     fencing_token: tc + 1
                 })
             ),
@@ -444,13 +445,13 @@ fn close_session_releases_every_hold_and_counts_them() {
             (wa, Err(Code::FailedPrecondition)),
             (
                 wc,
-                Ok(Reply::LockGranted {
+                Ok(Reply::Granted {
                     fencing_token: tz + 1
                 })
             ),
             (
                 wd,
-                Ok(Reply::LockGranted {
+                Ok(Reply::Granted {
                     fencing_token: tz + 2
                 })
             ),
@@ -490,7 +491,7 @@ fn a_session_queued_behind_its_own_hold_is_cleaned_up_on_close() {
             (wa, Err(Code::FailedPrecondition)),
             (
                 wb,
-                Ok(Reply::LockGranted {
+                Ok(Reply::Granted {
                     fencing_token: t + 1
                 })
             ),
@@ -602,7 +603,7 @@ fn bad_lock_names_are_invalid_argument() {
     ];
     for name in &good {
         let (_, reply) = sim.acquire(a, name, None);
-        assert!(matches!(reply, Ok(Reply::LockGranted { .. })), "{name:?}");
+        assert!(matches!(reply, Ok(Reply::Granted { .. })), "{name:?}");
     }
 }
 
@@ -829,7 +830,7 @@ fn a_lease_expiring_in_the_same_tick_never_receives_a_grant() {
             (wb, Err(Code::FailedPrecondition)),
             (
                 wc,
-                Ok(Reply::LockGranted {
+                Ok(Reply::Granted {
                     fencing_token: t + 1
                 })
             ),
@@ -1058,7 +1059,8 @@ fn a_restored_lock_whose_name_is_now_too_long_is_still_released() {
     let mut out = Outcome::default();
     let reply = restored.apply(
         0,
-        Command::LockRelease {
+        Command::Release {
+            kind: Kind::Lock,
             session_id: a,
             name: "a-long-lock-name".to_owned(),
             fencing_token: ta,
@@ -1515,7 +1517,7 @@ impl Model {
         }
         if let Some(next) = self.queues[lock].pop_front() {
             let fencing_token = self.grant(lock, next.session_id, next.acquire_id);
-            events.push((next.id, Ok(Reply::LockGranted { fencing_token })));
+            events.push((next.id, Ok(Reply::Granted { fencing_token })));
         }
     }
 
@@ -1545,14 +1547,14 @@ impl Model {
         }
         if let Some(h) = &self.holders[lock] {
             if acquire_id != 0 && h.session_id == session_id && h.acquire_id == acquire_id {
-                return Ok(Reply::LockGranted {
+                return Ok(Reply::Granted {
                     fencing_token: h.fencing_token,
                 });
             }
         }
         if self.holders[lock].is_none() && self.queues[lock].is_empty() {
             let fencing_token = self.grant(lock, session_id, acquire_id);
-            return Ok(Reply::LockGranted { fencing_token });
+            return Ok(Reply::Granted { fencing_token });
         }
         if timeout_ms == Some(0) {
             return Err(Code::DeadlineExceeded);
@@ -1776,7 +1778,8 @@ impl Checker {
                 let expected =
                     self.model
                         .release(session_id, lock, fencing_token, &mut expected_events);
-                let command = Command::LockRelease {
+                let command = Command::Release {
+                    kind: Kind::Lock,
                     session_id,
                     name: LOCKS[lock].to_owned(),
                     fencing_token,
@@ -1832,7 +1835,7 @@ impl Checker {
                     self.queued.insert(waiter, (lock, session_id));
                     self.finals.insert(waiter, 0);
                 }
-                Ok(Reply::LockGranted { fencing_token }) => {
+                Ok(Reply::Granted { fencing_token }) => {
                     self.observe_grant(lock, session_id, fencing_token)?;
                 }
                 _ => {}
@@ -1909,7 +1912,7 @@ impl Checker {
             let finals = self.finals.get_mut(&waiter).expect("queued");
             *finals += 1;
             prop_assert_eq!(*finals, 1, "a second final event for {:?}", waiter);
-            if let Ok(Reply::LockGranted { fencing_token }) = reply {
+            if let Ok(Reply::Granted { fencing_token }) = reply {
                 prop_assert!(
                     self.model.live(session_id),
                     "grant to a session that is gone"
@@ -2030,7 +2033,7 @@ impl Checker {
         );
         prop_assert_eq!(
             reply,
-            Ok(Reply::LockGranted {
+            Ok(Reply::Granted {
                 fencing_token: self.model.last_token + 1
             })
         );

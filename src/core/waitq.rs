@@ -72,6 +72,11 @@ impl<R> WaitQueue<R> {
         self.waiters.pop_front()
     }
 
+    /// Empties the queue, first in line first.
+    pub fn take_all(&mut self) -> Vec<Waiter<R>> {
+        self.waiters.drain(..).collect()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Waiter<R>> {
         self.waiters.iter()
     }

@@ -72,7 +72,8 @@ fn acquire(session_id: u64, waiter: WaiterId) -> Command {
 }
 
 fn release(session_id: u64, fencing_token: u64) -> Command {
-    Command::LockRelease {
+    Command::Release {
+        kind: crate::core::Kind::Lock,
         session_id,
         name: "l".into(),
         fencing_token,
@@ -114,7 +115,7 @@ async fn describe(engine: &EngineHandle) -> LockInfo {
 async fn granted_token(stream: &mut WaitStream) -> u64 {
     loop {
         match stream.next().await {
-            Some(Ok(Reply::LockGranted { fencing_token })) => return fencing_token,
+            Some(Ok(Reply::Granted { fencing_token })) => return fencing_token,
             Some(Ok(Reply::Queued { .. })) => continue,
             other => panic!("expected a grant, got {other:?}"),
         }

@@ -39,7 +39,8 @@ impl Locks for LockService {
         request: Request<pb::ReleaseLockRequest>,
     ) -> Result<Response<pb::ReleaseLockResponse>, Status> {
         let request = request.into_inner();
-        let command = Command::LockRelease {
+        let command = Command::Release {
+            kind: crate::core::Kind::Lock,
             session_id: request.session_id,
             name: request.name,
             fencing_token: request.fencing_token,
@@ -65,7 +66,7 @@ impl Locks for LockService {
 fn acquire_event(reply: Reply) -> Result<pb::AcquireLockResponse, Status> {
     let event = match reply {
         Reply::Queued { position } => Event::Queued(pb::Queued { position }),
-        Reply::LockGranted { fencing_token } => Event::Granted(pb::Granted { fencing_token }),
+        Reply::Granted { fencing_token } => Event::Granted(pb::Granted { fencing_token }),
         other => return Err(unexpected(&other)),
     };
     Ok(pb::AcquireLockResponse { event: Some(event) })

@@ -13,6 +13,7 @@ impl From<Rejection> for Status {
             Code::DeadlineExceeded => GrpcCode::DeadlineExceeded,
             Code::ResourceExhausted => GrpcCode::ResourceExhausted,
             Code::Unavailable => GrpcCode::Unavailable,
+            Code::Aborted => GrpcCode::Aborted,
         };
         Status::new(code, rejection.message)
     }
