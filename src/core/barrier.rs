@@ -40,6 +40,9 @@ impl Queueing for Barrier {
     fn queue(&mut self) -> &mut WaitQueue<()> {
         &mut self.waiters
     }
+    fn waiting(&self) -> &WaitQueue<()> {
+        &self.waiters
+    }
 }
 
 impl Barrier {
@@ -239,9 +242,7 @@ impl State {
             parties: barrier.map_or(0, |b| b.parties),
             generation: barrier.map_or(0, |b| b.generation),
             broken: barrier.is_some_and(|b| b.broken),
-            waiters: barrier.map_or_else(Vec::new, |b| {
-                b.waiters.iter().map(|w| self.waiter_info(w)).collect()
-            }),
+            waiters: self.waiter_infos(barrier),
         }))
     }
 

@@ -42,6 +42,9 @@ impl Queueing for Condition {
     fn queue(&mut self) -> &mut WaitQueue<()> {
         &mut self.waiters
     }
+    fn waiting(&self) -> &WaitQueue<()> {
+        &self.waiters
+    }
 }
 
 /// What `describe` shows.
@@ -171,9 +174,7 @@ impl State {
         Ok(Reply::ConditionDescription(ConditionInfo {
             name: name.to_owned(),
             lock: condition.map(|c| c.lock.clone()).unwrap_or_default(),
-            waiters: condition.map_or_else(Vec::new, |c| {
-                c.waiters.iter().map(|w| self.waiter_info(w)).collect()
-            }),
+            waiters: self.waiter_infos(condition),
         }))
     }
 

@@ -31,6 +31,9 @@ impl Queueing for Event {
     fn queue(&mut self) -> &mut WaitQueue<()> {
         &mut self.waiters
     }
+    fn waiting(&self) -> &WaitQueue<()> {
+        &self.waiters
+    }
 }
 
 impl Event {
@@ -127,9 +130,7 @@ impl State {
         self.validate_name(Kind::Event, name)?;
         let event = self.events.get(name);
         let set_at_ms = event.and_then(|e| e.set_at_ms);
-        let waiters = event.map_or_else(Vec::new, |e| {
-            e.waiters.iter().map(|w| self.waiter_info(w)).collect()
-        });
+        let waiters = self.waiter_infos(event);
         Ok(Reply::EventDescription(EventInfo {
             name: name.to_owned(),
             is_set: set_at_ms.is_some(),

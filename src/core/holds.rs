@@ -62,6 +62,12 @@ pub struct WaiterInfo {
 pub(super) trait Queueing: Default {
     type Request;
     fn queue(&mut self) -> &mut WaitQueue<Self::Request>;
+    fn waiting(&self) -> &WaitQueue<Self::Request>;
+    /// The holds: `(token, session)`. Checked against the indexes in tests.
+    #[cfg_attr(not(test), allow(dead_code))]
+    fn held(&self) -> Vec<(FencingToken, SessionId)> {
+        Vec::new()
+    }
 }
 
 /// The table of one kind of primitive inside `State`.
@@ -295,6 +301,13 @@ impl State {
         }
     }
 
+    /// Describes every waiter of a primitive without a request of its own.
+    pub(super) fn waiter_infos<P: Queueing>(&self, primitive: Option<&P>) -> Vec<WaiterInfo> {
+        primitive.map_or_else(Vec::new, |p| {
+            p.waiting().iter().map(|w| self.waiter_info(w)).collect()
+        })
+    }
+
     /// Describes a waiter for `describe`.
     pub(super) fn waiter_info<R>(&self, waiter: &Waiter<R>) -> WaiterInfo {
         WaiterInfo {
@@ -442,4 +455,75 @@ impl State {
 fn join(tokens: &[FencingToken]) -> String {
     let texts: Vec<String> = tokens.iter().map(u64::to_string).collect();
     texts.join(", ")
+}
+
+/// Cross-checks the indexes against the primitives (for tests): every hold
+/// and waiter is indexed where its primitive says, and nothing else is.
+#[cfg(test)]
+impl State {
+    pub(super) fn check_indexes(&self) -> std::result::Result<(), String> {
+        let mut holds = BTreeMap::new();
+        let mut waiters = BTreeMap::new();
+        collect(Kind::Lock, &self.locks, &mut holds, &mut waiters);
+        collect(Kind::Semaphore, &self.semaphores, &mut holds, &mut waiters);
+        collect(Kind::RwLock, &self.rwlocks, &mut holds, &mut waiters);
+        collect(Kind::Event, &self.events, &mut holds, &mut waiters);
+        collect(Kind::Condition, &self.conditions, &mut holds, &mut waiters);
+        collect(Kind::Barrier, &self.barriers, &mut holds, &mut waiters);
+        let indexed_holds: BTreeMap<_, _> = (self.holds.iter())
+            .map(|(t, h)| (*t, (h.kind, h.name.clone(), h.session_id)))
+            .collect();
+        if holds != indexed_holds {
+            return Err(format!("holds {holds:?} but index {indexed_holds:?}"));
+        }
+        let indexed_waiters: BTreeMap<_, _> = (self.waiters.iter())
+            .map(|(w, p)| (*w, (p.kind, p.name.clone(), p.session_id)))
+            .collect();
+        if waiters != indexed_waiters {
+            return Err(format!("waiters {waiters:?} but index {indexed_waiters:?}"));
+        }
+        for session in self.sessions.iter() {
+            let own_holds = (self.holds.iter())
+                .filter(|(_, h)| h.session_id == session.id)
+                .map(|(t, _)| *t)
+                .collect();
+            let own_waiters = (self.waiters.iter())
+                .filter(|(_, w)| w.session_id == session.id)
+                .map(|(w, _)| *w)
+                .collect();
+            if session.holds != own_holds || session.waiters != own_waiters {
+                return Err(format!(
+                    "session {} lists the wrong holds or waiters",
+                    session.id
+                ));
+            }
+        }
+        let deadlines: std::collections::BTreeSet<_> = (self.waiters.iter())
+            .filter_map(|(w, p)| p.deadline_ms.map(|at| (at, *w)))
+            .collect();
+        if deadlines != self.deadlines {
+            return Err("the deadline index is out of step".to_owned());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+type Place = (Kind, String, SessionId);
+
+#[cfg(test)]
+fn collect<P: Queueing>(
+    kind: Kind,
+    table: &BTreeMap<String, P>,
+    holds: &mut BTreeMap<FencingToken, Place>,
+    waiters: &mut BTreeMap<WaiterId, Place>,
+) {
+    for (name, primitive) in table {
+        for (token, session_id) in primitive.held() {
+            holds.insert(token, (kind, name.clone(), session_id));
+        }
+        for waiter in primitive.waiting().iter() {
+            waiters.insert(waiter.id, (kind, name.clone(), waiter.session_id));
+        }
+    }
 }

@@ -56,6 +56,15 @@ impl Queueing for Lock {
     fn queue(&mut self) -> &mut WaitQueue<LockRequest> {
         &mut self.waiters
     }
+    fn waiting(&self) -> &WaitQueue<LockRequest> {
+        &self.waiters
+    }
+    fn held(&self) -> Vec<(FencingToken, SessionId)> {
+        self.holder
+            .iter()
+            .map(|h| (h.fencing_token, h.session_id))
+            .collect()
+    }
 }
 
 impl Lock {
@@ -160,7 +169,7 @@ impl State {
         };
         if let Some(lock) = self.locks.get(name) {
             info.holder = lock.holder.as_ref().map(|h| self.holder_info(h));
-            info.waiters = lock.waiters.iter().map(|w| self.waiter_info(w)).collect();
+            info.waiters = self.waiter_infos(Some(lock));
         }
         Ok(Reply::LockDescription(info))
     }

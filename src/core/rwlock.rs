@@ -57,6 +57,15 @@ impl Queueing for RwLock {
     fn queue(&mut self) -> &mut WaitQueue<RwRequest> {
         &mut self.waiters
     }
+    fn waiting(&self) -> &WaitQueue<RwRequest> {
+        &self.waiters
+    }
+    fn held(&self) -> Vec<(FencingToken, SessionId)> {
+        self.holds
+            .values()
+            .map(|(h, _)| (h.fencing_token, h.session_id))
+            .collect()
+    }
 }
 
 impl RwLock {

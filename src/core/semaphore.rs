@@ -55,6 +55,15 @@ impl Queueing for Semaphore {
     fn queue(&mut self) -> &mut WaitQueue<SemaphoreRequest> {
         &mut self.waiters
     }
+    fn waiting(&self) -> &WaitQueue<SemaphoreRequest> {
+        &self.waiters
+    }
+    fn held(&self) -> Vec<(FencingToken, SessionId)> {
+        self.holds
+            .values()
+            .map(|h| (h.hold.fencing_token, h.hold.session_id))
+            .collect()
+    }
 }
 
 impl Semaphore {

@@ -1955,6 +1955,7 @@ impl Checker {
             self.model.holders.iter().flatten().count()
         );
         prop_assert_eq!(state.next_deadline_ms(), self.model.next_deadline_ms());
+        state.check_indexes().map_err(TestCaseError::fail)?;
         self.check_restore()
     }
 
@@ -2110,3 +2111,6 @@ proptest! {
         checker.finish()?;
     }
 }
+
+mod mixed;
+mod primitives;
