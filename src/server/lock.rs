@@ -2,12 +2,13 @@
 
 use tonic::{Request, Response, Status};
 
+use super::convert::wait_event;
 use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
-use super::{open_wait, WaitResponse};
-use crate::core::{lock::LockInfo, Command, Reply};
+use super::{open_wait, release, WaitResponse};
+use crate::core::{lock::LockInfo, Command, Kind, Reply};
 use crate::engine::EngineHandle;
-use crate::proto::v1::{self as pb, acquire_lock_response::Event, locks_server::Locks};
+use crate::proto::v1::{self as pb, locks_server::Locks};
 
 pub struct LockService {
     pub engine: EngineHandle,
@@ -31,7 +32,7 @@ impl Locks for LockService {
             timeout_ms,
             acquire_id: request.acquire_id,
         };
-        open_wait(&self.engine, make, acquire_event).await
+        open_wait(&self.engine, make, wait_event).await
     }
 
     async fn release(
@@ -39,16 +40,9 @@ impl Locks for LockService {
         request: Request<pb::ReleaseLockRequest>,
     ) -> Result<Response<pb::ReleaseLockResponse>, Status> {
         let request = request.into_inner();
-        let command = Command::Release {
-            kind: crate::core::Kind::Lock,
-            session_id: request.session_id,
-            name: request.name,
-            fencing_token: request.fencing_token,
-        };
-        match self.engine.call(command).await? {
-            Reply::Done => Ok(Response::new(pb::ReleaseLockResponse {})),
-            other => Err(unexpected(&other)),
-        }
+        let (session_id, name, token) = (request.session_id, request.name, request.fencing_token);
+        release(&self.engine, Kind::Lock, session_id, name, token).await?;
+        Ok(Response::new(pb::ReleaseLockResponse {}))
     }
 
     async fn describe(
@@ -61,15 +55,6 @@ impl Locks for LockService {
             other => Err(unexpected(&other)),
         }
     }
-}
-
-fn acquire_event(reply: Reply) -> Result<pb::AcquireLockResponse, Status> {
-    let event = match reply {
-        Reply::Queued { position } => Event::Queued(pb::Queued { position }),
-        Reply::Granted { fencing_token } => Event::Granted(pb::Granted { fencing_token }),
-        other => return Err(unexpected(&other)),
-    };
-    Ok(pb::AcquireLockResponse { event: Some(event) })
 }
 
 fn describe_response(info: LockInfo) -> pb::DescribeLockResponse {

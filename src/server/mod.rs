@@ -11,8 +11,14 @@
 //! keep-alive streams end with UNAVAILABLE, then tonic drains connections;
 //! all of it within `shutdown_grace`.
 
+mod barrier;
+mod condition;
+mod convert;
 mod deadline;
+mod event;
 mod lock;
+mod rwlock;
+mod semaphore;
 mod session;
 pub mod status;
 mod system;
@@ -30,10 +36,15 @@ use tonic::{Response, Status};
 use tonic_health::ServingStatus;
 use tower::util::MapResponseLayer;
 
-use crate::core::{Command, Reply, WaiterId};
+use status::unexpected;
+
+use crate::core::{Command, FencingToken, Kind, Reply, SessionId, WaiterId};
 use crate::engine::{self, EngineConfig, EngineHandle};
 use crate::proto::v1::{
-    locks_server::LocksServer, sessions_server::SessionsServer, system_server::SystemServer,
+    barriers_server::BarriersServer, conditions_server::ConditionsServer,
+    events_server::EventsServer, locks_server::LocksServer, rw_locks_server::RwLocksServer,
+    semaphores_server::SemaphoresServer, sessions_server::SessionsServer,
+    system_server::SystemServer,
 };
 use crate::store::SledStore;
 
@@ -66,6 +77,26 @@ async fn open_wait<T: Send + 'static>(
     }
     let stream = events.map(move |event| event.map_err(Status::from).and_then(map));
     Ok(Response::new(Box::pin(stream)))
+}
+
+/// Gives back a hold of a lock, semaphore or read-write lock.
+async fn release(
+    engine: &EngineHandle,
+    kind: Kind,
+    session_id: SessionId,
+    name: String,
+    fencing_token: FencingToken,
+) -> Result<(), Status> {
+    let command = Command::Release {
+        kind,
+        session_id,
+        name,
+        fencing_token,
+    };
+    match engine.call(command).await? {
+        Reply::Done => Ok(()),
+        other => Err(unexpected(&other)),
+    }
 }
 
 /// Why the server could not run.
@@ -190,7 +221,16 @@ async fn set_health(health: &tonic_health::server::HealthReporter, status: Servi
     health.set_service_status("", status).await;
 }
 
-const SERVICE_NAMES: &[&str] = &["syncd.v1.System", "syncd.v1.Sessions", "syncd.v1.Locks"];
+const SERVICE_NAMES: &[&str] = &[
+    "syncd.v1.System",
+    "syncd.v1.Sessions",
+    "syncd.v1.Locks",
+    "syncd.v1.Semaphores",
+    "syncd.v1.RwLocks",
+    "syncd.v1.Events",
+    "syncd.v1.Conditions",
+    "syncd.v1.Barriers",
+];
 
 type Router = tonic::transport::server::Router<
     tower::layer::util::Stack<
@@ -231,6 +271,26 @@ fn build_router(
         engine: engine.clone(),
     })
     .max_decoding_message_size(limit);
+    let semaphores = SemaphoresServer::new(semaphore::SemaphoreService {
+        engine: engine.clone(),
+    })
+    .max_decoding_message_size(limit);
+    let rwlocks = RwLocksServer::new(rwlock::RwLockService {
+        engine: engine.clone(),
+    })
+    .max_decoding_message_size(limit);
+    let events = EventsServer::new(event::EventService {
+        engine: engine.clone(),
+    })
+    .max_decoding_message_size(limit);
+    let conditions = ConditionsServer::new(condition::ConditionService {
+        engine: engine.clone(),
+    })
+    .max_decoding_message_size(limit);
+    let barriers = BarriersServer::new(barrier::BarrierService {
+        engine: engine.clone(),
+    })
+    .max_decoding_message_size(limit);
     let oversized: fn(status::HttpResponse) -> status::HttpResponse =
         status::oversized_is_resource_exhausted;
     Ok(tonic::transport::Server::builder()
@@ -244,5 +304,10 @@ fn build_router(
         .add_service(reflection_v1alpha)
         .add_service(system)
         .add_service(sessions)
-        .add_service(locks))
+        .add_service(locks)
+        .add_service(semaphores)
+        .add_service(rwlocks)
+        .add_service(events)
+        .add_service(conditions)
+        .add_service(barriers))
 }

@@ -1,0 +1,142 @@
+//! Conversions that several services share: the events of waiting streams,
+//! holders and waiters for Describe, and the read-write mode.
+
+use tonic::Status;
+
+use super::status::unexpected;
+use crate::core::{HolderInfo, Reply, RwMode, WaiterInfo};
+use crate::proto::v1 as pb;
+
+/// A message of a waiting RPC's stream: `queued` while it waits, then one
+/// final message.
+pub(super) trait WaitEvent: Sized {
+    fn queued(queued: pb::Queued) -> Self;
+    /// The final message for `reply`; `None` for a reply of another shape.
+    fn last(reply: &Reply) -> Option<Self>;
+}
+
+/// Maps the engine's events for a waiting RPC (the `map` of `open_wait`).
+pub(super) fn wait_event<T: WaitEvent>(reply: Reply) -> Result<T, Status> {
+    match reply {
+        Reply::Queued { position } => Ok(T::queued(pb::Queued { position })),
+        other => T::last(&other).ok_or_else(|| unexpected(&other)),
+    }
+}
+
+/// The acquires (locks, semaphores, read-write locks): `queued`, then
+/// `granted`.
+macro_rules! acquire_events {
+    ($($response:ident in $events:ident),* $(,)?) => {$(
+        impl WaitEvent for pb::$response {
+            fn queued(queued: pb::Queued) -> Self {
+                let event = pb::$events::Event::Queued(queued);
+                pb::$response { event: Some(event) }
+            }
+
+            fn last(reply: &Reply) -> Option<Self> {
+                let &Reply::Granted { fencing_token } = reply else {
+                    return None;
+                };
+                let event = pb::$events::Event::Granted(pb::Granted { fencing_token });
+                Some(pb::$response { event: Some(event) })
+            }
+        }
+    )*};
+}
+
+acquire_events!(
+    AcquireLockResponse in acquire_lock_response,
+    AcquireSemaphoreResponse in acquire_semaphore_response,
+    AcquireRwLockResponse in acquire_rw_lock_response,
+);
+
+/// A hold for Describe; `permits` and `mode` are left for the primitives
+/// that have them.
+pub(super) fn holder(info: HolderInfo) -> pb::Holder {
+    pb::Holder {
+        session_id: info.session_id,
+        client_name: info.client_name,
+        fencing_token: info.fencing_token,
+        held_ms: info.held_ms,
+        lease_left_ms: info.lease_left_ms,
+        permits: 0,
+        mode: pb::RwMode::Unspecified.into(),
+    }
+}
+
+/// A waiter for Describe; `permits` and `mode` are left for the primitives
+/// that have them.
+pub(super) fn waiter(info: WaiterInfo) -> pb::Waiter {
+    pb::Waiter {
+        session_id: info.session_id,
+        client_name: info.client_name,
+        waiting_ms: info.waiting_ms,
+        permits: 0,
+        mode: pb::RwMode::Unspecified.into(),
+    }
+}
+
+/// The waiters of a primitive whose requests have nothing of their own.
+pub(super) fn waiters(infos: Vec<WaiterInfo>) -> Vec<pb::Waiter> {
+    infos.into_iter().map(waiter).collect()
+}
+
+/// A request's mode; UNSPECIFIED and unknown numbers are refused.
+pub(super) fn rw_mode(value: i32) -> Result<RwMode, Status> {
+    let given = match pb::RwMode::try_from(value) {
+        Ok(pb::RwMode::Read) => return Ok(RwMode::Read),
+        Ok(pb::RwMode::Write) => return Ok(RwMode::Write),
+        Ok(unspecified) => unspecified.as_str_name().to_owned(),
+        Err(_) => value.to_string(),
+    };
+    Err(Status::invalid_argument(format!(
+        "mode must be RW_MODE_READ or RW_MODE_WRITE, not {given}"
+    )))
+}
+
+/// A hold's or waiter's mode, for Describe.
+pub(super) fn pb_rw_mode(mode: RwMode) -> i32 {
+    match mode {
+        RwMode::Read => pb::RwMode::Read.into(),
+        RwMode::Write => pb::RwMode::Write.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rw_mode_accepts_read_and_write_only() {
+        assert_eq!(rw_mode(1).unwrap(), RwMode::Read);
+        assert_eq!(rw_mode(2).unwrap(), RwMode::Write);
+        for bad in [0, 3, -1] {
+            let status = rw_mode(bad).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        }
+        assert!(rw_mode(0)
+            .unwrap_err()
+            .message()
+            .contains("RW_MODE_UNSPECIFIED"));
+        assert!(rw_mode(7).unwrap_err().message().ends_with("not 7"));
+        for mode in [RwMode::Read, RwMode::Write] {
+            assert_eq!(rw_mode(pb_rw_mode(mode)).unwrap(), mode);
+        }
+    }
+
+    #[test]
+    fn wait_events_map_queued_and_the_final_reply_and_refuse_other_shapes() {
+        use pb::acquire_lock_response::Event;
+        let queued: pb::AcquireLockResponse = wait_event(Reply::Queued { position: 3 }).unwrap();
+        assert_eq!(
+            queued.event,
+            Some(Event::Queued(pb::Queued { position: 3 }))
+        );
+        let granted: pb::AcquireLockResponse =
+            wait_event(Reply::Granted { fencing_token: 9 }).unwrap();
+        let expected = Event::Granted(pb::Granted { fencing_token: 9 });
+        assert_eq!(granted.event, Some(expected));
+        let wrong = wait_event::<pb::AcquireLockResponse>(Reply::EventIsSet).unwrap_err();
+        assert_eq!(wrong.code(), tonic::Code::Internal);
+    }
+}

@@ -1,0 +1,89 @@
+//! `syncd.v1.Events`: set, clear, wait (a waiting stream), describe.
+
+use tonic::{Request, Response, Status};
+
+use super::convert::{wait_event, waiters, WaitEvent};
+use super::deadline::{effective_timeout_ms, grpc_timeout};
+use super::status::unexpected;
+use super::{open_wait, WaitResponse};
+use crate::core::{Command, Reply};
+use crate::engine::EngineHandle;
+use crate::proto::v1::{self as pb, events_server::Events, wait_event_response::Event};
+
+pub struct EventService {
+    pub engine: EngineHandle,
+}
+
+#[tonic::async_trait]
+impl Events for EventService {
+    type WaitStream = WaitResponse<pb::WaitEventResponse>;
+
+    async fn set(
+        &self,
+        request: Request<pb::SetEventRequest>,
+    ) -> Result<Response<pb::SetEventResponse>, Status> {
+        let name = request.into_inner().name;
+        match self.engine.call(Command::EventSet { name }).await? {
+            Reply::Count(woken) => Ok(Response::new(pb::SetEventResponse { woken })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn clear(
+        &self,
+        request: Request<pb::ClearEventRequest>,
+    ) -> Result<Response<pb::ClearEventResponse>, Status> {
+        let name = request.into_inner().name;
+        match self.engine.call(Command::EventClear { name }).await? {
+            Reply::Done => Ok(Response::new(pb::ClearEventResponse {})),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn wait(
+        &self,
+        request: Request<pb::WaitEventRequest>,
+    ) -> Result<Response<Self::WaitStream>, Status> {
+        let grpc = grpc_timeout(request.metadata());
+        let request = request.into_inner();
+        let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
+        let make = |waiter| Command::EventWait {
+            session_id: request.session_id,
+            name: request.name,
+            waiter,
+            timeout_ms,
+        };
+        open_wait(&self.engine, make, wait_event).await
+    }
+
+    async fn describe(
+        &self,
+        request: Request<pb::DescribeEventRequest>,
+    ) -> Result<Response<pb::DescribeEventResponse>, Status> {
+        let name = request.into_inner().name;
+        match self.engine.call(Command::EventDescribe { name }).await? {
+            Reply::EventDescription(info) => Ok(Response::new(pb::DescribeEventResponse {
+                name: info.name,
+                is_set: info.is_set,
+                set_ms: info.set_ms,
+                waiters: waiters(info.waiters),
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+impl WaitEvent for pb::WaitEventResponse {
+    fn queued(queued: pb::Queued) -> Self {
+        let event = Some(Event::Queued(queued));
+        pb::WaitEventResponse { event }
+    }
+
+    fn last(reply: &Reply) -> Option<Self> {
+        let Reply::EventIsSet = reply else {
+            return None;
+        };
+        let event = Some(Event::Set(pb::EventIsSet {}));
+        Some(pb::WaitEventResponse { event })
+    }
+}
