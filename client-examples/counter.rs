@@ -10,82 +10,57 @@
 //!   SYNCD_ADDR=http://127.0.0.1:7420 cargo run --example counter
 //! Prints `Final counter: 1000` and exits 0 when no update was lost.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+#[path = "support/mod.rs"]
+mod support;
 
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use support::{Error, WAIT_LIMIT};
 use syncd::client::Client;
 
 const WORKERS: u32 = 2;
 const INCREMENTS: u32 = 500;
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
-
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    let result = match args.get(1).map(String::as_str) {
-        Some("worker") => worker(&args[2..]),
-        _ => coordinator(),
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("counter: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn addr() -> String {
-    std::env::var("SYNCD_ADDR").unwrap_or_else(|_| "http://127.0.0.1:7420".to_owned())
+    support::main("counter", coordinator, worker)
 }
 
 /// Spawns the workers, waits for them, and prints the final count.
-fn coordinator() -> Result<ExitCode, Error> {
-    let dir = std::env::temp_dir().join(format!("syncd-counter-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("counter");
+fn coordinator() -> Result<(), Error> {
+    let dir = support::scratch_dir("counter")?;
+    let file = dir.path().join("counter");
     write_counter(&file, 0, 0)?;
-    let lock_name = format!("example-counter-{}", std::process::id());
-    let exe = std::env::current_exe()?;
-    let children: Vec<_> = (0..WORKERS)
-        .map(|_| {
-            Command::new(&exe)
-                .arg("worker")
-                .arg(&file)
-                .arg(&lock_name)
-                .arg(INCREMENTS.to_string())
-                .spawn()
-        })
-        .collect::<Result<_, _>>()?;
-    let mut all_ok = true;
-    for mut child in children {
-        all_ok &= child.wait()?.success();
+    let file_arg = file.display().to_string();
+    let lock_name = support::unique_name("counter", "lock");
+    let mut workers = support::Workers::new();
+    for index in 0..WORKERS {
+        workers.spawn(
+            format!("worker {index}"),
+            [file_arg.as_str(), &lock_name, &INCREMENTS.to_string()],
+        )?;
     }
+    let finished = workers.wait();
     let (count, _) = read_counter(&file)?;
-    std::fs::remove_dir_all(&dir)?;
     println!("Final counter: {count}");
-    if all_ok && count == WORKERS * INCREMENTS {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!(
-            "counter: expected {}, a worker failed or an update was lost",
-            WORKERS * INCREMENTS
-        );
-        Ok(ExitCode::FAILURE)
+    finished?;
+    if count != WORKERS * INCREMENTS {
+        return Err(format!("expected {}, an update was lost", WORKERS * INCREMENTS).into());
     }
+    Ok(())
 }
 
-#[tokio::main]
-async fn worker(args: &[String]) -> Result<ExitCode, Error> {
-    let [file, lock_name, increments] = args else {
+/// `worker FILE LOCK INCREMENTS`.
+async fn worker(args: Vec<String>) -> Result<(), Error> {
+    let [file, lock_name, increments] = args.as_slice() else {
         return Err("usage: counter worker FILE LOCK INCREMENTS".into());
     };
     let file = PathBuf::from(file);
     let increments: u32 = increments.parse()?;
-    let client = Client::connect(addr()).await?;
+    let client = Client::connect(support::addr()).await?;
     let lock = client.lock(lock_name.clone());
     for _ in 0..increments {
-        let guard = lock.acquire().await?;
+        let guard = lock.acquire_timeout(WAIT_LIMIT).await?;
         let token = guard.fencing_token();
         let (count, last_token) = read_counter(&file)?;
         if token <= last_token {
@@ -97,7 +72,7 @@ async fn worker(args: &[String]) -> Result<ExitCode, Error> {
         guard.release().await?;
     }
     client.close().await?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn read_counter(file: &Path) -> Result<(u32, u64), Error> {

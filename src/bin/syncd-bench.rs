@@ -10,7 +10,17 @@
 //! - `lock-uncontended`: each client its own lock, acquire + release;
 //! - `lock-contended`: every client on one lock; reports handoffs/s and the
 //!   handoff latency (from the holder starting its release to the next
-//!   waiter holding the grant).
+//!   waiter holding the grant);
+//! - `semaphore-uncontended`: each client its own semaphore, acquire one
+//!   permit + release;
+//! - `semaphore-at-capacity`: every client on one semaphore of
+//!   [`AT_CAPACITY_PERMITS`] permits, acquire (waiting) + release;
+//! - `event-broadcast`: [`BROADCAST_WAITERS`] waiters spread over the
+//!   clients wait on one event; the latency is from `set` until the last of
+//!   them has its answer;
+//! - `barrier`: [`BARRIER_PARTIES`] parties spread over the clients meet at
+//!   one barrier; the latency is a whole round, from the first wait sent to
+//!   the last party released.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -48,7 +58,8 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "ping,lock-uncontended,lock-contended"
+        default_value = "ping,lock-uncontended,lock-contended,semaphore-uncontended,\
+                         semaphore-at-capacity,event-broadcast,barrier"
     )]
     scenarios: Vec<Scenario>,
 
@@ -66,7 +77,18 @@ enum Scenario {
     Ping,
     LockUncontended,
     LockContended,
+    SemaphoreUncontended,
+    SemaphoreAtCapacity,
+    EventBroadcast,
+    Barrier,
 }
+
+/// Permits of the one semaphore of `semaphore-at-capacity`.
+const AT_CAPACITY_PERMITS: u32 = 4;
+/// Waiters woken by each `set` in `event-broadcast`.
+const BROADCAST_WAITERS: usize = 1_000;
+/// Parties of the barrier in `barrier`.
+const BARRIER_PARTIES: usize = 100;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum DurabilityArg {
@@ -111,6 +133,10 @@ impl Measured {
             (Scenario::LockUncontended, _) => UNCONTENDED,
             (Scenario::LockContended, false) => CONTENDED_WAIT,
             (Scenario::LockContended, true) => CONTENDED_HANDOFF,
+            (Scenario::SemaphoreUncontended, _) => "semaphore-uncontended (acquire+release)",
+            (Scenario::SemaphoreAtCapacity, _) => "semaphore-at-capacity (acquire wait+release)",
+            (Scenario::EventBroadcast, _) => "event-broadcast (set until 1000 woken)",
+            (Scenario::Barrier, _) => "barrier (round of 100 parties)",
         }
     }
 
@@ -323,27 +349,49 @@ async fn measure(
     let record_from = epoch + warmup;
     let stop_at = record_from + duration;
     let release_stamp = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::with_capacity(clients);
-    for (index, client) in connected.iter().enumerate() {
-        let client = client.clone();
-        let stamp = release_stamp.clone();
-        let times = Times {
-            epoch,
-            record_from,
-            stop_at,
-        };
-        tasks.push(tokio::spawn(async move {
-            match scenario {
-                Scenario::Ping => ping_loop(client, times).await,
-                Scenario::LockUncontended => {
-                    cycle_loop(client, format!("bench-uncontended-{index}"), times, None).await
-                }
-                Scenario::LockContended => {
-                    cycle_loop(client, "bench-contended".into(), times, Some(stamp)).await
-                }
+    let times = Times {
+        epoch,
+        record_from,
+        stop_at,
+    };
+    let tasks = match scenario {
+        Scenario::EventBroadcast => vec![tokio::spawn(broadcast_rounds(connected.clone(), times))],
+        Scenario::Barrier => vec![tokio::spawn(barrier_rounds(connected.clone(), times))],
+        _ => {
+            let mut tasks = Vec::with_capacity(clients);
+            for (index, client) in connected.iter().enumerate() {
+                let client = client.clone();
+                let stamp = release_stamp.clone();
+                tasks.push(tokio::spawn(async move {
+                    match scenario {
+                        Scenario::Ping => ping_loop(client, times).await,
+                        Scenario::LockUncontended => {
+                            let lock = client.lock(format!("bench-uncontended-{index}"));
+                            cycle_loop(times, None, || lock.acquire()).await
+                        }
+                        Scenario::LockContended => {
+                            let lock = client.lock("bench-contended");
+                            cycle_loop(times, Some(stamp), || lock.acquire()).await
+                        }
+                        Scenario::SemaphoreUncontended => {
+                            let name = format!("bench-semaphore-{index}");
+                            let semaphore = client.semaphore(name, AT_CAPACITY_PERMITS);
+                            cycle_loop(times, None, || semaphore.acquire(1)).await
+                        }
+                        Scenario::SemaphoreAtCapacity => {
+                            let name = "bench-semaphore-at-capacity";
+                            let semaphore = client.semaphore(name, AT_CAPACITY_PERMITS);
+                            cycle_loop(times, None, || semaphore.acquire(1)).await
+                        }
+                        Scenario::EventBroadcast | Scenario::Barrier => {
+                            unreachable!("driven by one task")
+                        }
+                    }
+                }));
             }
-        }));
-    }
+            tasks
+        }
+    };
     let mut latencies_us = Vec::new();
     let mut handoffs_us = Vec::new();
     for task in tasks {
@@ -394,16 +442,35 @@ async fn ping_loop(client: Client, times: Times) -> Samples {
     }
 }
 
+/// A hold that the benchmark can give back.
+trait Releasable {
+    async fn give_back(self) -> Result<(), syncd::client::Error>;
+}
+
+impl Releasable for syncd::client::LockGuard {
+    async fn give_back(self) -> Result<(), syncd::client::Error> {
+        self.release().await
+    }
+}
+
+impl Releasable for syncd::client::SemaphoreGuard {
+    async fn give_back(self) -> Result<(), syncd::client::Error> {
+        self.release().await
+    }
+}
+
 /// Acquire + release in a loop. With `release_stamp` (contended), the
 /// holder stamps the moment it starts releasing, and the next holder, if it
 /// was already waiting then, records the handoff latency.
-async fn cycle_loop(
-    client: Client,
-    name: String,
+async fn cycle_loop<G, F>(
     times: Times,
     release_stamp: Option<Arc<AtomicU64>>,
-) -> Samples {
-    let lock = client.lock(name);
+    acquire: impl Fn() -> F,
+) -> Samples
+where
+    G: Releasable,
+    F: std::future::Future<Output = Result<G, syncd::client::Error>>,
+{
     let mut latencies = Vec::new();
     let mut handoffs = Vec::new();
     loop {
@@ -411,7 +478,7 @@ async fn cycle_loop(
         if start >= times.stop_at {
             return Ok((latencies, handoffs));
         }
-        let guard = lock.acquire().await?;
+        let guard = acquire().await?;
         let granted = Instant::now();
         let recording = start >= times.record_from;
         if let Some(stamp) = &release_stamp {
@@ -422,7 +489,7 @@ async fn cycle_loop(
             }
             stamp.store(times.micros_since_epoch(Instant::now()), Ordering::Release);
         }
-        guard.release().await?;
+        guard.give_back().await?;
         if recording {
             let end = if release_stamp.is_some() {
                 granted
@@ -432,6 +499,61 @@ async fn cycle_loop(
             latencies.push(end.duration_since(start).as_micros() as u64);
         }
     }
+}
+
+/// Rounds of: every waiter queues on a clear event, then one `set`; the
+/// sample is the time from `set` until the last waiter has its answer.
+async fn broadcast_rounds(clients: Vec<Client>, times: Times) -> Samples {
+    let name = "bench-broadcast";
+    let control = clients[0].event(name);
+    let mut latencies = Vec::new();
+    // At least one recorded round, however slow.
+    while Instant::now() < times.stop_at || latencies.is_empty() {
+        control.clear().await?;
+        let mut waiters = tokio::task::JoinSet::new();
+        for index in 0..BROADCAST_WAITERS {
+            let event = clients[index % clients.len()].event(name);
+            waiters.spawn(async move {
+                event.wait().await?;
+                Ok::<Instant, syncd::client::Error>(Instant::now())
+            });
+        }
+        while control.describe().await?.waiters.len() < BROADCAST_WAITERS {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let set_at = Instant::now();
+        control.set().await?;
+        let mut last = set_at;
+        while let Some(woken) = waiters.join_next().await {
+            last = last.max(woken??);
+        }
+        if set_at >= times.record_from {
+            latencies.push(last.duration_since(set_at).as_micros() as u64);
+        }
+    }
+    Ok((latencies, Vec::new()))
+}
+
+/// Rounds of a barrier of `BARRIER_PARTIES`; the sample is the time from
+/// the first wait sent until the last party is released.
+async fn barrier_rounds(clients: Vec<Client>, times: Times) -> Samples {
+    let mut latencies = Vec::new();
+    while Instant::now() < times.stop_at || latencies.is_empty() {
+        let start = Instant::now();
+        let mut parties = tokio::task::JoinSet::new();
+        for index in 0..BARRIER_PARTIES {
+            let barrier =
+                clients[index % clients.len()].barrier("bench-barrier", BARRIER_PARTIES as u32);
+            parties.spawn(async move { barrier.wait().await });
+        }
+        while let Some(passed) = parties.join_next().await {
+            passed??;
+        }
+        if start >= times.record_from {
+            latencies.push(start.elapsed().as_micros() as u64);
+        }
+    }
+    Ok((latencies, Vec::new()))
 }
 
 /// A syncd started for the run, stopped at the end.

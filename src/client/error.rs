@@ -13,6 +13,9 @@ pub enum Error {
     Unavailable(String),
     /// A wait timed out (`DEADLINE_EXCEEDED`); nothing is left queued.
     Timeout(String),
+    /// A barrier is broken (`ABORTED`): a party left while waiting, or the
+    /// barrier was reset or deleted. Waits fail so until it is reset.
+    Broken(String),
     /// The session that owned a hold or a wait is gone (expired or closed):
     /// the holds it had are released.
     SessionLost(String),
@@ -28,8 +31,10 @@ impl Error {
     /// Translates a status into an error, naming the server's address when
     /// the server could not be reached.
     pub(crate) fn from_status(status: Status, addr: &str) -> Error {
-        if status.code() == Code::DeadlineExceeded {
-            return Error::Timeout(status.message().to_string());
+        match status.code() {
+            Code::DeadlineExceeded => return Error::Timeout(status.message().to_string()),
+            Code::Aborted => return Error::Broken(status.message().to_string()),
+            _ => {}
         }
         if !is_transient(&status) {
             return Error::Status(status);
@@ -53,6 +58,7 @@ impl fmt::Display for Error {
         match self {
             Error::Unavailable(message)
             | Error::Timeout(message)
+            | Error::Broken(message)
             | Error::SessionLost(message)
             | Error::InvalidAddress(message) => f.write_str(message),
             Error::Status(status) => write_status(f, status),
@@ -107,6 +113,7 @@ impl From<Status> for Error {
     fn from(status: Status) -> Error {
         match status.code() {
             Code::DeadlineExceeded => Error::Timeout(status.message().to_string()),
+            Code::Aborted => Error::Broken(status.message().to_string()),
             _ if is_transient(&status) => Error::Unavailable(reason(&status)),
             _ => Error::Status(status),
         }
@@ -201,6 +208,10 @@ mod tests {
             "syncd at http://127.0.0.1:1 is unavailable: shutting down"
         );
 
+        let broken = Error::from_status(Status::aborted("barrier \"b\" is broken"), addr);
+        assert!(matches!(broken, Error::Broken(_)));
+        assert_eq!(broken.to_string(), "barrier \"b\" is broken");
+
         let bad = Error::from_status(Status::invalid_argument("empty name"), addr);
         assert_eq!(bad.to_string(), "invalid argument: empty name");
     }
@@ -232,6 +243,10 @@ mod tests {
         assert!(matches!(
             Error::from(Status::failed_precondition("not held")),
             Error::Status(_)
+        ));
+        assert!(matches!(
+            Error::from(Status::aborted("reset")),
+            Error::Broken(ref m) if m == "reset"
         ));
     }
 }

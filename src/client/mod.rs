@@ -29,18 +29,33 @@
 //!   whatever a lost hold protects must stop at once.
 //! - Unary calls (release, describe, ping, list) retry a server that cannot
 //!   be reached for about 5 s before returning [`Error::Unavailable`].
-//! - [`Lock::acquire`] retries a broken wait with the same retry identity, so
-//!   a grant lost with a connection is returned rather than queued behind. A
-//!   wait with a timeout keeps its deadline also while the server cannot be
-//!   reached; one without keeps trying and logs a warning every 10 s.
-//! - [`LockGuard`] releases on [`LockGuard::release`], or, best effort, when
-//!   dropped.
+//! - Handles: [`Client::lock`], [`Client::semaphore`], [`Client::rwlock`],
+//!   [`Client::event`], [`Client::condition`], [`Client::barrier`]. Creating
+//!   one sends nothing.
+//! - [`Lock::acquire`], [`Semaphore::acquire`] and [`RwLock::read`] /
+//!   [`RwLock::write`] retry a broken wait with the same retry identity, so a
+//!   grant lost with a connection is returned rather than queued behind;
+//!   [`Event::wait`] retries too (waiting holds nothing). A wait with a
+//!   timeout keeps its deadline also while the server cannot be reached; one
+//!   without keeps trying and logs a warning every 10 s.
+//! - [`Condition::wait`] and [`Barrier::wait`] are never retried: a second
+//!   request would not mean the same (the lock was given up; a party that
+//!   left broke the barrier). Their errors come back as they are.
+//! - [`LockGuard`], [`SemaphoreGuard`] and [`RwLockGuard`] release on
+//!   `release`, or, best effort, when dropped.
 //! - Only `http://` addresses work: this version speaks no TLS.
 
+mod barrier;
+mod condition;
 mod error;
+mod event;
+mod hold;
 mod lock;
 mod retry;
+mod rwlock;
+mod semaphore;
 mod session;
+mod wait;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -51,8 +66,13 @@ use tonic::{
 };
 use tracing::debug;
 
+pub use barrier::{Barrier, BarrierPassed};
+pub use condition::Condition;
 pub use error::Error;
+pub use event::Event;
 pub use lock::{Lock, LockGuard};
+pub use rwlock::{RwLock, RwLockGuard, RwMode};
+pub use semaphore::{Semaphore, SemaphoreGuard};
 pub use session::{LossReason, SessionLoss};
 
 use crate::proto::v1::{
@@ -227,6 +247,37 @@ impl Client {
     /// A handle on the lock `name`. Nothing is sent until it is used.
     pub fn lock(&self, name: impl Into<String>) -> Lock {
         Lock::new(self.clone(), name.into())
+    }
+
+    /// A handle on the semaphore `name` with `capacity` permits. The first
+    /// acquire creates it with that capacity; later ones must name the same
+    /// (0: whatever it has). Nothing is sent until it is used.
+    pub fn semaphore(&self, name: impl Into<String>, capacity: u32) -> Semaphore {
+        Semaphore::new(self.clone(), name.into(), capacity)
+    }
+
+    /// A handle on the read-write lock `name`. Nothing is sent until it is
+    /// used.
+    pub fn rwlock(&self, name: impl Into<String>) -> RwLock {
+        RwLock::new(self.clone(), name.into())
+    }
+
+    /// A handle on the event `name`. Nothing is sent until it is used.
+    pub fn event(&self, name: impl Into<String>) -> Event {
+        Event::new(self.clone(), name.into())
+    }
+
+    /// A handle on the condition `name`, which waits with a [`LockGuard`].
+    /// Nothing is sent until it is used.
+    pub fn condition(&self, name: impl Into<String>) -> Condition {
+        Condition::new(self.clone(), name.into())
+    }
+
+    /// A handle on the barrier `name` for `parties` parties. The first wait
+    /// creates it with that number; later ones must name the same (0:
+    /// whatever it has). Nothing is sent until it is used.
+    pub fn barrier(&self, name: impl Into<String>, parties: u32) -> Barrier {
+        Barrier::new(self.clone(), name.into(), parties)
     }
 
     /// Closes the session, which releases everything it holds, and stops

@@ -1,0 +1,160 @@
+//! The cross-process examples in `client-examples/`, each run against a
+//! real syncd: every one must exit 0 and print exactly the seed
+//! exercise's lines, in order. (Each example checks its own property and
+//! exits 1 when it did not hold; `counter` is tested in `lock.rs`.)
+//!
+//! A plain `cargo test` builds the examples first; `cargo test --test
+//! examples` alone does not, so run `cargo build --examples` before it. A
+//! binary older than its sources fails the test instead of testing old code.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use common::{run_bounded, Syncd};
+
+/// Runs example `name` against `syncd`; asserts exit 0 and stdout `lines`.
+fn assert_example_prints(syncd: &Syncd, name: &str, lines: &[&str]) {
+    let output = run_bounded(
+        std::process::Command::new(fresh_example_bin(name))
+            .env("SYNCD_ADDR", &syncd.addr)
+            .env("RUST_LOG", "warn"),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "example {name} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    let printed: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        printed, lines,
+        "example {name} printed other lines; stderr:\n{stderr}"
+    );
+}
+
+/// The built example `name`, after checking that none of the sources it
+/// was built from (as cargo's dep-info file beside it lists them) changed
+/// since.
+fn fresh_example_bin(name: &str) -> PathBuf {
+    let bin = common::example_bin(name);
+    let built = modified(&bin);
+    let Ok(dep_info) = std::fs::read_to_string(bin.with_extension("d")) else {
+        return bin;
+    };
+    // `target: source source ...`, spaces inside a path escaped as `\ `.
+    let sources = dep_info.split_once(": ").map_or("", |(_, sources)| sources);
+    let sources = sources.replace("\\ ", "\0");
+    for source in sources.split_whitespace() {
+        let source = PathBuf::from(source.replace('\0', " "));
+        if source.exists() {
+            assert!(
+                modified(&source) <= built,
+                "example {name} is older than {}: run `cargo build --examples` \
+                 (`cargo test --test examples` does not rebuild examples; `cargo test` does)",
+                source.display()
+            );
+        }
+    }
+    bin
+}
+
+fn modified(path: &Path) -> SystemTime {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("mtime of {}: {e}", path.display()))
+}
+
+#[test]
+fn semaphore_example_keeps_at_most_3_calls_running() {
+    let syncd = Syncd::start();
+    assert_example_prints(
+        &syncd,
+        "semaphore",
+        &["At most 3 tasks running concurrently"],
+    );
+}
+
+#[test]
+fn rwlock_example_overlaps_readers_and_isolates_the_writer() {
+    let syncd = Syncd::start();
+    assert_example_prints(
+        &syncd,
+        "rwlock",
+        &["Multiple concurrent readers; writer gets exclusive access"],
+    );
+}
+
+#[test]
+fn event_example_wakes_the_worker_of_another_process() {
+    let syncd = Syncd::start();
+    assert_example_prints(
+        &syncd,
+        "event",
+        &[
+            "Worker waiting for signal",
+            "Signal sent",
+            "Worker received signal and proceeding",
+        ],
+    );
+}
+
+#[test]
+fn condition_example_hands_items_a_and_b_to_the_consumer() {
+    let syncd = Syncd::start();
+    assert_example_prints(
+        &syncd,
+        "condition",
+        &[
+            "Consumer waiting for items",
+            "Producer added item: A",
+            "Consumer got: A",
+            "Producer added item: B",
+            "Consumer got: B",
+        ],
+    );
+}
+
+#[test]
+fn barrier_example_lets_nobody_continue_before_all_arrive() {
+    let syncd = Syncd::start();
+    assert_example_prints(
+        &syncd,
+        "barrier",
+        &[
+            "Worker 0 reached barrier",
+            "Worker 1 reached barrier",
+            "Worker 2 reached barrier",
+            "Worker 0 continuing",
+            "Worker 1 continuing",
+            "Worker 2 continuing",
+            "All workers continuing",
+        ],
+    );
+}
+
+/// The examples name everything they use uniquely per run: running each
+/// twice against one server (an event left set, a barrier in a later
+/// generation, a semaphore with holds history) still passes.
+#[test]
+fn examples_run_twice_against_one_server() {
+    let syncd = Syncd::start();
+    for _ in 0..2 {
+        assert_example_prints(
+            &syncd,
+            "event",
+            &[
+                "Worker waiting for signal",
+                "Signal sent",
+                "Worker received signal and proceeding",
+            ],
+        );
+        assert_example_prints(
+            &syncd,
+            "semaphore",
+            &["At most 3 tasks running concurrently"],
+        );
+    }
+}
