@@ -50,6 +50,12 @@ pub mod proto {
         tonic::include_proto!("syncd.store.v1");
     }
 
+    /// Status metadata that marks a refusal as "this session is gone"
+    /// (unknown, or ended while the call waited); its value is the session
+    /// id. Clients renew their session on it, and only on it: the same
+    /// status codes also mean other things.
+    pub const SESSION_GONE_KEY: &str = "syncd-session-gone";
+
     /// The encoded descriptor set of the API, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/syncd_descriptor.bin"));

@@ -282,7 +282,11 @@ mod tests {
         );
         assert!(refused_before_release(&refused, false, 4));
         assert!(!refused_before_release(&refused, true, 4));
-        let ended = Status::failed_precondition("session 4 expired while waiting");
+        let ended = Status::from(crate::core::Rejection::session_gone(
+            crate::core::Code::FailedPrecondition,
+            4,
+            "session 4 expired while waiting",
+        ));
         assert!(!refused_before_release(&ended, false, 4));
         let broken = Status::unavailable("shutting down");
         assert!(!refused_before_release(&broken, false, 4));

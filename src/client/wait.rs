@@ -19,6 +19,8 @@ use tokio::time::{sleep, Instant};
 use tonic::{Code, Request, Status, Streaming};
 use tracing::{debug, warn};
 
+use crate::proto::SESSION_GONE_KEY;
+
 use super::{
     no_answer,
     retry::{Backoff, Unreachable, RETRY_BUDGET},
@@ -265,14 +267,13 @@ pub(crate) async fn read_to_end<E, T>(
 
 /// True when `status` says that `session_id` is gone: unknown to the server
 /// (`NOT_FOUND`), or ended while the call waited (`FAILED_PRECONDITION`).
-/// Both messages start with `session <id> `; the same codes also mean other
-/// things (a semaphore created with another capacity, a barrier that does
-/// not exist), which must not send the client after a new session.
+/// The server marks both with [`SESSION_GONE_KEY`]; the same codes also mean
+/// other things (a semaphore created with another capacity, a barrier that
+/// does not exist), which must not send the client after a new session.
 pub(crate) fn is_session_gone(status: &Status, session_id: u64) -> bool {
+    let marked = status.metadata().get(SESSION_GONE_KEY);
     matches!(status.code(), Code::NotFound | Code::FailedPrecondition)
-        && status
-            .message()
-            .starts_with(&format!("session {session_id} "))
+        && marked.is_some_and(|id| id.to_str().ok() == Some(session_id.to_string().as_str()))
 }
 
 /// The error for a failed single-attempt wait: a gone session reads as
@@ -400,9 +401,13 @@ mod tests {
 
     #[test]
     fn only_a_gone_session_renews_it() {
-        let expired = Status::failed_precondition("session 7 expired while waiting");
-        let unknown =
-            Status::not_found("session 7 not found (it expired, was closed, or never existed)");
+        use crate::core::{Code as Why, Rejection};
+        let gone = |code, message| Status::from(Rejection::session_gone(code, 7, message));
+        let expired = gone(Why::FailedPrecondition, "session 7 expired while waiting");
+        let unknown = gone(Why::NotFound, "session 7 not found");
+        // The wording alone does not count.
+        let unmarked = Status::failed_precondition("session 7 expired while waiting");
+        assert_eq!(next_step(&unmarked, 7), Next::Fail);
         assert_eq!(next_step(&expired, 7), Next::RenewSession);
         assert_eq!(next_step(&unknown, 7), Next::RenewSession);
         // Another session's message, or the same codes for other reasons,

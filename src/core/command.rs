@@ -221,6 +221,10 @@ pub enum Code {
 pub struct Rejection {
     pub code: Code,
     pub message: String,
+    /// Set when the refusal is that this session is gone (unknown, or ended
+    /// while the call waited). Clients must tell that apart from other
+    /// refusals with the same code, so it travels as data, not as wording.
+    pub session_gone: Option<SessionId>,
 }
 
 impl Rejection {
@@ -228,6 +232,19 @@ impl Rejection {
         Rejection {
             code,
             message: message.into(),
+            session_gone: None,
+        }
+    }
+
+    /// A refusal because `session_id` is gone.
+    pub fn session_gone(
+        code: Code,
+        session_id: SessionId,
+        message: impl Into<String>,
+    ) -> Rejection {
+        Rejection {
+            session_gone: Some(session_id),
+            ..Rejection::new(code, message)
         }
     }
 }

@@ -205,7 +205,11 @@ impl State {
             let message = format!("session {session_id} {} while waiting", why.as_str());
             out.events.push((
                 waiter,
-                Err(Rejection::new(Code::FailedPrecondition, message)),
+                Err(Rejection::session_gone(
+                    Code::FailedPrecondition,
+                    session_id,
+                    message,
+                )),
             ));
             self.after_waiter_left(&place, out);
         }
@@ -228,8 +232,9 @@ impl SessionEnd {
 }
 
 pub(super) fn unknown_session(session_id: SessionId) -> Rejection {
-    Rejection::new(
+    Rejection::session_gone(
         Code::NotFound,
+        session_id,
         format!("session {session_id} not found (it expired, was closed, or never existed)"),
     )
 }

@@ -3,6 +3,7 @@
 use tonic::{Code as GrpcCode, Status};
 
 use crate::core::{Code, Rejection};
+use crate::proto::SESSION_GONE_KEY;
 
 impl From<Rejection> for Status {
     fn from(rejection: Rejection) -> Status {
@@ -15,7 +16,13 @@ impl From<Rejection> for Status {
             Code::Unavailable => GrpcCode::Unavailable,
             Code::Aborted => GrpcCode::Aborted,
         };
-        Status::new(code, rejection.message)
+        let mut status = Status::new(code, rejection.message);
+        if let Some(session_id) = rejection.session_gone {
+            status
+                .metadata_mut()
+                .insert(SESSION_GONE_KEY, session_id.into());
+        }
+        status
     }
 }
 
@@ -60,9 +67,21 @@ mod tests {
 
     #[test]
     fn maps_codes_and_keeps_message() {
-        let status = Status::from(Rejection::new(Code::NotFound, "session 4 not found"));
+        let status = Status::from(Rejection::new(
+            Code::NotFound,
+            "barrier \"b\" does not exist",
+        ));
         assert_eq!(status.code(), GrpcCode::NotFound);
-        assert_eq!(status.message(), "session 4 not found");
+        assert_eq!(status.message(), "barrier \"b\" does not exist");
+        assert!(status.metadata().get(SESSION_GONE_KEY).is_none());
+    }
+
+    #[test]
+    fn a_gone_session_is_marked_in_metadata() {
+        let rejection = Rejection::session_gone(Code::NotFound, 4, "session 4 not found");
+        let status = Status::from(rejection);
+        assert_eq!(status.code(), GrpcCode::NotFound);
+        assert_eq!(status.metadata().get(SESSION_GONE_KEY).unwrap(), "4");
     }
 
     #[test]
