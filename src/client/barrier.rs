@@ -88,7 +88,7 @@ impl Barrier {
         };
         let response = self
             .client
-            .unary(|channel| {
+            .unary_at_most_once(|channel| {
                 let request = request.clone();
                 async move {
                     BarriersClient::new(channel)
@@ -109,7 +109,7 @@ impl Barrier {
         };
         let response = self
             .client
-            .unary(|channel| {
+            .unary_at_most_once(|channel| {
                 let request = request.clone();
                 async move {
                     BarriersClient::new(channel)

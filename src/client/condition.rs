@@ -110,7 +110,7 @@ impl Condition {
         };
         let response = self
             .client
-            .unary(|channel| {
+            .unary_at_most_once(|channel| {
                 let request = request.clone();
                 async move {
                     ConditionsClient::new(channel)

@@ -135,6 +135,27 @@ pub(crate) fn is_transient(status: &Status) -> bool {
     }
 }
 
+/// True when a failed call surely did not take effect: the connection could
+/// not be made, or the server refused it while shutting down (it answers so
+/// only for commands it did not apply). Calls that must not be applied twice
+/// are retried only then.
+pub(crate) fn surely_not_applied(status: &Status) -> bool {
+    if !is_local(status) {
+        return status.code() == Code::Unavailable;
+    }
+    let mut source = status.source();
+    while let Some(err) = source {
+        let refused = err
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::ConnectionRefused);
+        if refused || err.to_string().contains("connect error") {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 /// True for a status the client made itself from a transport error.
 fn is_local(status: &Status) -> bool {
     status.source().is_some()
@@ -214,6 +235,20 @@ mod tests {
 
         let bad = Error::from_status(Status::invalid_argument("empty name"), addr);
         assert_eq!(bad.to_string(), "invalid argument: empty name");
+    }
+
+    #[test]
+    fn only_calls_that_surely_did_not_arrive_count_as_not_applied() {
+        assert!(surely_not_applied(&Status::unavailable(
+            "the server is shutting down"
+        )));
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert!(surely_not_applied(&Status::from_error(Box::new(refused))));
+        // A connection that broke mid-call may have delivered it.
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert!(!surely_not_applied(&Status::from_error(Box::new(reset))));
+        assert!(!surely_not_applied(&Status::internal("h2 protocol error")));
+        assert!(!surely_not_applied(&Status::deadline_exceeded("slow")));
     }
 
     #[test]

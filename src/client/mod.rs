@@ -308,7 +308,31 @@ impl Client {
 
     /// Runs a unary call, retrying while the server cannot be reached, for
     /// about [`RETRY_BUDGET`]. `call` gets the channel and makes one attempt.
-    pub(crate) async fn unary<T, F, Fut>(&self, mut call: F) -> Result<T, Error>
+    /// Only for calls that may safely be applied twice.
+    pub(crate) async fn unary<T, F, Fut>(&self, call: F) -> Result<T, Error>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.unary_retrying(call, error::is_transient).await
+    }
+
+    /// Like [`Client::unary`], for a call that must not be applied twice
+    /// (a notify, a barrier reset): retried only when the failed attempt
+    /// surely did not reach the server.
+    pub(crate) async fn unary_at_most_once<T, F, Fut>(&self, call: F) -> Result<T, Error>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.unary_retrying(call, error::surely_not_applied).await
+    }
+
+    async fn unary_retrying<T, F, Fut>(
+        &self,
+        mut call: F,
+        retry: fn(&Status) -> bool,
+    ) -> Result<T, Error>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
@@ -323,7 +347,7 @@ impl Client {
                 Err(_) => no_answer(ATTEMPT_TIMEOUT),
             };
             let pause = backoff.next_pause();
-            if !error::is_transient(&status) || started.elapsed() + pause > RETRY_BUDGET {
+            if !retry(&status) || started.elapsed() + pause > RETRY_BUDGET {
                 return Err(self.error(status));
             }
             debug!(
