@@ -302,3 +302,83 @@ async fn a_party_that_times_out_breaks_the_barrier_until_reset() {
         assert_eq!(passed.generation, 1);
     }
 }
+
+/// kill -9 and restart, as a blocking step inside an async test.
+async fn kill9_and_restart(mut syncd: Syncd) -> Syncd {
+    tokio::task::spawn_blocking(move || {
+        syncd.kill9();
+        syncd.restart();
+        syncd
+    })
+    .await
+    .expect("restart")
+}
+
+#[tokio::test]
+async fn semaphore_and_rwlock_holds_set_events_and_barrier_state_survive_kill9() {
+    let syncd = Syncd::start();
+    let holder = connect(&syncd).await;
+    let permits = holder.semaphore("s", 3).acquire(2).await.unwrap();
+    let read = holder.rwlock("rw").read().await.unwrap();
+    holder.event("ready").set().await.unwrap();
+    // One barrier that passed once, one that a party broke.
+    holder.barrier("passed", 1).wait().await.unwrap();
+    let hasty = holder
+        .barrier("broken", 2)
+        .wait_timeout(Duration::ZERO)
+        .await;
+    assert!(matches!(hasty, Err(Error::Timeout(_))), "{hasty:?}");
+    let before = permits.fencing_token().max(read.fencing_token());
+
+    let syncd = kill9_and_restart(syncd).await;
+
+    let semaphore = holder.semaphore("s", 3).describe().await.unwrap();
+    assert_eq!((semaphore.capacity, semaphore.permits_held), (3, 2));
+    assert_eq!(semaphore.holders[0].fencing_token, permits.fencing_token());
+    let rwlock = holder.rwlock("rw").describe().await.unwrap();
+    assert_eq!(rwlock.holders.len(), 1);
+    assert!(holder.event("ready").is_set().await.unwrap());
+    let passed = holder.barrier("passed", 0).describe().await.unwrap();
+    assert_eq!(
+        (passed.parties, passed.generation, passed.broken),
+        (1, 1, false)
+    );
+    let broken = holder.barrier("broken", 0).describe().await.unwrap();
+    assert_eq!(
+        (broken.parties, broken.generation, broken.broken),
+        (2, 1, true)
+    );
+
+    // Only one permit is free; the restored holds still count.
+    let other = connect(&syncd).await;
+    assert!(other
+        .semaphore("s", 3)
+        .try_acquire(2)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(other.rwlock("rw").try_write().await.unwrap().is_none());
+    other
+        .event("ready")
+        .wait_timeout(LONG)
+        .await
+        .expect("set survived");
+    let one = other
+        .semaphore("s", 3)
+        .try_acquire(1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        one.fencing_token() > before,
+        "tokens only grow across restarts"
+    );
+    permits.release().await.expect("release after restart");
+    read.release().await.expect("release after restart");
+    other
+        .rwlock("rw")
+        .try_write()
+        .await
+        .unwrap()
+        .expect("free after release");
+}
