@@ -27,8 +27,11 @@
 //!   server from an expired lease, so it assumes the worst.
 //!   [`LockGuard::lost`] and [`Client::session_lost`] tell when that happens;
 //!   whatever a lost hold protects must stop at once.
-//! - Unary calls (release, describe, ping, list) retry a server that cannot
-//!   be reached for about 5 s before returning [`Error::Unavailable`].
+//! - Unary calls (release, describe, ping, list, event set/clear) retry a
+//!   server that cannot be reached for about 5 s before returning
+//!   [`Error::Unavailable`]. Those that must not be applied twice
+//!   ([`Condition::notify`], [`Barrier::reset`], [`Barrier::delete`]) are
+//!   retried only when the failed attempt surely did not reach the server.
 //! - Handles: [`Client::lock`], [`Client::semaphore`], [`Client::rwlock`],
 //!   [`Client::event`], [`Client::condition`], [`Client::barrier`]. Creating
 //!   one sends nothing.
