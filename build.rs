@@ -14,6 +14,8 @@ const API_PROTOS: &[&str] = &[
     "proto/syncd/v1/event.proto",
     "proto/syncd/v1/condition.proto",
     "proto/syncd/v1/barrier.proto",
+    "proto/syncd/v1/queue.proto",
+    "proto/syncd/v1/pool.proto",
 ];
 const RECORD_PROTOS: &[&str] = &["proto/syncd/store/v1/records.proto"];
 

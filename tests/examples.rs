@@ -158,3 +158,33 @@ fn examples_run_twice_against_one_server() {
         );
     }
 }
+
+#[test]
+fn bounded_queue_example_holds_the_producer_back_while_3_items_wait() {
+    let syncd = Syncd::start();
+    assert_example_prints(
+        &syncd,
+        "bounded_queue",
+        &["Producer done", "Consumer done", "All 10 items processed"],
+    );
+}
+
+#[test]
+fn priority_queue_example_serves_by_priority_then_put_order() {
+    let syncd = Syncd::start();
+    assert_example_prints(
+        &syncd,
+        "priority_queue",
+        &["Items dequeued by priority: CRITICAL, HIGH, NORMAL, LOW"],
+    );
+}
+
+#[test]
+fn pool_example_keeps_2_out_at_most_and_replaces_stale_resources() {
+    let syncd = Syncd::start();
+    assert_example_prints(
+        &syncd,
+        "pool",
+        &["Pool managed 4 requests with health checks"],
+    );
+}

@@ -308,3 +308,25 @@ impl Tally {
         Ok(())
     }
 }
+
+/// Runs `future` on a fresh tokio runtime: for a coordinator that talks to
+/// syncd itself (its `main` is not async).
+pub fn block_on<T>(future: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(future)
+}
+
+/// Runs one worker process to completion, before the next step of the
+/// coordinator: for scenarios where one process must be done before
+/// another starts. An error names `label` if it failed.
+pub fn run_worker_to_end<I, S>(label: &str, args: I) -> Result<(), Error>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut workers = Workers::new();
+    workers.spawn(label, args)?;
+    workers.wait()
+}

@@ -20,7 +20,13 @@
 //!   them has its answer;
 //! - `barrier`: [`BARRIER_PARTIES`] parties spread over the clients meet at
 //!   one barrier; the latency is a whole round, from the first wait sent to
-//!   the last party released.
+//!   the last party released;
+//! - `queue-1` and `queue`: put + get + ack of one item, by one client and by
+//!   every client on one shared queue; ops are items.
+//!
+//! With `--startup-items N` it also fills a data directory with N queued
+//! items (through the engine in this process, no network) and times
+//! `syncd serve` from start to `listening on`, against an empty directory.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -59,7 +65,7 @@ struct Args {
         value_enum,
         value_delimiter = ',',
         default_value = "ping,lock-uncontended,lock-contended,semaphore-uncontended,\
-                         semaphore-at-capacity,event-broadcast,barrier"
+                         semaphore-at-capacity,event-broadcast,barrier,queue-1,queue"
     )]
     scenarios: Vec<Scenario>,
 
@@ -70,6 +76,11 @@ struct Args {
     /// The syncd binary to start (default: the one next to syncd-bench).
     #[arg(long)]
     syncd: Option<PathBuf>,
+
+    /// Also time the start of a syncd whose data directory holds this many
+    /// queued items (0: skip).
+    #[arg(long, default_value_t = 0)]
+    startup_items: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -81,6 +92,9 @@ enum Scenario {
     SemaphoreAtCapacity,
     EventBroadcast,
     Barrier,
+    #[value(name = "queue-1")]
+    QueueSingle,
+    Queue,
 }
 
 /// Permits of the one semaphore of `semaphore-at-capacity`.
@@ -137,6 +151,8 @@ impl Measured {
             (Scenario::SemaphoreAtCapacity, _) => "semaphore-at-capacity (acquire wait+release)",
             (Scenario::EventBroadcast, _) => "event-broadcast (set until 1000 woken)",
             (Scenario::Barrier, _) => "barrier (round of 100 parties)",
+            (Scenario::QueueSingle, _) => "queue, 1 client (put+get+ack)",
+            (Scenario::Queue, _) => "queue, all clients (put+get+ack)",
         }
     }
 
@@ -210,7 +226,11 @@ async fn run(args: Args) -> Result<(), Error> {
         for (durability, addr, _) in &servers {
             let mut ping = None;
             for scenario in &scenarios {
-                let measured = measure(addr, *scenario, args.clients, args.duration).await?;
+                let clients = match scenario {
+                    Scenario::QueueSingle => 1,
+                    _ => args.clients,
+                };
+                let measured = measure(addr, *scenario, clients, args.duration).await?;
                 if *scenario == Scenario::Ping {
                     ping = Some(measured.summary(false));
                 }
@@ -225,6 +245,9 @@ async fn run(args: Args) -> Result<(), Error> {
     }
     print_table(&rows);
     print_sync_vs_none(&rows);
+    if args.startup_items > 0 {
+        startup::report(args.syncd.clone(), args.startup_items).await?;
+    }
     for (_, _, server) in servers.iter_mut() {
         if let Some(server) = server.as_mut() {
             server.stop();
@@ -383,6 +406,9 @@ async fn measure(
                             let semaphore = client.semaphore(name, AT_CAPACITY_PERMITS);
                             cycle_loop(times, None, || semaphore.acquire(1)).await
                         }
+                        Scenario::QueueSingle | Scenario::Queue => {
+                            queue_loop(client.queue("bench-queue"), times).await
+                        }
                         Scenario::EventBroadcast | Scenario::Barrier => {
                             unreachable!("driven by one task")
                         }
@@ -501,6 +527,23 @@ where
     }
 }
 
+/// Put + get + ack of one item in a loop; the sample is the whole cycle.
+async fn queue_loop(queue: syncd::client::Queue, times: Times) -> Samples {
+    let mut latencies = Vec::new();
+    loop {
+        let start = Instant::now();
+        if start >= times.stop_at {
+            return Ok((latencies, Vec::new()));
+        }
+        queue.put(b"0123456789abcdef".to_vec(), 0).await?;
+        let item = queue.get().await?;
+        queue.ack(item.id).await?;
+        if start >= times.record_from {
+            latencies.push(start.elapsed().as_micros() as u64);
+        }
+    }
+}
+
 /// Rounds of: every waiter queues on a clear event, then one `set`; the
 /// sample is the time from `set` until the last waiter has its answer.
 async fn broadcast_rounds(clients: Vec<Client>, times: Times) -> Samples {
@@ -606,5 +649,116 @@ impl Drop for StartedSyncd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// How long `syncd serve` takes to start with many items stored.
+mod startup {
+    use std::io::{BufRead, BufReader};
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use syncd::core::{Command as CoreCommand, Reply};
+    use syncd::engine::{self, Durability, EngineConfig};
+    use syncd::store::SledStore;
+
+    use super::Error;
+
+    /// Items put by one task of the filler.
+    const PER_TASK: u64 = 10_000;
+
+    pub async fn report(binary: Option<PathBuf>, items: u64) -> Result<(), Error> {
+        let binary = match binary {
+            Some(path) => path,
+            None => std::env::current_exe()?.with_file_name("syncd"),
+        };
+        let empty = tempfile::tempdir()?;
+        let full = tempfile::tempdir()?;
+        let filled_in = fill(full.path(), items).await?;
+        let empty_ms = time_start(&binary, empty.path())?;
+        let full_ms = time_start(&binary, full.path())?;
+        println!(
+            "startup: {full_ms:.0} ms with {items} queued items (filled in {:.1} s), \
+             {empty_ms:.0} ms empty",
+            filled_in.as_secs_f64()
+        );
+        Ok(())
+    }
+
+    /// Puts `items` items into one queue through an engine in this process.
+    async fn fill(dir: &Path, items: u64) -> Result<Duration, Error> {
+        let started = Instant::now();
+        let store = SledStore::open(&dir.join("data")).map_err(|e| e.0)?;
+        let config = EngineConfig {
+            durability: Durability::None,
+            ..EngineConfig::default()
+        };
+        let (engine, task) = engine::start(store, config).map_err(|e| e.0)?;
+        let session = CoreCommand::CreateSession {
+            ttl_ms: 3_600_000,
+            client_name: "syncd-bench".into(),
+        };
+        let Ok(Reply::SessionCreated { session_id, .. }) = engine.call(session).await else {
+            return Err("cannot create a session".into());
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for first in (0..items).step_by(PER_TASK as usize) {
+            let engine = engine.clone();
+            let count = PER_TASK.min(items - first);
+            tasks.spawn(async move {
+                for _ in 0..count {
+                    let mut stored = engine
+                        .wait(|waiter| CoreCommand::QueuePut {
+                            session_id,
+                            name: "bench-startup".into(),
+                            waiter,
+                            timeout_ms: None,
+                            value: b"0123456789abcdef".to_vec(),
+                            priority: 0,
+                            capacity: None,
+                            max_deliveries: 0,
+                            put_id: 0,
+                        })
+                        .await;
+                    match stored.peek().await {
+                        Some(Ok(Reply::Stored { .. })) => {}
+                        other => return Err(format!("put failed: {other:?}")),
+                    }
+                }
+                Ok(())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        engine
+            .call(CoreCommand::CloseSession { session_id })
+            .await
+            .ok();
+        engine.shutdown().await;
+        task.await?.map_err(|e| e.0)?;
+        Ok(started.elapsed())
+    }
+
+    /// Milliseconds from spawning `syncd serve` to its `listening on` line.
+    fn time_start(binary: &Path, dir: &Path) -> Result<f64, Error> {
+        let started = Instant::now();
+        let mut child = Command::new(binary)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.join("data"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        BufReader::new(stdout).read_line(&mut line)?;
+        let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+        let _ = child.kill();
+        let _ = child.wait();
+        if !line.starts_with("listening on") {
+            return Err(format!("syncd did not start: {line:?}").into());
+        }
+        Ok(elapsed)
     }
 }

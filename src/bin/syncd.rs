@@ -65,6 +65,16 @@ struct ServeArgs {
     #[arg(long, env = "SYNCD_MAX_WAITERS", default_value_t = 10_000, value_parser = at_least_one)]
     max_waiters: usize,
 
+    /// Largest queue item (and pool resource metadata), in bytes; beyond it
+    /// INVALID_ARGUMENT.
+    #[arg(long, env = "SYNCD_MAX_ITEM_BYTES", default_value_t = 64 * 1024, value_parser = at_least_one)]
+    max_item_bytes: usize,
+
+    /// Items one queue may hold (ready and in flight), at most; an
+    /// unbounded queue refuses puts beyond it with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SYNCD_MAX_QUEUE_ITEMS", default_value_t = 1_000_000, value_parser = at_least_one)]
+    max_queue_items: usize,
+
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "SYNCD_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
     max_message_bytes: usize,
@@ -111,6 +121,8 @@ impl ServeArgs {
             session_ttl_ms_max: millis(self.session_ttl_max),
             sessions_max: self.max_sessions,
             waiters_per_primitive_max: self.max_waiters,
+            item_bytes_max: self.max_item_bytes,
+            queue_items_max: self.max_queue_items,
             ..Limits::default()
         };
         let durability = match self.durability {

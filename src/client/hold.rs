@@ -1,6 +1,8 @@
 //! Holds taken by an `Acquire` stream and given back by `Release`: locks,
-//! semaphore permits, read-write lock holds. One acquire machinery and one
-//! guard core serve them all; a [`HoldKind`] says what differs.
+//! semaphore permits, read-write lock holds, pool checkouts (`Checkout` /
+//! `Checkin`). One acquire machinery and one guard core serve them all; a
+//! [`HoldKind`] says what differs, and a [`Grant`] what a grant carries
+//! besides its fencing token.
 //!
 //! An acquire opens one `Acquire` stream and reads it until `granted`. When
 //! the stream breaks because the server cannot be reached, the call is
@@ -62,6 +64,18 @@ pub(crate) trait HoldKind: Clone + Debug + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), Status>> + Send;
 }
 
+/// What an `Acquire` stream's final message grants: at least a fencing
+/// token (a lock's grant is nothing more; a pool's carries its resource).
+pub(crate) trait Grant: Send + 'static {
+    fn fencing_token(&self) -> u64;
+}
+
+impl Grant for u64 {
+    fn fencing_token(&self) -> u64 {
+        *self
+    }
+}
+
 /// What a `Release` call names.
 #[derive(Clone, Debug)]
 pub(crate) struct Held {
@@ -87,6 +101,18 @@ impl<K: HoldKind> HoldRequest<K> {
     /// Waits at most `timeout` (`None`: as long as it takes) for the hold;
     /// [`Error::Timeout`] when it passes, and nothing is left queued.
     pub(crate) async fn acquire(&self, timeout: Option<Duration>) -> Result<Hold<K>, Error> {
+        let (hold, _) = self.acquire_granting(timeout, K::step).await?;
+        Ok(hold)
+    }
+
+    /// Like [`HoldRequest::acquire`], for a kind whose grant carries more
+    /// than its fencing token: `step` reads the stream's messages into the
+    /// grant, which comes back with the hold.
+    pub(crate) async fn acquire_granting<G: Grant>(
+        &self,
+        timeout: Option<Duration>,
+        step: fn(K::Event) -> Step<G>,
+    ) -> Result<(Hold<K>, G), Error> {
         let acquire_id = retry::acquire_id();
         let mut cancelled = CancelledAcquire {
             request: Some(self.clone()),
@@ -95,13 +121,14 @@ impl<K: HoldKind> HoldRequest<K> {
         let what = self.kind.what(&self.name);
         let wait = Wait::new(&self.client, &what, timeout);
         let answer = wait
-            .with_retries(|attempt| self.attempt(attempt, acquire_id, &what))
+            .with_retries(|attempt| self.attempt(attempt, acquire_id, &what, step))
             .await;
         // Reached only if this future was not dropped while waiting.
         match answer {
-            Ok((session_id, fencing_token)) => {
+            Ok((session_id, grant)) => {
                 cancelled.disarm();
-                Ok(Hold::new(self, session_id, fencing_token))
+                let hold = Hold::new(self, session_id, grant.fencing_token());
+                Ok((hold, grant))
             }
             Err(failed) => {
                 if !failed.unanswered {
@@ -114,20 +141,36 @@ impl<K: HoldKind> HoldRequest<K> {
 
     /// Takes the hold if it can be had now; `None` when it cannot.
     pub(crate) async fn try_acquire(&self) -> Result<Option<Hold<K>>, Error> {
-        match self.acquire(Some(Duration::ZERO)).await {
-            Ok(hold) => Ok(Some(hold)),
+        let granted = self.try_acquire_granting(K::step).await?;
+        Ok(granted.map(|(hold, _)| hold))
+    }
+
+    /// Like [`HoldRequest::try_acquire`], with the grant that `step` reads
+    /// (see [`HoldRequest::acquire_granting`]).
+    pub(crate) async fn try_acquire_granting<G: Grant>(
+        &self,
+        step: fn(K::Event) -> Step<G>,
+    ) -> Result<Option<(Hold<K>, G)>, Error> {
+        match self.acquire_granting(Some(Duration::ZERO), step).await {
+            Ok(granted) => Ok(Some(granted)),
             Err(Error::Timeout(_)) => Ok(None),
             Err(error) => Err(error),
         }
     }
 
-    /// One `Acquire` stream: the fencing token of the grant, or why not.
-    async fn attempt(&self, attempt: Attempt, acquire_id: u64, what: &str) -> Result<u64, Status> {
+    /// One `Acquire` stream: the grant, as `step` reads it, or why not.
+    async fn attempt<G>(
+        &self,
+        attempt: Attempt,
+        acquire_id: u64,
+        what: &str,
+        step: fn(K::Event) -> Step<G>,
+    ) -> Result<G, Status> {
         let stream = self
             .kind
             .acquire(self.client.channel(), &self.name, &attempt, acquire_id)
             .await?;
-        read_to_end(stream, what, K::step).await
+        read_to_end(stream, what, step).await
     }
 }
 
@@ -162,7 +205,7 @@ impl<K: HoldKind> Drop for CancelledAcquire<K> {
             let wait = Wait::new(&request.client, &what, Some(Duration::ZERO));
             let attempt = wait.attempt(request.client.session_id());
             let grant = attempt
-                .bounded(request.attempt(attempt, acquire_id, &what))
+                .bounded(request.attempt(attempt, acquire_id, &what, K::step))
                 .await;
             let Ok(fencing_token) = grant else {
                 return;

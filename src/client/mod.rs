@@ -33,19 +33,27 @@
 //!   ([`Condition::notify`], [`Barrier::reset`], [`Barrier::delete`]) are
 //!   retried only when the failed attempt surely did not reach the server.
 //! - Handles: [`Client::lock`], [`Client::semaphore`], [`Client::rwlock`],
-//!   [`Client::event`], [`Client::condition`], [`Client::barrier`]. Creating
-//!   one sends nothing.
+//!   [`Client::event`], [`Client::condition`], [`Client::barrier`],
+//!   [`Client::queue`], [`Client::pool`]. Creating one sends nothing.
 //! - [`Lock::acquire`], [`Semaphore::acquire`] and [`RwLock::read`] /
 //!   [`RwLock::write`] retry a broken wait with the same retry identity, so a
 //!   grant lost with a connection is returned rather than queued behind;
 //!   [`Event::wait`] retries too (waiting holds nothing). A wait with a
 //!   timeout keeps its deadline also while the server cannot be reached; one
 //!   without keeps trying and logs a warning every 10 s.
+//! - [`Queue::put`] retries with the same retry identity, so a put whose
+//!   answer was lost is stored once (within one session); [`Queue::get`]
+//!   retries too: delivery is at least once, and an item whose answer was
+//!   lost comes back after its visibility timeout. [`Queue::ack`],
+//!   [`Queue::nack`] and [`PooledResource::checkin`] are retried, and a
+//!   retry that finds the work done by an unanswered attempt counts as
+//!   done. [`Pool::checkout`] retries like an acquire.
 //! - [`Condition::wait`] and [`Barrier::wait`] are never retried: a second
 //!   request would not mean the same (the lock was given up; a party that
 //!   left broke the barrier). Their errors come back as they are.
 //! - [`LockGuard`], [`SemaphoreGuard`] and [`RwLockGuard`] release on
-//!   `release`, or, best effort, when dropped.
+//!   `release`, or, best effort, when dropped; a [`PooledResource`] dropped
+//!   without [`PooledResource::checkin`] is checked in as unhealthy.
 //! - Only `http://` addresses work: this version speaks no TLS.
 
 mod barrier;
@@ -54,13 +62,22 @@ mod error;
 mod event;
 mod hold;
 mod lock;
+mod pool;
+mod queue;
 mod retry;
 mod rwlock;
 mod semaphore;
 mod session;
 mod wait;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use tokio::{task::AbortHandle, time::sleep};
 use tonic::{
@@ -74,6 +91,8 @@ pub use condition::Condition;
 pub use error::Error;
 pub use event::Event;
 pub use lock::{Lock, LockGuard};
+pub use pool::{Freshness, Pool, PooledResource};
+pub use queue::{Queue, QueueItem};
 pub use rwlock::{RwLock, RwLockGuard, RwMode};
 pub use semaphore::{Semaphore, SemaphoreGuard};
 pub use session::{LossReason, SessionLoss};
@@ -283,6 +302,20 @@ impl Client {
         Barrier::new(self.clone(), name.into(), parties)
     }
 
+    /// A handle on the queue `name`. Its puts declare no capacity (the
+    /// existing queue's, or unbounded for a new one) unless
+    /// [`Queue::with_capacity`] says. Nothing is sent until it is used.
+    pub fn queue(&self, name: impl Into<String>) -> Queue {
+        Queue::new(self.clone(), name.into())
+    }
+
+    /// A handle on the resource pool `name` with `size` slots. The first
+    /// checkout creates it with that size; later ones must name the same
+    /// (0: whatever it has). Nothing is sent until it is used.
+    pub fn pool(&self, name: impl Into<String>, size: u32) -> Pool {
+        Pool::new(self.clone(), name.into(), size)
+    }
+
     /// Closes the session, which releases everything it holds, and stops
     /// the keep-alive task (for every clone of this client).
     pub async fn close(self) -> Result<(), Error> {
@@ -331,6 +364,52 @@ impl Client {
         self.unary_retrying(call, error::surely_not_applied).await
     }
 
+    /// Like [`Client::unary`], for a call that ends something the session
+    /// has (an ack, a nack, a checkin), which the server refuses with
+    /// `FAILED_PRECONDITION` once it is done. A retry may find that an
+    /// earlier attempt whose answer was lost did it already: that refusal
+    /// counts as done, `Ok(None)`, but only when an earlier attempt of this
+    /// call may have reached the server without an answer (it broke
+    /// mid-call or was not answered in time), and `done_already` agrees
+    /// that the refusal may mean the call's work is done (a refusal that
+    /// proves otherwise, say "in flight for another session", does not).
+    /// Otherwise the refusal is the caller's error.
+    pub(crate) async fn unary_settling<T, F, Fut>(
+        &self,
+        mut call: F,
+        done_already: impl Fn(&Status) -> bool,
+    ) -> Result<Option<T>, Error>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let attempts = Attempts::default();
+        let answer = self
+            .unary(|channel| {
+                attempts.starting();
+                let attempt = call(channel);
+                let attempts = &attempts;
+                async move {
+                    let answer = attempt.await;
+                    attempts.answered(answer.as_ref().err());
+                    answer
+                }
+            })
+            .await;
+        match answer {
+            Ok(answer) => Ok(Some(answer)),
+            Err(Error::Status(status))
+                if status.code() == Code::FailedPrecondition
+                    && attempts.maybe_applied()
+                    && done_already(&status) =>
+            {
+                debug!("done by an earlier attempt whose answer was lost: {status}");
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     async fn unary_retrying<T, F, Fut>(
         &self,
         mut call: F,
@@ -368,6 +447,37 @@ impl Client {
 
     pub(crate) fn session(&self) -> &SessionShared {
         &self.inner.session
+    }
+}
+
+/// The attempts of one [`Client::unary_settling`] call, as far as they tell
+/// whether the call may have been applied already.
+#[derive(Debug, Default)]
+struct Attempts {
+    /// The last attempt started and has no answer that rules out that the
+    /// server applied it (it is running, broke mid-call, or was dropped at
+    /// its time limit).
+    unresolved: AtomicBool,
+    /// An earlier attempt may have been applied without an answer.
+    maybe_applied: AtomicBool,
+}
+
+impl Attempts {
+    fn starting(&self) {
+        if self.unresolved.swap(true, Ordering::Relaxed) {
+            self.maybe_applied.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The attempt ended: `None` on success, or the status it failed with.
+    fn answered(&self, failed: Option<&Status>) {
+        let unresolved =
+            failed.is_some_and(|s| error::is_transient(s) && !error::surely_not_applied(s));
+        self.unresolved.store(unresolved, Ordering::Relaxed);
+    }
+
+    fn maybe_applied(&self) -> bool {
+        self.maybe_applied.load(Ordering::Relaxed)
     }
 }
 
@@ -476,6 +586,47 @@ mod tests {
     async fn connect_refuses_https() {
         let error = Client::connect("https://127.0.0.1:1").await.unwrap_err();
         assert!(error.to_string().contains("needs TLS"), "{error}");
+    }
+
+    #[test]
+    fn only_an_unanswered_earlier_attempt_may_have_settled_a_call() {
+        let reset = || {
+            let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+            Status::from_error(Box::new(io))
+        };
+        let refused = || {
+            let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+            Status::from_error(Box::new(io))
+        };
+        let refusal = Status::failed_precondition("not in flight");
+
+        // The first attempt's own refusal is the caller's.
+        let first = Attempts::default();
+        first.starting();
+        first.answered(Some(&refusal));
+        assert!(!first.maybe_applied());
+
+        // A connection that broke mid-call may have delivered it.
+        let broken = Attempts::default();
+        broken.starting();
+        broken.answered(Some(&reset()));
+        broken.starting();
+        broken.answered(Some(&refusal));
+        assert!(broken.maybe_applied());
+
+        // One that could not be made did not.
+        let never_sent = Attempts::default();
+        never_sent.starting();
+        never_sent.answered(Some(&refused()));
+        never_sent.starting();
+        never_sent.answered(Some(&refusal));
+        assert!(!never_sent.maybe_applied());
+
+        // An attempt dropped at its time limit has no answer either.
+        let timed_out = Attempts::default();
+        timed_out.starting();
+        timed_out.starting();
+        assert!(timed_out.maybe_applied());
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::fmt;
 
 pub use super::rwlock::RwMode;
 use super::{
-    barrier, condition, event, lock, rwlock, semaphore, Change, FencingToken, Kind, SessionId,
-    WaiterId,
+    barrier, condition, event, lock, pool, queue, rwlock, semaphore, Change, FencingToken, Kind,
+    SessionId, WaiterId,
 };
 
 /// Everything a client (or the engine) can ask of the state machine.
@@ -117,6 +117,71 @@ pub enum Command {
     BarrierDelete {
         name: String,
     },
+    QueuePut {
+        session_id: SessionId,
+        name: String,
+        waiter: WaiterId,
+        timeout_ms: Option<u64>,
+        value: Vec<u8>,
+        priority: u32,
+        /// `None` = the existing queue's (0, unbounded, for a new one).
+        capacity: Option<u32>,
+        /// 0 = the existing queue's (the default for a new one).
+        max_deliveries: u32,
+        /// Retry identity; 0 = none. See `proto/syncd/v1/queue.proto`.
+        put_id: u64,
+    },
+    QueueGet {
+        session_id: SessionId,
+        name: String,
+        waiter: WaiterId,
+        timeout_ms: Option<u64>,
+        /// 0 = the default.
+        visibility_timeout_ms: u64,
+        no_ack: bool,
+    },
+    QueueAck {
+        session_id: SessionId,
+        name: String,
+        item_id: u64,
+    },
+    QueueNack {
+        session_id: SessionId,
+        name: String,
+        item_id: u64,
+    },
+    QueueJoin {
+        session_id: SessionId,
+        name: String,
+        waiter: WaiterId,
+        timeout_ms: Option<u64>,
+    },
+    QueueDescribe {
+        name: String,
+    },
+    PoolCheckout {
+        session_id: SessionId,
+        name: String,
+        waiter: WaiterId,
+        timeout_ms: Option<u64>,
+        acquire_id: u64,
+        /// 0 = the existing pool's.
+        size: u32,
+        /// 0 = never stale by age / by idleness.
+        max_age_ms: u64,
+        max_idle_ms: u64,
+    },
+    PoolCheckin {
+        session_id: SessionId,
+        name: String,
+        fencing_token: FencingToken,
+        healthy: bool,
+        /// `None` keeps what the resource had.
+        metadata: Option<Vec<u8>>,
+    },
+    PoolDescribe {
+        name: String,
+    },
     List {
         kind: Option<Kind>,
         prefix: String,
@@ -167,6 +232,25 @@ pub enum Reply {
     /// Waiters woken (event set, condition notify) or aborted (barrier
     /// reset or delete).
     Count(u32),
+    /// A queue item is stored (durable once the reply is sent).
+    Stored {
+        item_id: u64,
+    },
+    /// A queue item handed out; in flight under `fencing_token` unless it
+    /// was a no-ack get.
+    Delivered(queue::Delivery),
+    Nacked {
+        dead_lettered: bool,
+    },
+    /// Every item put before the join was acked or dead-lettered.
+    Joined,
+    /// A pool resource checked out, under its fencing token.
+    CheckedOut(pool::Checkout),
+    CheckedIn {
+        evicted: bool,
+    },
+    QueueDescription(queue::QueueInfo),
+    PoolDescription(pool::PoolInfo),
     LockDescription(lock::LockInfo),
     SemaphoreDescription(semaphore::SemaphoreInfo),
     RwLockDescription(rwlock::RwLockInfo),
@@ -190,6 +274,8 @@ impl Reply {
             Reply::Granted { fencing_token } | Reply::Reacquired { fencing_token, .. } => {
                 Some(*fencing_token)
             }
+            Reply::Delivered(delivery) => delivery.fencing_token,
+            Reply::CheckedOut(checkout) => Some(checkout.fencing_token),
             _ => None,
         }
     }

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use super::waitq::{WaitQueue, Waiter};
+use super::waitq::{QueueFull, WaitQueue, Waiter};
 use super::{
     Code, FencingToken, Kind, Outcome, Rejection, Reply, Result, SessionId, State, WaiterId,
 };
@@ -233,6 +233,8 @@ impl State {
             Kind::Lock => self.lock_drop_hold(name, out),
             Kind::Semaphore => self.semaphore_drop_hold(name, token, out),
             Kind::RwLock => self.rwlock_drop_hold(name, token, out),
+            Kind::Queue => self.queue_drop_hold(name, token, out),
+            Kind::Pool => self.pool_drop_hold(name, token, out),
             Kind::Event | Kind::Condition | Kind::Barrier => {
                 unreachable!("{} has no holds", hold.kind.as_str())
             }
@@ -250,6 +252,8 @@ impl State {
             Kind::Event => self.event_forget_if_unused(name),
             Kind::Condition => self.condition_forget_if_unused(name),
             Kind::Barrier => {}
+            Kind::Queue => self.queue_wake(name, out),
+            Kind::Pool => self.pool_wake(name, out),
         }
     }
 
@@ -266,15 +270,40 @@ impl State {
         timeout_ms: Option<u64>,
         request: P::Request,
     ) -> Result<Reply> {
+        let entry = self.waiter_entry(waiter, session_id, request);
         let limit = self.limits.waiters_per_primitive_max;
-        let entry = Waiter {
+        let queue = table(self).entry(name.to_owned()).or_default().queue();
+        let pushed = queue.push(entry, limit);
+        self.admit_waiter(pushed, kind, name, waiter, session_id, timeout_ms)
+    }
+
+    /// A waiter's queue entry, enqueued now.
+    pub(super) fn waiter_entry<R>(
+        &self,
+        waiter: WaiterId,
+        session_id: SessionId,
+        request: R,
+    ) -> Waiter<R> {
+        Waiter {
             id: waiter,
             session_id,
             enqueued_at_ms: self.now_ms,
             request,
-        };
-        let queue = table(self).entry(name.to_owned()).or_default().queue();
-        let position = queue.push(entry, limit).map_err(|full| {
+        }
+    }
+
+    /// Indexes a waiter that was pushed onto its queue (or explains why the
+    /// queue refused it).
+    pub(super) fn admit_waiter(
+        &mut self,
+        pushed: std::result::Result<usize, QueueFull>,
+        kind: Kind,
+        name: &str,
+        waiter: WaiterId,
+        session_id: SessionId,
+        timeout_ms: Option<u64>,
+    ) -> Result<Reply> {
+        let position = pushed.map_err(|full| {
             Rejection::new(
                 Code::ResourceExhausted,
                 format!(
@@ -288,6 +317,30 @@ impl State {
         Ok(Reply::Queued {
             position: position as u32,
         })
+    }
+
+    /// Arms an alarm (see `Alarm`); `tick` rings it at `at_ms`.
+    pub(super) fn set_alarm(&mut self, at_ms: u64, alarm: super::Alarm) {
+        self.alarms.insert((at_ms, alarm));
+    }
+
+    pub(super) fn clear_alarm(&mut self, at_ms: u64, alarm: super::Alarm) {
+        self.alarms.remove(&(at_ms, alarm));
+    }
+
+    /// A primitive's alarm rang.
+    pub(super) fn alarm_rang(&mut self, kind: Kind, name: &str, out: &mut Outcome) {
+        match kind {
+            Kind::Pool => self.pool_alarm(name, out),
+            other => unreachable!("{} sets no alarms", other.as_str()),
+        }
+    }
+
+    /// Takes the next queue item or pool resource id.
+    pub(super) fn next_object_id(&mut self, out: &mut Outcome) -> u64 {
+        self.counters.last_object_id += 1;
+        out.changes.push(self.checkpoint());
+        self.counters.last_object_id
     }
 
     /// Describes a hold for `describe`.
@@ -371,6 +424,8 @@ impl State {
             Kind::Event => leave(&mut self.events, name, waiter),
             Kind::Condition => leave(&mut self.conditions, name, waiter),
             Kind::Barrier => leave(&mut self.barriers, name, waiter),
+            Kind::Queue => self.queue_remove_waiter(name, waiter),
+            Kind::Pool => leave(&mut self.pools, name, waiter),
         }
         Some(place)
     }
@@ -470,6 +525,8 @@ impl State {
         collect(Kind::Event, &self.events, &mut holds, &mut waiters);
         collect(Kind::Condition, &self.conditions, &mut holds, &mut waiters);
         collect(Kind::Barrier, &self.barriers, &mut holds, &mut waiters);
+        collect(Kind::Pool, &self.pools, &mut holds, &mut waiters);
+        self.collect_queues(&mut holds, &mut waiters);
         let indexed_holds: BTreeMap<_, _> = (self.holds.iter())
             .map(|(t, h)| (*t, (h.kind, h.name.clone(), h.session_id)))
             .collect();
@@ -509,7 +566,7 @@ impl State {
 }
 
 #[cfg(test)]
-type Place = (Kind, String, SessionId);
+pub(super) type Place = (Kind, String, SessionId);
 
 #[cfg(test)]
 fn collect<P: Queueing>(

@@ -24,6 +24,8 @@ pub mod condition;
 pub mod event;
 mod holds;
 pub mod lock;
+pub mod pool;
+pub mod queue;
 pub mod records;
 pub mod rwlock;
 pub mod semaphore;
@@ -57,16 +59,20 @@ pub enum Kind {
     Event,
     Condition,
     Barrier,
+    Queue,
+    Pool,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Lock,
         Kind::Semaphore,
         Kind::RwLock,
         Kind::Event,
         Kind::Condition,
         Kind::Barrier,
+        Kind::Queue,
+        Kind::Pool,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -77,6 +83,8 @@ impl Kind {
             Kind::Event => "event",
             Kind::Condition => "condition",
             Kind::Barrier => "barrier",
+            Kind::Queue => "queue",
+            Kind::Pool => "pool",
         }
     }
 
@@ -94,6 +102,12 @@ pub struct Limits {
     pub waiters_per_primitive_max: usize,
     pub name_bytes_max: usize,
     pub semaphore_capacity_max: u32,
+    /// Largest queue item (and pool metadata), in bytes.
+    pub item_bytes_max: usize,
+    /// Items one queue may hold (ready, in flight and waiting to be put).
+    pub queue_items_max: usize,
+    /// Put ids each session remembers for retried puts.
+    pub put_ids_per_session_max: usize,
 }
 
 impl Default for Limits {
@@ -105,6 +119,9 @@ impl Default for Limits {
             waiters_per_primitive_max: 10_000,
             name_bytes_max: 256,
             semaphore_capacity_max: 1_000_000,
+            item_bytes_max: 64 * 1024,
+            queue_items_max: 1_000_000,
+            put_ids_per_session_max: 256,
         }
     }
 }
@@ -114,6 +131,18 @@ impl Default for Limits {
 struct Counters {
     last_fencing_token: FencingToken,
     last_session_id: SessionId,
+    /// Queue item and pool resource ids.
+    last_object_id: u64,
+}
+
+/// Something the core must do by itself at a time, besides lease expiry
+/// and wait deadlines.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Alarm {
+    /// A hold runs out (a queue item's visibility timeout): release it.
+    HoldExpires(FencingToken),
+    /// A primitive has timed work (a pool evicting stale resources).
+    Primitive(Kind, String),
 }
 
 /// All state of a syncd server.
@@ -126,12 +155,19 @@ pub struct State {
     holds: BTreeMap<FencingToken, HoldRef>,
     waiters: BTreeMap<WaiterId, WaiterRef>,
     deadlines: BTreeSet<(u64, WaiterId)>,
+    alarms: BTreeSet<(u64, Alarm)>,
     locks: BTreeMap<String, lock::Lock>,
     semaphores: BTreeMap<String, semaphore::Semaphore>,
     rwlocks: BTreeMap<String, rwlock::RwLock>,
     events: BTreeMap<String, event::Event>,
     conditions: BTreeMap<String, condition::Condition>,
     barriers: BTreeMap<String, barrier::Barrier>,
+    queues: BTreeMap<String, queue::Queue>,
+    pools: BTreeMap<String, pool::Pool>,
+    /// The put ids each session made (for retried puts).
+    put_ids: BTreeMap<SessionId, queue::PutIds>,
+    /// Queue records read by `restore`, until `finish_queue_restore`.
+    queue_restore: queue::QueueRestore,
 }
 
 impl State {
@@ -144,12 +180,17 @@ impl State {
             holds: BTreeMap::new(),
             waiters: BTreeMap::new(),
             deadlines: BTreeSet::new(),
+            alarms: BTreeSet::new(),
             locks: BTreeMap::new(),
             semaphores: BTreeMap::new(),
             rwlocks: BTreeMap::new(),
             events: BTreeMap::new(),
             conditions: BTreeMap::new(),
             barriers: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            pools: BTreeMap::new(),
+            put_ids: BTreeMap::new(),
+            queue_restore: queue::QueueRestore::default(),
         }
     }
 
@@ -267,6 +308,83 @@ impl State {
             Command::BarrierReset { name } => self.barrier_reset(name, out),
             Command::BarrierDescribe { name } => self.barrier_describe(&name),
             Command::BarrierDelete { name } => self.barrier_delete(name, out),
+            Command::QueuePut {
+                session_id,
+                name,
+                waiter,
+                timeout_ms,
+                value,
+                priority,
+                capacity,
+                max_deliveries,
+                put_id,
+            } => {
+                let put = queue::PutRequest {
+                    value,
+                    priority,
+                    capacity,
+                    max_deliveries,
+                    put_id,
+                };
+                self.queue_put(session_id, name, waiter, timeout_ms, put, out)
+            }
+            Command::QueueGet {
+                session_id,
+                name,
+                waiter,
+                timeout_ms,
+                visibility_timeout_ms,
+                no_ack,
+            } => {
+                let get = queue::GetRequest {
+                    visibility_timeout_ms,
+                    no_ack,
+                };
+                self.queue_get(session_id, name, waiter, timeout_ms, get, out)
+            }
+            Command::QueueAck {
+                session_id,
+                name,
+                item_id,
+            } => self.queue_ack(session_id, name, item_id, out),
+            Command::QueueNack {
+                session_id,
+                name,
+                item_id,
+            } => self.queue_nack(session_id, name, item_id, out),
+            Command::QueueJoin {
+                session_id,
+                name,
+                waiter,
+                timeout_ms,
+            } => self.queue_join(session_id, name, waiter, timeout_ms),
+            Command::QueueDescribe { name } => self.queue_describe(&name),
+            Command::PoolCheckout {
+                session_id,
+                name,
+                waiter,
+                timeout_ms,
+                acquire_id,
+                size,
+                max_age_ms,
+                max_idle_ms,
+            } => {
+                let request = pool::CheckoutRequest {
+                    acquire_id,
+                    size,
+                    max_age_ms,
+                    max_idle_ms,
+                };
+                self.pool_checkout(session_id, name, waiter, timeout_ms, request, out)
+            }
+            Command::PoolCheckin {
+                session_id,
+                name,
+                fencing_token,
+                healthy,
+                metadata,
+            } => self.pool_checkin(session_id, name, fencing_token, healthy, metadata, out),
+            Command::PoolDescribe { name } => self.pool_describe(&name),
             Command::List { kind, prefix } => Ok(Reply::Listing(self.list(kind, &prefix))),
             Command::Cancel { waiter } => {
                 self.cancel_waiter(waiter, out);
@@ -300,24 +418,31 @@ impl State {
         for waiter in due {
             self.deadline_passed(waiter, out);
         }
+        while let Some((at, alarm)) = self.alarms.first().cloned() {
+            if at > now_ms {
+                break;
+            }
+            self.alarms.remove(&(at, alarm.clone()));
+            match alarm {
+                Alarm::HoldExpires(token) => self.release_hold(token, out),
+                Alarm::Primitive(kind, name) => self.alarm_rang(kind, &name, out),
+            }
+        }
     }
 
     /// When `tick` next has something to do.
     pub fn next_deadline_ms(&self) -> Option<u64> {
         let wait = self.deadlines.first().map(|(at, _)| *at);
-        match (self.sessions.next_expiry_ms(), wait) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let alarm = self.alarms.first().map(|(at, _)| *at);
+        [self.sessions.next_expiry_ms(), wait, alarm]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The record of counters and clock, to write with every batch.
     pub fn checkpoint(&self) -> Change {
-        records::counters_change(
-            self.counters.last_fencing_token,
-            self.counters.last_session_id,
-            self.now_ms,
-        )
+        records::counters_change(&self.counters, self.now_ms)
     }
 
     fn list(&self, kind: Option<Kind>, prefix: &str) -> Vec<Summary> {
@@ -333,6 +458,8 @@ impl State {
                 Kind::Event => self.event_summaries(prefix),
                 Kind::Condition => self.condition_summaries(prefix),
                 Kind::Barrier => self.barrier_summaries(prefix),
+                Kind::Queue => self.queue_summaries(prefix),
+                Kind::Pool => self.pool_summaries(prefix),
             });
         }
         out

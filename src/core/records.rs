@@ -40,15 +40,12 @@ pub enum Change {
     Delete { key: Vec<u8> },
 }
 
-pub(super) fn counters_change(
-    last_fencing_token: u64,
-    last_session_id: u64,
-    clock_ms: u64,
-) -> Change {
+pub(super) fn counters_change(counters: &Counters, clock_ms: u64) -> Change {
     let record = pb::Counters {
-        last_fencing_token,
-        last_session_id,
+        last_fencing_token: counters.last_fencing_token,
+        last_session_id: counters.last_session_id,
         clock_ms,
+        last_object_id: counters.last_object_id,
     };
     Change::Put {
         key: COUNTERS_KEY.to_vec(),
@@ -188,14 +185,14 @@ impl fmt::Display for RestoreError {
 
 impl std::error::Error for RestoreError {}
 
-fn corrupt(key: &[u8], why: impl fmt::Display) -> RestoreError {
+pub(super) fn corrupt(key: &[u8], why: impl fmt::Display) -> RestoreError {
     RestoreError(format!(
         "stored record {:?} is invalid: {why}",
         String::from_utf8_lossy(key)
     ))
 }
 
-fn decode<M: Message + Default>(key: &[u8], value: &[u8]) -> Result<M, RestoreError> {
+pub(super) fn decode<M: Message + Default>(key: &[u8], value: &[u8]) -> Result<M, RestoreError> {
     M::decode(value).map_err(|e| corrupt(key, e))
 }
 
@@ -217,6 +214,7 @@ impl State {
                 state.counters = Counters {
                     last_fencing_token: c.last_fencing_token,
                     last_session_id: c.last_session_id,
+                    last_object_id: c.last_object_id,
                 };
                 state.now_ms = c.clock_ms;
             } else if let Some(id) = key.strip_prefix(SESSION_PREFIX) {
@@ -247,6 +245,10 @@ impl State {
                 }
                 let barrier = Barrier::restored(r.parties, r.generation, r.broken);
                 state.barriers.insert(name, barrier);
+            } else if state.restore_queue_record(&key, &value)?
+                || state.restore_pool_record(&key, &value)?
+            {
+                // Taken by the queue or the pool; checked in `finish_restore`.
             } else {
                 return Err(corrupt(&key, "unknown key"));
             }
@@ -273,11 +275,13 @@ impl State {
         for record in holds {
             state.restore_hold(record)?;
         }
+        state.finish_queue_restore()?;
+        state.finish_pool_restore()?;
         Ok(state)
     }
 
     /// Checks a restored hold's token and session, and indexes it.
-    fn restore_hold_ref(
+    pub(super) fn restore_hold_ref(
         &mut self,
         kind: Kind,
         name: &str,

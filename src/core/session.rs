@@ -184,6 +184,7 @@ impl State {
         for token in &session.holds {
             self.release_hold(*token, out);
         }
+        self.forget_put_ids(session_id, out);
         out.changes.push(records::session_delete(session_id));
         session.holds.len() as u32
     }

@@ -1,10 +1,11 @@
 //! Conversions that several services share: the events of waiting streams,
-//! holders and waiters for Describe, and the read-write mode.
+//! holders and waiters for Describe, the read-write mode and a pool
+//! resource's freshness.
 
 use tonic::Status;
 
 use super::status::unexpected;
-use crate::core::{HolderInfo, Reply, RwMode, WaiterInfo};
+use crate::core::{pool::Freshness, HolderInfo, Reply, RwMode, WaiterInfo};
 use crate::proto::v1 as pb;
 
 /// A message of a waiting RPC's stream: `queued` while it waits, then one
@@ -102,6 +103,16 @@ pub(super) fn pb_rw_mode(mode: RwMode) -> i32 {
     }
 }
 
+/// A checked-out resource's freshness.
+pub(super) fn pb_freshness(freshness: Freshness) -> pb::Freshness {
+    match freshness {
+        Freshness::Reused => pb::Freshness::Reused,
+        Freshness::New => pb::Freshness::New,
+        Freshness::ReplacedStale => pb::Freshness::ReplacedStale,
+        Freshness::Recovered => pb::Freshness::Recovered,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +149,18 @@ mod tests {
         assert_eq!(granted.event, Some(expected));
         let wrong = wait_event::<pb::AcquireLockResponse>(Reply::EventIsSet).unwrap_err();
         assert_eq!(wrong.code(), tonic::Code::Internal);
+    }
+
+    #[test]
+    fn freshness_maps_one_to_one() {
+        let pairs = [
+            (Freshness::Reused, "FRESHNESS_REUSED"),
+            (Freshness::New, "FRESHNESS_NEW"),
+            (Freshness::ReplacedStale, "FRESHNESS_REPLACED_STALE"),
+            (Freshness::Recovered, "FRESHNESS_RECOVERED"),
+        ];
+        for (core, name) in pairs {
+            assert_eq!(pb_freshness(core).as_str_name(), name);
+        }
     }
 }

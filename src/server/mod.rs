@@ -17,6 +17,8 @@ mod convert;
 mod deadline;
 mod event;
 mod lock;
+mod pool;
+mod queue;
 mod rwlock;
 mod semaphore;
 mod session;
@@ -42,7 +44,8 @@ use crate::core::{Command, FencingToken, Kind, Reply, SessionId, WaiterId};
 use crate::engine::{self, EngineConfig, EngineHandle};
 use crate::proto::v1::{
     barriers_server::BarriersServer, conditions_server::ConditionsServer,
-    events_server::EventsServer, locks_server::LocksServer, rw_locks_server::RwLocksServer,
+    events_server::EventsServer, locks_server::LocksServer, pools_server::PoolsServer,
+    queues_server::QueuesServer, rw_locks_server::RwLocksServer,
     semaphores_server::SemaphoresServer, sessions_server::SessionsServer,
     system_server::SystemServer,
 };
@@ -230,6 +233,8 @@ const SERVICE_NAMES: &[&str] = &[
     "syncd.v1.Events",
     "syncd.v1.Conditions",
     "syncd.v1.Barriers",
+    "syncd.v1.Queues",
+    "syncd.v1.Pools",
 ];
 
 type Router = tonic::transport::server::Router<
@@ -291,6 +296,14 @@ fn build_router(
         engine: engine.clone(),
     })
     .max_decoding_message_size(limit);
+    let queues = QueuesServer::new(queue::QueueService {
+        engine: engine.clone(),
+    })
+    .max_decoding_message_size(limit);
+    let pools = PoolsServer::new(pool::PoolService {
+        engine: engine.clone(),
+    })
+    .max_decoding_message_size(limit);
     let oversized: fn(status::HttpResponse) -> status::HttpResponse =
         status::oversized_is_resource_exhausted;
     Ok(tonic::transport::Server::builder()
@@ -309,5 +322,7 @@ fn build_router(
         .add_service(rwlocks)
         .add_service(events)
         .add_service(conditions)
-        .add_service(barriers))
+        .add_service(barriers)
+        .add_service(queues)
+        .add_service(pools))
 }

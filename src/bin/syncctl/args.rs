@@ -24,6 +24,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(parsed)
 }
 
+/// Parses a duration flag that must not be zero (a visibility timeout, a
+/// pool's max age): at least 1ms, at most [`DURATION_MAX`].
+pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let parsed = parse_duration(text)?;
+    if parsed < Duration::from_millis(1) {
+        return Err(format!(
+            "duration {:?} is too short: at least 1ms",
+            text.trim()
+        ));
+    }
+    Ok(parsed)
+}
+
 /// Just a name: for `describe` and the commands that act on a primitive
 /// at once.
 #[derive(Args, Debug)]
@@ -59,5 +72,15 @@ mod tests {
         let error = parse_duration("99999999999h").unwrap_err();
         assert_eq!(error, "duration \"99999999999h\" is too long: at most 365d");
         assert!(parse_duration("366d").is_err());
+    }
+
+    #[test]
+    fn positive_durations_refuse_zero() {
+        assert_eq!(
+            parse_positive_duration("0s"),
+            Err("duration \"0s\" is too short: at least 1ms".to_string())
+        );
+        assert_eq!(parse_positive_duration("1ms"), Ok(Duration::from_millis(1)));
+        assert!(parse_positive_duration("366d").is_err());
     }
 }

@@ -1,14 +1,18 @@
 //! Holding something while a command runs: the machinery that `lock
-//! acquire`, `sem acquire` and `rwlock read|write` share.
+//! acquire`, `sem acquire`, `rwlock read|write`, `queue get -- CMD` and
+//! `pool checkout` share.
 //!
 //! Acquire (a signal ends the wait: exit 128+N), then either run CMD with
-//! the fencing token in its environment, forwarding SIGINT, SIGTERM and
-//! SIGHUP to it, or print the token and hold until one of those signals.
-//! If the hold is lost meanwhile (its session expired, or could not be
-//! renewed for a full TTL), say so, stop CMD (SIGTERM, SIGKILL after the
-//! grace) and exit 7. On the way out release and close the session, giving
-//! up after about a second when the server cannot be reached: the lease
-//! frees everything anyway.
+//! what it holds in its environment (and, for a queue item, on its stdin),
+//! forwarding SIGINT, SIGTERM and SIGHUP to it, or print the token and hold
+//! until one of those signals. If the hold is lost meanwhile (its session
+//! expired, or could not be renewed for a full TTL; a queue item's
+//! visibility timeout passed), say so, stop CMD (SIGTERM, SIGKILL after the
+//! grace) and exit 7. On the way out give the hold back — how depends on
+//! whether CMD succeeded: a queue item is acked or nacked, a pool resource
+//! checked in healthy or not — and close the session, giving up after about
+//! a second when the server cannot be reached (a few seconds for an ack):
+//! the lease frees everything anyway.
 
 use std::{
     future::Future, io, os::unix::process::ExitStatusExt, process::ExitStatus, time::Duration,
@@ -17,10 +21,10 @@ use std::{
 use clap::Args;
 use serde_json::Value;
 use syncd::{
-    client::{Client, Error, LockGuard, RwLockGuard, RwMode, SemaphoreGuard, SessionLoss},
+    client::{Client, Error, LockGuard, RwLockGuard, RwMode, SemaphoreGuard},
     duration,
 };
-use tokio::{process::Child, time::sleep};
+use tokio::{io::AsyncWriteExt, process::Child, time::sleep};
 
 use crate::{
     args::parse_duration,
@@ -59,69 +63,108 @@ pub struct HoldArgs {
 }
 
 /// A hold that syncctl can keep while CMD runs: a lock, semaphore permits,
-/// a read or write hold of a read-write lock.
+/// a read or write hold of a read-write lock, a queue item in flight, a
+/// pool resource.
 pub trait Guard {
-    /// Names the hold in messages: `lock "db"`, `2 permits of semaphore
-    /// "db"`, `read hold of rwlock "cfg"`.
+    /// Names the hold in messages, with its fencing token if it has one:
+    /// `lock "db" (token 17)`, `2 permits of semaphore "db" (token 3)`,
+    /// `item 5 of queue "jobs"`.
     fn what(&self) -> String;
 
-    fn fencing_token(&self) -> u64;
-
-    /// The environment variables CMD gets besides SYNCD_FENCING_TOKEN.
+    /// The environment variables CMD gets.
     fn environment(&self) -> Vec<(&'static str, String)>;
 
-    /// What is printed without CMD, with `--output json`.
+    /// What CMD reads on its stdin. `None`: syncctl's own stdin.
+    fn stdin(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// What is printed without CMD: one line of text, or JSON with
+    /// `--output json`.
+    fn text(&self) -> String;
+
     fn json(&self) -> Value;
 
-    /// Returns when the hold is lost with its session.
-    fn lost(&self) -> impl Future<Output = SessionLoss>;
+    /// Returns when the hold is lost, with the reason (`session 4
+    /// expired`). Never returns while the hold is safe.
+    fn lost(&self) -> impl Future<Output = String>;
 
-    fn release(self) -> impl Future<Output = Result<(), Error>>;
+    /// Gives the hold back. `succeeded`: CMD exited 0 (or, without CMD,
+    /// syncctl was asked to stop); a queue item is acked then and nacked
+    /// otherwise, a pool resource checked in healthy or not.
+    fn release(self, succeeded: bool) -> impl Future<Output = Result<(), Error>>;
+
+    /// What [`Guard::release`] does, as the warning says when the server
+    /// cannot be reached: `release lock "db" (token 17)`.
+    fn release_action(&self, _succeeded: bool) -> String {
+        format!("release {}", self.what())
+    }
+
+    /// What becomes of the hold when it cannot be given back.
+    fn left_to_lease(&self) -> &'static str {
+        "the server releases it when the session's lease runs out"
+    }
+
+    /// How long syncctl tries to give the hold back (and then to close the
+    /// session) when the server cannot be reached.
+    fn release_budget(&self, _succeeded: bool) -> Duration {
+        LEAVE_BUDGET
+    }
+}
+
+/// `lock "db" (token 17)`: a hold's name with its fencing token.
+pub fn with_token(what: String, fencing_token: u64) -> String {
+    format!("{what} (token {fencing_token})")
 }
 
 impl Guard for LockGuard {
     fn what(&self) -> String {
-        format!("lock {:?}", self.name())
-    }
-
-    fn fencing_token(&self) -> u64 {
-        LockGuard::fencing_token(self)
+        with_token(format!("lock {:?}", self.name()), self.fencing_token())
     }
 
     fn environment(&self) -> Vec<(&'static str, String)> {
-        vec![("SYNCD_LOCK_NAME", self.name().to_string())]
+        vec![
+            ("SYNCD_FENCING_TOKEN", self.fencing_token().to_string()),
+            ("SYNCD_LOCK_NAME", self.name().to_string()),
+        ]
+    }
+
+    fn text(&self) -> String {
+        self.fencing_token().to_string()
     }
 
     fn json(&self) -> Value {
         serde_json::json!({ "name": self.name(), "fencing_token": self.fencing_token() })
     }
 
-    async fn lost(&self) -> SessionLoss {
-        LockGuard::lost(self).await
+    async fn lost(&self) -> String {
+        LockGuard::lost(self).await.to_string()
     }
 
-    async fn release(self) -> Result<(), Error> {
+    async fn release(self, _succeeded: bool) -> Result<(), Error> {
         LockGuard::release(self).await
     }
 }
 
 impl Guard for SemaphoreGuard {
     fn what(&self) -> String {
-        match self.permits() {
+        let what = match self.permits() {
             1 => format!("a permit of semaphore {:?}", self.name()),
             n => format!("{n} permits of semaphore {:?}", self.name()),
-        }
-    }
-
-    fn fencing_token(&self) -> u64 {
-        SemaphoreGuard::fencing_token(self)
+        };
+        with_token(what, self.fencing_token())
     }
 
     fn environment(&self) -> Vec<(&'static str, String)> {
         vec![
+            ("SYNCD_FENCING_TOKEN", self.fencing_token().to_string()),
             ("SYNCD_SEMAPHORE_NAME", self.name().to_string()),
             ("SYNCD_PERMITS", self.permits().to_string()),
         ]
+    }
+
+    fn text(&self) -> String {
+        self.fencing_token().to_string()
     }
 
     fn json(&self) -> Value {
@@ -132,11 +175,11 @@ impl Guard for SemaphoreGuard {
         })
     }
 
-    async fn lost(&self) -> SessionLoss {
-        SemaphoreGuard::lost(self).await
+    async fn lost(&self) -> String {
+        SemaphoreGuard::lost(self).await.to_string()
     }
 
-    async fn release(self) -> Result<(), Error> {
+    async fn release(self, _succeeded: bool) -> Result<(), Error> {
         SemaphoreGuard::release(self).await
     }
 }
@@ -151,22 +194,24 @@ pub fn mode_word(mode: RwMode) -> &'static str {
 
 impl Guard for RwLockGuard {
     fn what(&self) -> String {
-        format!(
+        let what = format!(
             "{} hold of rwlock {:?}",
             mode_word(self.mode()),
             self.name()
-        )
-    }
-
-    fn fencing_token(&self) -> u64 {
-        RwLockGuard::fencing_token(self)
+        );
+        with_token(what, self.fencing_token())
     }
 
     fn environment(&self) -> Vec<(&'static str, String)> {
         vec![
+            ("SYNCD_FENCING_TOKEN", self.fencing_token().to_string()),
             ("SYNCD_RWLOCK_NAME", self.name().to_string()),
             ("SYNCD_RWLOCK_MODE", mode_word(self.mode()).to_string()),
         ]
+    }
+
+    fn text(&self) -> String {
+        self.fencing_token().to_string()
     }
 
     fn json(&self) -> Value {
@@ -177,18 +222,18 @@ impl Guard for RwLockGuard {
         })
     }
 
-    async fn lost(&self) -> SessionLoss {
-        RwLockGuard::lost(self).await
+    async fn lost(&self) -> String {
+        RwLockGuard::lost(self).await.to_string()
     }
 
-    async fn release(self) -> Result<(), Error> {
+    async fn release(self, _succeeded: bool) -> Result<(), Error> {
         RwLockGuard::release(self).await
     }
 }
 
 /// The whole command: connects with the lease `--ttl`, acquires with
 /// `acquire` (bounded by `--timeout` there), holds while CMD runs or until
-/// a signal, releases and leaves. Returns the exit code.
+/// a signal, gives the hold back and leaves. Returns the exit code.
 pub async fn acquire_and_hold<G, F, Fut>(
     cli: &Cli,
     args: &HoldArgs,
@@ -199,24 +244,62 @@ where
     F: FnOnce(&Client) -> Fut,
     Fut: Future<Output = Result<G, Error>>,
 {
+    let taken = match take(cli, args.ttl, args.timeout, acquire).await? {
+        Waited::Done(taken) => taken,
+        Waited::Interrupted(signal) => return Ok(128 + signal),
+    };
+    let Taken {
+        client,
+        guard,
+        mut signals,
+    } = taken;
+    let held = hold(cli.output, args, &guard, &mut signals).await;
+    let succeeded = matches!(held, Ok(0));
+    let released = leave(guard, client, succeeded).await;
+    finish(held, released)
+}
+
+/// A hold just taken, with its session's client and the signals caught
+/// while it was awaited (SIGINT, SIGTERM, SIGHUP stay caught).
+pub struct Taken<G> {
+    pub client: Client,
+    pub guard: G,
+    pub signals: Signals,
+}
+
+/// Connects with the lease `ttl` and acquires with `acquire`, which a
+/// signal interrupts. A failed acquire (a `timeout` given to it passed, a
+/// mismatch) becomes a failure through [`wait_failure`]; the session is
+/// closed then, and after a signal.
+pub async fn take<G, F, Fut>(
+    cli: &Cli,
+    ttl: Duration,
+    timeout: Option<Duration>,
+    acquire: F,
+) -> Result<Waited<Taken<G>>, Failure>
+where
+    F: FnOnce(&Client) -> Fut,
+    Fut: Future<Output = Result<G, Error>>,
+{
     let mut signals = Signals::catch()?;
-    let client = connect(cli, Some(args.ttl)).await?;
-    let guard = match interruptible(&mut signals, acquire(&client)).await {
-        Waited::Done(Ok(guard)) => guard,
+    let client = connect(cli, Some(ttl)).await?;
+    match interruptible(&mut signals, acquire(&client)).await {
+        Waited::Done(Ok(guard)) => Ok(Waited::Done(Taken {
+            client,
+            guard,
+            signals,
+        })),
         Waited::Done(Err(error)) => {
             // The failure is what matters; a failed close only delays the
             // session's expiry.
             close(client).await;
-            return Err(wait_failure(error, args.timeout));
+            Err(wait_failure(error, timeout))
         }
         Waited::Interrupted(signal) => {
             close(client).await;
-            return Ok(128 + signal);
+            Ok(Waited::Interrupted(signal))
         }
-    };
-    let held = hold(cli.output, args, &guard, &mut signals).await;
-    let released = leave(guard, client).await;
-    finish(held, released)
+    }
 }
 
 /// Holds while CMD runs, or until a signal.
@@ -235,33 +318,35 @@ async fn hold<G: Guard>(
     }
 }
 
-/// Releases the hold and closes the session, trying for at most
-/// [`LEAVE_BUDGET`] in all. Returns the release's error when the server
-/// refused it or the hold was lost.
-async fn leave<G: Guard>(guard: G, client: Client) -> Result<(), Error> {
-    let deadline = tokio::time::Instant::now() + LEAVE_BUDGET;
-    let released = release_within(guard, client.addr(), deadline).await;
+/// Gives the hold back and closes the session, trying for at most the
+/// guard's release budget in all. Returns the release's error when the
+/// server refused it or the hold was lost.
+pub async fn leave<G: Guard>(guard: G, client: Client, succeeded: bool) -> Result<(), Error> {
+    let budget = guard.release_budget(succeeded);
+    let deadline = tokio::time::Instant::now() + budget;
+    let released = release_within(guard, succeeded, client.addr(), budget).await;
     close_until(client, deadline).await;
     released
 }
 
-/// Releases the hold, giving up at `deadline` with a warning when the
+/// Gives the hold back, giving up after `budget` with a warning when the
 /// server cannot be reached.
 async fn release_within<G: Guard>(
     guard: G,
+    succeeded: bool,
     addr: &str,
-    deadline: tokio::time::Instant,
+    budget: Duration,
 ) -> Result<(), Error> {
-    let what = format!("{} (token {})", guard.what(), guard.fencing_token());
-    let unreachable = match tokio::time::timeout_at(deadline, guard.release()).await {
+    let action = guard.release_action(succeeded);
+    let left_to_lease = guard.left_to_lease();
+    let unreachable = match tokio::time::timeout(budget, guard.release(succeeded)).await {
         Ok(Err(Error::Unavailable(reason))) => reason,
         Ok(done) => return done,
         Err(_) => format!("syncd at {addr} did not answer"),
     };
     report(&format!(
-        "warning: could not release {what} within {} ({unreachable}); the server \
-         releases it when the session's lease runs out",
-        duration::format(LEAVE_BUDGET)
+        "warning: could not {action} within {} ({unreachable}); {left_to_lease}",
+        duration::format(budget)
     ));
     Ok(())
 }
@@ -291,14 +376,28 @@ pub fn finish(held: Result<i32, Failure>, released: Result<(), Error>) -> Result
     }
 }
 
-/// Starts CMD with the token and what the guard adds in its environment.
+/// Starts CMD with the guard's environment, and its stdin if it has one
+/// (written in the background; CMD need not read all of it).
 fn spawn_command<G: Guard>(program: &str, args: &[String], guard: &G) -> Result<Child, Failure> {
-    tokio::process::Command::new(program)
-        .args(args)
-        .env("SYNCD_FENCING_TOKEN", guard.fencing_token().to_string())
-        .envs(guard.environment())
+    let input = guard.stdin();
+    let mut command = tokio::process::Command::new(program);
+    command.args(args).envs(guard.environment());
+    if input.is_some() {
+        command.stdin(std::process::Stdio::piped());
+    }
+    let mut child = command
         .spawn()
-        .map_err(|error| spawn_failure(program, &error))
+        .map_err(|error| spawn_failure(program, &error))?;
+    if let (Some(input), Some(mut pipe)) = (input, child.stdin.take()) {
+        tokio::spawn(async move {
+            // A command that exits without reading all of it closes the
+            // pipe: not an error of syncctl's. Dropping the pipe closes it.
+            if let Err(error) = pipe.write_all(&input).await {
+                tracing::debug!("writing the command's stdin stopped: {error}");
+            }
+        });
+    }
+    Ok(child)
 }
 
 /// 127 when CMD does not exist, 126 when it cannot be executed, as shells
@@ -365,12 +464,8 @@ async fn stop_command(child: &mut Child, grace: Duration, signals: &mut Signals)
 }
 
 /// `lost lock "p" (token 28): session 101 expired` and `suffix`.
-fn lost_line<G: Guard>(guard: &G, loss: &SessionLoss, suffix: &str) -> String {
-    format!(
-        "lost {} (token {}): {loss}{suffix}",
-        guard.what(),
-        guard.fencing_token()
-    )
+fn lost_line<G: Guard>(guard: &G, loss: &str, suffix: &str) -> String {
+    format!("lost {}: {loss}{suffix}", guard.what())
 }
 
 /// Sends `signal` to CMD, unless it has been reaped already.
@@ -402,7 +497,7 @@ async fn hold_until_signal<G: Guard>(
     guard: &G,
     signals: &mut Signals,
 ) -> Result<i32, Failure> {
-    output.print(guard.fencing_token(), guard.json())?;
+    output.print(guard.text(), guard.json())?;
     tokio::select! {
         _ = signals.recv() => Ok(0),
         loss = guard.lost() => {

@@ -3,8 +3,9 @@
 //! its work and closes the session again.
 //!
 //! Modules: one per primitive (`lock`, `sem`, `rwlock`, `event`, `cond`,
-//! `barrier`) plus `system` (ls, ping); `hold` is the machinery that holds a
-//! lock, permits or a read/write hold while CMD runs; `session` connects,
+//! `barrier`, `queue`, `pool`) plus `system` (ls, ping); `hold` is the
+//! machinery that holds a lock, permits, a read/write hold, a queue item or
+//! a pool resource while CMD runs; `session` connects,
 //! leaves and lets signals end waits; `exit` and `output` are exit codes,
 //! errors and what is printed.
 
@@ -66,6 +67,8 @@ mod exit;
 mod hold;
 mod lock;
 mod output;
+mod pool;
+mod queue;
 mod rwlock;
 mod sem;
 mod session;
@@ -78,6 +81,8 @@ use exit::{exit_with, Failure};
 use hold::HoldArgs;
 use lock::LockCommand;
 use output::Output;
+use pool::PoolCommand;
+use queue::QueueCommand;
 use rwlock::RwLockCommand;
 use sem::SemCommand;
 use system::LsArgs;
@@ -88,15 +93,17 @@ Exit codes:
   1        any other error (bad input refused by the server, ...)
   2        invalid command line (reported by the argument parser)
   3        a wait timed out (--timeout of `lock acquire`, `sem acquire`, `rwlock read|write`,
-           `event wait`, `barrier wait`)
+           `event wait`, `barrier wait`, `queue put|get|join`, `pool checkout`)
   4        the server cannot be reached
   5        the barrier is broken (`barrier wait`): a party left while waiting, or the
            barrier was reset or deleted meanwhile
-  6        the primitive exists with other parameters: `sem acquire --capacity` or
-           `barrier wait --parties` differs from the existing one's
-  7        a hold was lost while held (`lock acquire`, `sem acquire`, `rwlock read|write`):
-           its session expired, or could not be renewed for a full TTL; a running CMD is
-           stopped first
+  6        the primitive exists with other parameters: `sem acquire --capacity`,
+           `barrier wait --parties`, `queue put --capacity|--max-deliveries` or
+           `pool checkout --size|--max-age|--max-idle` differs from the existing one's
+  7        a hold was lost while held (`lock acquire`, `sem acquire`, `rwlock read|write`,
+           `queue get -- CMD`, `pool checkout`): its session expired, or could not be
+           renewed for a full TTL, or a queue item's visibility timeout passed; a running
+           CMD is stopped first
   126      CMD could not be executed
   127      CMD was not found
   128+N    interrupted by signal N while waiting, or CMD killed by signal N
@@ -106,8 +113,8 @@ default, RUST_LOG overrides (e.g. RUST_LOG=syncd=debug).";
 
 /// Command line client for syncd, the coordination server: hold locks,
 /// semaphore permits and read-write locks around commands, set and wait for
-/// events, notify conditions, meet at barriers, inspect them all, check the
-/// server.
+/// events, notify conditions, meet at barriers, put and take queue items,
+/// check pool resources out, inspect them all, check the server.
 #[derive(Parser, Debug)]
 #[command(name = "syncctl", version, after_help = AFTER_HELP)]
 pub struct Cli {
@@ -151,6 +158,13 @@ enum Command {
     /// Wait at, reset, describe or delete barriers.
     #[command(subcommand, after_help = AFTER_HELP)]
     Barrier(BarrierCommand),
+    /// Put items into queues, take them (run a command per item), wait
+    /// until all are done, describe queues.
+    #[command(subcommand, after_help = AFTER_HELP)]
+    Queue(QueueCommand),
+    /// Check resources out of pools around a command, or describe pools.
+    #[command(subcommand, after_help = AFTER_HELP)]
+    Pool(PoolCommand),
     /// List the primitives that exist now: one line each with kind, name
     /// (quoted, as `describe` shows it) and state.
     #[command(after_help = AFTER_HELP)]
@@ -189,6 +203,8 @@ async fn run(cli: &Cli) -> Result<i32, Failure> {
         Command::Event(command) => event::run(cli, command).await,
         Command::Cond(command) => cond::run(cli, command).await,
         Command::Barrier(command) => barrier::run(cli, command).await,
+        Command::Queue(command) => queue::run(cli, command).await,
+        Command::Pool(command) => pool::run(cli, command).await,
         Command::Ls(args) => system::list(cli, args).await,
         Command::Ping => system::ping(cli).await,
     }
@@ -197,22 +213,35 @@ async fn run(cli: &Cli) -> Result<i32, Failure> {
 /// A command-line mistake that the parser cannot see, as the parser would
 /// report it (exit 2, with the subcommand's usage line).
 fn usage_error(cli: &Cli, raw: impl Iterator<Item = OsString>) -> Option<clap::Error> {
-    let (path, hold, extra) = match &cli.command {
-        Command::Lock(LockCommand::Acquire(args)) => (["lock", "acquire"], &args.hold, None),
+    const HOLD: &str = "to hold until interrupted";
+    let (path, hold, without, extra) = match &cli.command {
+        Command::Lock(LockCommand::Acquire(args)) => (["lock", "acquire"], &args.hold, HOLD, None),
         Command::Sem(SemCommand::Acquire(args)) => {
-            (["sem", "acquire"], &args.hold, args.usage_error())
+            let conflict = args.usage_error().map(|m| (ErrorKind::ArgumentConflict, m));
+            (["sem", "acquire"], &args.hold, HOLD, conflict)
         }
-        Command::RwLock(RwLockCommand::Read(args)) => (["rwlock", "read"], &args.hold, None),
-        Command::RwLock(RwLockCommand::Write(args)) => (["rwlock", "write"], &args.hold, None),
+        Command::RwLock(RwLockCommand::Read(args)) => (["rwlock", "read"], &args.hold, HOLD, None),
+        Command::RwLock(RwLockCommand::Write(args)) => {
+            (["rwlock", "write"], &args.hold, HOLD, None)
+        }
+        Command::Queue(QueueCommand::Get(args)) => {
+            (["queue", "get"], &args.hold, "to print the item", None)
+        }
+        Command::Pool(PoolCommand::Checkout(args)) => {
+            let missing = args
+                .usage_error()
+                .map(|m| (ErrorKind::MissingRequiredArgument, m));
+            (["pool", "checkout"], &args.hold, "", missing)
+        }
         _ => return None,
     };
     let (kind, message) = match extra {
-        Some(conflict) => (ErrorKind::ArgumentConflict, conflict),
+        Some(extra) => extra,
         None if has_empty_command(hold, raw) => (
             ErrorKind::InvalidValue,
-            "no command after `--`: give CMD [ARGS...] after it, or leave `--` out to hold \
-             until interrupted"
-                .to_string(),
+            format!(
+                "no command after `--`: give CMD [ARGS...] after it, or leave `--` out {without}"
+            ),
         ),
         None => return None,
     };
@@ -434,6 +463,132 @@ mod tests {
     }
 
     #[test]
+    fn queue_and_pool_commands_parse() {
+        let cli = parse(&[
+            "syncctl",
+            "queue",
+            "put",
+            "q",
+            "v",
+            "--priority",
+            "2",
+            "--capacity",
+            "0",
+            "--max-deliveries",
+            "3",
+            "--timeout",
+            "1s",
+        ]);
+        let Command::Queue(QueueCommand::Put(args)) = cli.command else {
+            panic!("parsed {:?}", cli.command);
+        };
+        assert_eq!(args.value, Some(OsString::from("v")));
+        assert_eq!((args.priority, args.capacity), (2, Some(0)));
+        assert_eq!(args.max_deliveries, Some(3));
+        assert_eq!(args.wait.timeout, Some(Duration::from_secs(1)));
+        let cli = parse(&["syncctl", "queue", "put", "q"]);
+        assert!(
+            matches!(cli.command, Command::Queue(QueueCommand::Put(ref a)) if a.value.is_none())
+        );
+
+        let cli = parse(&[
+            "syncctl",
+            "queue",
+            "get",
+            "q",
+            "--visibility-timeout",
+            "5m",
+            "--",
+            "cat",
+        ]);
+        let Command::Queue(QueueCommand::Get(args)) = cli.command else {
+            panic!("parsed {:?}", cli.command);
+        };
+        assert_eq!(args.visibility_timeout, Some(Duration::from_secs(300)));
+        assert!(!args.no_ack);
+        assert_eq!(args.hold.command, ["cat"]);
+        for sub in [
+            &["ack", "q", "4"][..],
+            &["nack", "q", "4"],
+            &["join", "q"],
+            &["describe", "q"],
+        ] {
+            parse(&[&["syncctl", "queue"][..], sub].concat());
+        }
+
+        let cli = parse(&[
+            "syncctl",
+            "pool",
+            "checkout",
+            "p",
+            "--size",
+            "2",
+            "--max-age",
+            "1h",
+            "--max-idle",
+            "5m",
+            "--",
+            "true",
+        ]);
+        let Command::Pool(PoolCommand::Checkout(args)) = cli.command else {
+            panic!("parsed {:?}", cli.command);
+        };
+        assert_eq!(args.size, 2);
+        assert_eq!(args.max_age, Some(Duration::from_secs(3600)));
+        assert_eq!(args.max_idle, Some(Duration::from_secs(300)));
+        parse(&["syncctl", "pool", "describe", "p"]);
+    }
+
+    #[test]
+    fn queue_and_pool_flags_that_mean_nothing_are_refused() {
+        for argv in [
+            &[
+                "syncctl",
+                "queue",
+                "get",
+                "q",
+                "--no-ack",
+                "--visibility-timeout",
+                "1s",
+            ][..],
+            &["syncctl", "queue", "get", "q", "--visibility-timeout", "0s"],
+            &["syncctl", "queue", "put", "q", "v", "--max-deliveries", "0"],
+            &["syncctl", "queue", "ack", "q", "not-a-number"],
+            &[
+                "syncctl", "pool", "checkout", "p", "--size", "0", "--", "true",
+            ],
+            &["syncctl", "pool", "checkout", "p", "--", "true"],
+            &[
+                "syncctl",
+                "pool",
+                "checkout",
+                "p",
+                "--size",
+                "1",
+                "--max-age",
+                "0s",
+            ],
+        ] {
+            let error = Cli::try_parse_from(argv).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{argv:?}");
+        }
+        let usage = |argv: &[&str]| {
+            usage_error(&parse(argv), argv.iter().map(OsString::from)).map(|e| e.to_string())
+        };
+        let missing = usage(&["syncctl", "pool", "checkout", "p", "--size", "1"]).unwrap();
+        assert!(missing.contains("a command is required"), "{missing}");
+        assert!(
+            usage(&["syncctl", "pool", "checkout", "p", "--size", "1", "--", "true"]).is_none()
+        );
+        let empty = usage(&["syncctl", "queue", "get", "q", "--"]).unwrap();
+        assert!(
+            empty.contains("leave `--` out to print the item"),
+            "{empty}"
+        );
+        assert!(usage(&["syncctl", "queue", "get", "q"]).is_none());
+    }
+
+    #[test]
     fn help_lists_every_exit_code() {
         let help = Cli::command().render_long_help().to_string();
         for code in ["  3 ", "  5 ", "  6 ", "  7 "] {
@@ -444,5 +599,27 @@ mod tests {
             .to_string();
         assert!(wait.contains("5        the barrier is broken"), "{wait}");
         assert!(wait.contains("Example"), "{wait}");
+        for path in [
+            &["queue", "put"][..],
+            &["queue", "get"],
+            &["queue", "ack"],
+            &["queue", "nack"],
+            &["queue", "join"],
+            &["queue", "describe"],
+            &["pool", "checkout"],
+            &["pool", "describe"],
+        ] {
+            let help = subcommand(path).render_long_help().to_string();
+            assert!(help.contains("Exit codes:"), "{path:?}: {help}");
+            assert!(help.contains("Example"), "{path:?}: {help}");
+        }
+        let get = subcommand(&["queue", "get"]).render_long_help().to_string();
+        assert!(get.contains("7        the item was lost"), "{get}");
+        let put = subcommand(&["queue", "put"]).render_long_help().to_string();
+        assert!(put.contains("3        the queue stayed full"), "{put}");
+        assert!(
+            put.contains("6        the queue exists with another"),
+            "{put}"
+        );
     }
 }

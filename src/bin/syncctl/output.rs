@@ -52,9 +52,15 @@ impl Output {
 
 /// Writes text to stdout; a closed pipe is an error, not a panic.
 pub fn write_stdout(text: &str) -> Result<(), Failure> {
+    write_stdout_bytes(text.as_bytes())
+}
+
+/// Writes bytes to stdout as they are and flushes them; a closed pipe is
+/// an error, not a panic.
+pub fn write_stdout_bytes(bytes: &[u8]) -> Result<(), Failure> {
     let mut stdout = io::stdout().lock();
     stdout
-        .write_all(text.as_bytes())
+        .write_all(bytes)
         .and_then(|()| stdout.flush())
         .map_err(|e| Failure::other(format!("cannot write to stdout: {e}")))
 }

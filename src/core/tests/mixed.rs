@@ -89,6 +89,20 @@ enum Op {
     },
     BarrierReset,
     BarrierDelete,
+    QueuePut {
+        slot: usize,
+        priority: u32,
+        timeout_ms: Option<u64>,
+    },
+    QueueGet {
+        slot: usize,
+        no_ack: bool,
+        timeout_ms: Option<u64>,
+    },
+    QueueAck {
+        pick: usize,
+        nack: bool,
+    },
 }
 
 fn arb_timeout() -> impl Strategy<Value = Option<u64>> {
@@ -143,6 +157,19 @@ fn arb_op() -> impl Strategy<Value = Op> {
         }),
         Just(Op::BarrierReset),
         Just(Op::BarrierDelete),
+        (0..SLOTS, 0..3u32, arb_timeout()).prop_map(|(slot, priority, timeout_ms)| Op::QueuePut {
+            slot,
+            priority,
+            timeout_ms
+        }),
+        (0..SLOTS, any::<bool>(), arb_timeout()).prop_map(|(slot, no_ack, timeout_ms)| {
+            Op::QueueGet {
+                slot,
+                no_ack,
+                timeout_ms,
+            }
+        }),
+        (any::<usize>(), any::<bool>()).prop_map(|(pick, nack)| Op::QueueAck { pick, nack }),
     ]
 }
 
@@ -265,7 +292,7 @@ impl Mixed {
                 return self.check();
             }
             Op::Undelivered { pick } => {
-                let all = [Kind::Lock, Kind::Semaphore, Kind::RwLock];
+                let all = [Kind::Lock, Kind::Semaphore, Kind::RwLock, Kind::Queue];
                 let Some((token, ..)) = self.token_pick(pick, &all) else {
                     return self.check();
                 };
@@ -328,6 +355,52 @@ impl Mixed {
                 parties,
                 timeout_ms,
             },
+            Op::QueuePut {
+                slot,
+                priority,
+                timeout_ms,
+            } => Command::QueuePut {
+                session_id: session(slot),
+                name: "queue".into(),
+                waiter,
+                timeout_ms,
+                value: vec![1, 2, 3],
+                priority,
+                capacity: Some(2),
+                max_deliveries: 2,
+                put_id: 0,
+            },
+            Op::QueueGet {
+                slot,
+                no_ack,
+                timeout_ms,
+            } => Command::QueueGet {
+                session_id: session(slot),
+                name: "queue".into(),
+                waiter,
+                timeout_ms,
+                visibility_timeout_ms: 300,
+                no_ack,
+            },
+            Op::QueueAck { pick, nack } => {
+                let Some((token, ..)) = self.token_pick(pick, &[Kind::Queue]) else {
+                    return self.check();
+                };
+                let (name, session_id, item_id) = self.sim.state.queue_item_of(token);
+                if nack {
+                    Command::QueueNack {
+                        session_id,
+                        name,
+                        item_id,
+                    }
+                } else {
+                    Command::QueueAck {
+                        session_id,
+                        name,
+                        item_id,
+                    }
+                }
+            }
             Op::BarrierReset => Command::BarrierReset {
                 name: "barrier".into(),
             },
@@ -352,6 +425,9 @@ impl Mixed {
             Command::EventWait { name, .. } => Some((Kind::Event, name.clone())),
             Command::ConditionWait { lock, .. } => Some((Kind::Condition, lock.clone())),
             Command::BarrierWait { name, .. } => Some((Kind::Barrier, name.clone())),
+            Command::QueuePut { name, .. } | Command::QueueGet { name, .. } => {
+                Some((Kind::Queue, name.clone()))
+            }
             _ => None,
         };
         let (reply, events) = self.sim.run(command);
@@ -519,7 +595,8 @@ impl Mixed {
         Ok(())
     }
 
-    /// Closing every session leaves only set events and barriers.
+    /// Closing every session leaves only set events, barriers and queued
+    /// items.
     fn finish(&mut self) -> Checked {
         let live: Vec<SessionId> = self.sim.state.sessions.iter().map(|s| s.id).collect();
         for session_id in live {
@@ -533,7 +610,7 @@ impl Mixed {
         let left: Vec<Kind> = state.list(None, "").into_iter().map(|s| s.kind).collect();
         prop_assert!(
             left.iter()
-                .all(|k| matches!(k, Kind::Event | Kind::Barrier)),
+                .all(|k| matches!(k, Kind::Event | Kind::Barrier | Kind::Queue)),
             "{:?}",
             left
         );

@@ -1245,6 +1245,7 @@ fn arb_value() -> impl Strategy<Value = Vec<u8>> {
             last_fencing_token: a,
             last_session_id: b,
             clock_ms: c,
+            last_object_id: a,
         }
         .encode_to_vec()),
         (small.clone(), small.clone()).prop_map(|(id, ttl_ms)| pb::SessionRecord {
@@ -2113,4 +2114,6 @@ proptest! {
 }
 
 mod mixed;
+mod pool;
 mod primitives;
+mod queue;

@@ -1,0 +1,228 @@
+//! `syncd.v1.Queues`: put, get and join (waiting streams), ack, nack,
+//! describe.
+
+use tonic::{Request, Response, Status};
+
+use super::convert::{wait_event, WaitEvent};
+use super::deadline::{effective_timeout_ms, grpc_timeout};
+use super::status::unexpected;
+use super::{open_wait, WaitResponse};
+use crate::core::queue::{Delivery, QueueInfo};
+use crate::core::{Command, Reply};
+use crate::engine::EngineHandle;
+use crate::proto::v1::{
+    self as pb, get_response, join_response, put_response, queues_server::Queues,
+};
+
+pub struct QueueService {
+    pub engine: EngineHandle,
+}
+
+#[tonic::async_trait]
+impl Queues for QueueService {
+    type PutStream = WaitResponse<pb::PutResponse>;
+    type GetStream = WaitResponse<pb::GetResponse>;
+    type JoinStream = WaitResponse<pb::JoinResponse>;
+
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<Self::PutStream>, Status> {
+        let grpc = grpc_timeout(request.metadata());
+        let request = request.into_inner();
+        let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
+        let make = |waiter| Command::QueuePut {
+            session_id: request.session_id,
+            name: request.name,
+            waiter,
+            timeout_ms,
+            value: request.value,
+            priority: request.priority,
+            capacity: request.capacity,
+            max_deliveries: request.max_deliveries,
+            put_id: request.put_id,
+        };
+        open_wait(&self.engine, make, wait_event).await
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<Self::GetStream>, Status> {
+        let grpc = grpc_timeout(request.metadata());
+        let request = request.into_inner();
+        let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
+        let make = |waiter| Command::QueueGet {
+            session_id: request.session_id,
+            name: request.name,
+            waiter,
+            timeout_ms,
+            visibility_timeout_ms: request.visibility_timeout_ms,
+            no_ack: request.no_ack,
+        };
+        open_wait(&self.engine, make, wait_event).await
+    }
+
+    async fn ack(
+        &self,
+        request: Request<pb::AckRequest>,
+    ) -> Result<Response<pb::AckResponse>, Status> {
+        let request = request.into_inner();
+        let command = Command::QueueAck {
+            session_id: request.session_id,
+            name: request.name,
+            item_id: request.item_id,
+        };
+        match self.engine.call(command).await? {
+            Reply::Done => Ok(Response::new(pb::AckResponse {})),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn nack(
+        &self,
+        request: Request<pb::NackRequest>,
+    ) -> Result<Response<pb::NackResponse>, Status> {
+        let request = request.into_inner();
+        let command = Command::QueueNack {
+            session_id: request.session_id,
+            name: request.name,
+            item_id: request.item_id,
+        };
+        match self.engine.call(command).await? {
+            Reply::Nacked { dead_lettered } => {
+                Ok(Response::new(pb::NackResponse { dead_lettered }))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<Self::JoinStream>, Status> {
+        let grpc = grpc_timeout(request.metadata());
+        let request = request.into_inner();
+        let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
+        let make = |waiter| Command::QueueJoin {
+            session_id: request.session_id,
+            name: request.name,
+            waiter,
+            timeout_ms,
+        };
+        open_wait(&self.engine, make, wait_event).await
+    }
+
+    async fn describe(
+        &self,
+        request: Request<pb::DescribeQueueRequest>,
+    ) -> Result<Response<pb::DescribeQueueResponse>, Status> {
+        let name = request.into_inner().name;
+        match self.engine.call(Command::QueueDescribe { name }).await? {
+            Reply::QueueDescription(info) => Ok(Response::new(describe_response(info))),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+fn describe_response(info: QueueInfo) -> pb::DescribeQueueResponse {
+    pb::DescribeQueueResponse {
+        name: info.name,
+        capacity: info.capacity,
+        max_deliveries: info.max_deliveries,
+        ready: info.ready,
+        in_flight: info.in_flight,
+        dead_lettered: info.dead_lettered,
+        waiting_puts: info.waiting_puts,
+        waiting_gets: info.waiting_gets,
+        waiters: super::convert::waiters(info.waiters),
+    }
+}
+
+/// A delivered item; its in-flight fencing token stays on the server (ack
+/// and nack name the item id).
+fn item(delivery: &Delivery) -> pb::Item {
+    pb::Item {
+        id: delivery.id,
+        value: delivery.value.clone(),
+        priority: delivery.priority,
+        deliveries: delivery.deliveries,
+    }
+}
+
+impl WaitEvent for pb::PutResponse {
+    fn queued(queued: pb::Queued) -> Self {
+        let event = Some(put_response::Event::Queued(queued));
+        pb::PutResponse { event }
+    }
+
+    fn last(reply: &Reply) -> Option<Self> {
+        let &Reply::Stored { item_id } = reply else {
+            return None;
+        };
+        let event = Some(put_response::Event::Stored(pb::Stored { item_id }));
+        Some(pb::PutResponse { event })
+    }
+}
+
+impl WaitEvent for pb::GetResponse {
+    fn queued(queued: pb::Queued) -> Self {
+        let event = Some(get_response::Event::Queued(queued));
+        pb::GetResponse { event }
+    }
+
+    fn last(reply: &Reply) -> Option<Self> {
+        let Reply::Delivered(delivery) = reply else {
+            return None;
+        };
+        let event = Some(get_response::Event::Item(item(delivery)));
+        Some(pb::GetResponse { event })
+    }
+}
+
+impl WaitEvent for pb::JoinResponse {
+    fn queued(queued: pb::Queued) -> Self {
+        let event = Some(join_response::Event::Queued(queued));
+        pb::JoinResponse { event }
+    }
+
+    fn last(reply: &Reply) -> Option<Self> {
+        let Reply::Joined = reply else {
+            return None;
+        };
+        let event = Some(join_response::Event::Joined(pb::Joined {}));
+        Some(pb::JoinResponse { event })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_becomes_an_item_and_other_replies_are_refused() {
+        let delivery = Delivery {
+            id: 7,
+            value: b"job".to_vec(),
+            priority: 2,
+            deliveries: 3,
+            fencing_token: Some(11),
+        };
+        let got: pb::GetResponse = wait_event(Reply::Delivered(delivery)).unwrap();
+        let expected = pb::Item {
+            id: 7,
+            value: b"job".to_vec(),
+            priority: 2,
+            deliveries: 3,
+        };
+        assert_eq!(got.event, Some(get_response::Event::Item(expected)));
+        let stored: pb::PutResponse = wait_event(Reply::Stored { item_id: 4 }).unwrap();
+        let expected = put_response::Event::Stored(pb::Stored { item_id: 4 });
+        assert_eq!(stored.event, Some(expected));
+        let joined: pb::JoinResponse = wait_event(Reply::Joined).unwrap();
+        let expected = join_response::Event::Joined(pb::Joined {});
+        assert_eq!(joined.event, Some(expected));
+        let wrong = wait_event::<pb::PutResponse>(Reply::Joined).unwrap_err();
+        assert_eq!(wrong.code(), tonic::Code::Internal);
+    }
+}
