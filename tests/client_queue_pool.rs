@@ -230,8 +230,8 @@ async fn nacked_items_come_back_until_they_are_dead_lettered() {
     queue.ack(next.id).await.unwrap();
     // Acked is gone for good: a second ack is refused.
     let again = queue.ack(next.id).await.unwrap_err();
-    assert_eq!(status_code(&again), Code::FailedPrecondition, "{again}");
-    assert!(again.to_string().contains("not in flight"), "{again}");
+    assert_eq!(status_code(&again), Code::NotFound, "{again}");
+    assert!(again.to_string().contains("not in the queue"), "{again}");
 }
 
 #[tokio::test]
@@ -245,7 +245,7 @@ async fn a_no_ack_get_removes_the_item_at_delivery() {
     let state = queue.describe().await.unwrap();
     assert_eq!((state.ready, state.in_flight), (0, 0));
     let ack = queue.ack(id).await.unwrap_err();
-    assert_eq!(status_code(&ack), Code::FailedPrecondition, "{ack}");
+    assert_eq!(status_code(&ack), Code::NotFound, "gone for good: {ack}");
 }
 
 #[tokio::test]

@@ -279,7 +279,7 @@ async fn ack_refuses_an_item_the_session_does_not_have_in_flight() {
     };
 
     let unknown = queues.ack(ack_of(me, 12_345)).await.unwrap_err();
-    assert_eq!(unknown.code(), Code::FailedPrecondition, "{unknown:?}");
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
 
     let id = put_now(&mut queues, put_request(me, "jobs", b"x", 0)).await;
     let ready_only = queues.ack(ack_of(me, id)).await.unwrap_err();
@@ -302,8 +302,9 @@ async fn ack_refuses_an_item_the_session_does_not_have_in_flight() {
     assert_eq!(nack_not_mine.code(), Code::FailedPrecondition);
 
     queues.ack(ack_of(me, id)).await.expect("ack");
+    // Gone for good: NOT_FOUND, unlike an item that is still there.
     let twice = queues.ack(ack_of(me, id)).await.unwrap_err();
-    assert_eq!(twice.code(), Code::FailedPrecondition, "{twice:?}");
+    assert_eq!(twice.code(), Code::NotFound, "{twice:?}");
 }
 
 #[tokio::test]

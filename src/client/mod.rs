@@ -398,11 +398,7 @@ impl Client {
             .await;
         match answer {
             Ok(answer) => Ok(Some(answer)),
-            Err(Error::Status(status))
-                if status.code() == Code::FailedPrecondition
-                    && attempts.maybe_applied()
-                    && done_already(&status) =>
-            {
+            Err(Error::Status(status)) if attempts.maybe_applied() && done_already(&status) => {
                 debug!("done by an earlier attempt whose answer was lost: {status}");
                 Ok(None)
             }

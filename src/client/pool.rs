@@ -371,7 +371,10 @@ impl PooledResource {
                             .await
                     }
                 },
-                |status| !is_session_gone(status, session_id),
+                |status| {
+                    status.code() == Code::FailedPrecondition
+                        && !is_session_gone(status, session_id)
+                },
             )
             .await;
         match checked_in {

@@ -180,10 +180,10 @@ impl Queue {
     }
 
     /// Removes item `item_id`, which this client's session has in flight,
-    /// for good. Fails with `FAILED_PRECONDITION` when the session does not
-    /// have it in flight (acked already, back in the queue after its
-    /// visibility timeout, or got in a session since lost: it will be
-    /// delivered again), and with
+    /// for good. Fails with `FAILED_PRECONDITION` when the item is still
+    /// there but not in flight for this session (back in the queue after
+    /// its visibility timeout, or delivered again: it will be processed
+    /// again), `NOT_FOUND` when it is gone (acked already), and with
     /// [`Error::SessionLost`] when the session is gone (its items are back
     /// in the queue).
     pub async fn ack(&self, item_id: u64) -> Result<(), Error> {
@@ -402,7 +402,7 @@ impl Queue {
         let settled = self
             .client
             .unary_settling(call, |status| {
-                !is_session_gone(status, session_id) && !in_flight_elsewhere(status)
+                !is_session_gone(status, session_id) && done_already(verb, status)
             })
             .await;
         match settled {
@@ -414,10 +414,18 @@ impl Queue {
     }
 }
 
-/// True when a refusal says the item is in flight for another session: it
-/// came back and was delivered again, so an ack of it did not happen.
-fn in_flight_elsewhere(status: &Status) -> bool {
-    status.code() == Code::FailedPrecondition && status.message().contains("in flight for session")
+/// Whether a refusal of a retried ack or nack means that an earlier attempt
+/// whose answer was lost did it. The server answers NOT_FOUND when the
+/// item's life is over (acked, dead-lettered): an ack may have done that.
+/// FAILED_PRECONDITION means the item is still there but not in flight for
+/// this session (back in the queue, or delivered again): an ack did not
+/// happen, while a nack did what it was for.
+fn done_already(verb: &str, status: &Status) -> bool {
+    match status.code() {
+        Code::NotFound => true,
+        Code::FailedPrecondition => verb == "nack",
+        _ => false,
+    }
 }
 
 /// Whole milliseconds, saturating.
@@ -449,18 +457,17 @@ mod tests {
     }
 
     #[test]
-    fn only_another_sessions_flight_proves_an_ack_undone() {
-        let elsewhere =
-            Status::failed_precondition("item 4 of queue \"q\" is in flight for session 9, not 3");
-        assert!(in_flight_elsewhere(&elsewhere));
-        let gone = Status::failed_precondition(
-            "item 4 of queue \"q\" is not in flight (acked already, or back in the queue \
-             after its visibility timeout)",
+    fn only_a_finished_item_proves_an_earlier_ack() {
+        let back = Status::failed_precondition("item 4 of queue \"q\" is back in the queue");
+        let gone = Status::not_found("item 4 of queue \"q\" is not in the queue");
+        assert!(done_already("ack", &gone));
+        assert!(!done_already("ack", &back), "the ack did not happen");
+        assert!(
+            done_already("nack", &back),
+            "the item is back, as a nack wants"
         );
-        assert!(!in_flight_elsewhere(&gone));
-        assert!(!in_flight_elsewhere(&Status::not_found(
-            "in flight for session"
-        )));
+        assert!(done_already("nack", &gone));
+        assert!(!done_already("ack", &Status::internal("boom")));
     }
 
     #[test]

@@ -493,10 +493,12 @@ impl State {
     ) -> Result<FencingToken> {
         self.validate_queue_name(name)?;
         self.require_session(session_id)?;
-        let flight = self
-            .queues
-            .get(name)
-            .and_then(|q| q.in_flight.get(&item_id));
+        let queue = self.queues.get(name);
+        let flight = queue.and_then(|q| q.in_flight.get(&item_id));
+        // The codes matter to clients that retry an ack whose answer was
+        // lost: NOT_FOUND (the item's life is over) means an earlier attempt
+        // may have done it; FAILED_PRECONDITION (the item is still there)
+        // means the ack did not happen and the item will be delivered again.
         match flight {
             Some(f) if f.session_id == session_id => Ok(f.fencing_token),
             Some(f) => Err(Rejection::new(
@@ -506,11 +508,18 @@ impl State {
                     f.session_id
                 ),
             )),
-            None => Err(Rejection::new(
+            None if queue.is_some_and(|q| q.pending.contains(&item_id)) => Err(Rejection::new(
                 Code::FailedPrecondition,
                 format!(
-                    "item {item_id} of queue {name:?} is not in flight (acked already, or back \
-                     in the queue after its visibility timeout)"
+                    "item {item_id} of queue {name:?} is not in flight: it is back in the queue \
+                     (nacked, or its visibility timeout passed)"
+                ),
+            )),
+            None => Err(Rejection::new(
+                Code::NotFound,
+                format!(
+                    "item {item_id} of queue {name:?} is not in the queue (acked already, taken \
+                     by a no-ack get, or dead-lettered)"
                 ),
             )),
         }

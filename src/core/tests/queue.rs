@@ -239,7 +239,7 @@ fn ack_and_nack_need_the_item_in_flight_for_this_session() {
     assert_eq!(sim.ack(a, item.id).0, Ok(Reply::Done));
     assert_eq!(
         code(&sim.ack(a, item.id).0),
-        Some(Code::FailedPrecondition),
+        Some(Code::NotFound),
         "acked twice"
     );
 }
