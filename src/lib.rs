@@ -45,7 +45,9 @@ pub mod proto {
         tonic::include_proto!("syncd.v1");
     }
 
-    /// Records in the data directory, package `syncd.store.v1`.
+    /// Records in the data directory, package `syncd.store.v1`. (Their
+    /// comments name keys like `lock/<name>`, which are not HTML.)
+    #[allow(rustdoc::invalid_html_tags)]
     pub mod store {
         tonic::include_proto!("syncd.store.v1");
     }

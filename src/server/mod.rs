@@ -1,5 +1,5 @@
 //! The gRPC face of syncd: thin tonic services that turn requests into
-//! [`Command`](crate::core::Command)s for the engine and replies back into
+//! commands ([`crate::core::Command`]) for the engine and replies back into
 //! protobuf. No rules live here.
 //!
 //! Also served: standard health checking (`grpc.health.v1`) and server
