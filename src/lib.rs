@@ -1,8 +1,9 @@
 //! # syncd: named, durable synchronization primitives over gRPC
 //!
 //! Processes on many machines share locks, semaphores, read-write locks,
-//! events, conditions and barriers (and, as the project grows, rate
-//! limiters, circuit breakers, queues and pools) through one server. Every hold belongs to a session with a lease, every grant carries
+//! events, conditions, barriers, durable queues and resource pools (and, as
+//! the project grows, rate limiters and circuit breakers) through one
+//! server. Every hold belongs to a session with a lease, every grant carries
 //! a fencing token, and every change is on disk before anyone hears of it.
 //!
 //! ```text
