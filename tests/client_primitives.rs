@@ -7,9 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Syncd, HANG_GUARD};
-use syncd::client::{Client, ClientOptions, Error, RwMode};
-use tokio::task::JoinHandle;
+use common::rpc::{answer, kill9_and_restart, until};
+use common::Syncd;
+use syncd::client::{Client, Error, RwMode};
 use tonic::Code;
 
 /// How long a wait that should succeed may take: only there to stop a hang.
@@ -19,14 +19,7 @@ const LONG: Duration = Duration::from_secs(60);
 const SHORT: Duration = Duration::from_millis(200);
 
 async fn connect(syncd: &Syncd) -> Client {
-    let options = ClientOptions {
-        session_ttl: Duration::from_secs(10),
-        client_name: "client-primitives-test".into(),
-        ..ClientOptions::default()
-    };
-    Client::connect_with(syncd.addr.clone(), options)
-        .await
-        .expect("connect")
+    common::rpc::client(syncd, "client-primitives-test").await
 }
 
 async fn clients(syncd: &Syncd, n: usize) -> Vec<Client> {
@@ -35,27 +28,6 @@ async fn clients(syncd: &Syncd, n: usize) -> Vec<Client> {
         clients.push(connect(syncd).await);
     }
     clients
-}
-
-/// Polls `check` every 10 ms until it holds; fails the test after
-/// [`HANG_GUARD`].
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + HANG_GUARD;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// The answer of a spawned wait, bounded by [`HANG_GUARD`].
-async fn answer<T>(task: JoinHandle<T>) -> T {
-    tokio::time::timeout(HANG_GUARD, task)
-        .await
-        .expect("the wait hung")
-        .expect("the wait panicked")
 }
 
 #[tokio::test]
@@ -77,7 +49,7 @@ async fn a_semaphore_of_two_lets_a_third_client_in_after_a_release() {
         async move { semaphore.acquire_timeout(1, LONG).await }
     });
     let pool = a.semaphore("pool", 2);
-    eventually("the third client waits", async || {
+    until("the third client waits", async || {
         pool.describe().await.unwrap().waiters.len() == 1
     })
     .await;
@@ -116,14 +88,14 @@ async fn a_dropped_semaphore_guard_gives_its_permits_back() {
         async move { semaphore.acquire_timeout(1, LONG).await }
     });
     let one = a.semaphore("one", 1);
-    eventually("b waits", async || {
+    until("b waits", async || {
         one.describe().await.unwrap().waiters.len() == 1
     })
     .await;
     drop(guard);
     let next = answer(waiter).await.expect("granted after the drop");
     next.release().await.unwrap();
-    eventually("the semaphore is free", async || {
+    until("the semaphore is free", async || {
         one.describe().await.unwrap().permits_held == 0
     })
     .await;
@@ -143,7 +115,7 @@ async fn readers_share_an_rwlock_and_a_writer_excludes_them() {
         async move { rwlock.write_timeout(LONG).await }
     });
     let cfg = a.rwlock("cfg");
-    eventually("the writer waits", async || {
+    until("the writer waits", async || {
         cfg.describe().await.unwrap().waiters.len() == 1
     })
     .await;
@@ -176,7 +148,7 @@ async fn setting_an_event_wakes_another_clients_wait() {
         let go = go.clone();
         async move { go.wait().await }
     });
-    eventually("b waits", async || {
+    until("b waits", async || {
         go.describe().await.unwrap().waiters.len() == 1
     })
     .await;
@@ -204,7 +176,7 @@ async fn a_condition_wait_gives_up_its_lock_and_takes_it_again_when_notified() {
         }
     });
     let ready = b.condition("ready");
-    eventually("a waits on the condition", async || {
+    until("a waits on the condition", async || {
         ready.describe().await.unwrap().waiters.len() == 1
     })
     .await;
@@ -273,7 +245,7 @@ async fn a_party_that_times_out_breaks_the_barrier_until_reset() {
         async move { barrier.wait_timeout(LONG).await }
     });
     let gate = c.barrier("gate", 3);
-    eventually("a waits at the barrier", async || {
+    until("a waits at the barrier", async || {
         gate.describe().await.unwrap().waiters.len() == 1
     })
     .await;
@@ -301,17 +273,6 @@ async fn a_party_that_times_out_breaks_the_barrier_until_reset() {
         let passed = answer(wait).await.expect("mended by reset");
         assert_eq!(passed.generation, 1);
     }
-}
-
-/// kill -9 and restart, as a blocking step inside an async test.
-async fn kill9_and_restart(mut syncd: Syncd) -> Syncd {
-    tokio::task::spawn_blocking(move || {
-        syncd.kill9();
-        syncd.restart();
-        syncd
-    })
-    .await
-    .expect("restart")
 }
 
 #[tokio::test]

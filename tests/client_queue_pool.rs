@@ -7,59 +7,20 @@ mod common;
 
 use std::time::Duration;
 
+use common::rpc::{answer, kill9_and_restart, until};
 use common::{Syncd, HANG_GUARD};
-use syncd::client::{Client, ClientOptions, Error, Freshness, QueueItem};
-use tokio::task::JoinHandle;
+use syncd::client::{Client, Error, Freshness, QueueItem};
 use tonic::Code;
 
 /// How long a wait that should succeed may take: only there to stop a hang.
+async fn connect(syncd: &Syncd) -> Client {
+    common::rpc::client(syncd, "client-queue-pool-test").await
+}
+
 const LONG: Duration = Duration::from_secs(60);
 
 /// A wait that must time out: nobody will ever answer it.
 const SHORT: Duration = Duration::from_millis(200);
-
-async fn connect(syncd: &Syncd) -> Client {
-    let options = ClientOptions {
-        session_ttl: Duration::from_secs(10),
-        client_name: "client-queue-pool-test".into(),
-        ..ClientOptions::default()
-    };
-    Client::connect_with(syncd.addr.clone(), options)
-        .await
-        .expect("connect")
-}
-
-/// Polls `check` every 10 ms until it holds; fails the test after
-/// [`HANG_GUARD`].
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + HANG_GUARD;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// The answer of a spawned wait, bounded by [`HANG_GUARD`].
-async fn answer<T>(task: JoinHandle<T>) -> T {
-    tokio::time::timeout(HANG_GUARD, task)
-        .await
-        .expect("the wait hung")
-        .expect("the wait panicked")
-}
-
-/// kill -9 and restart, as a blocking step inside an async test.
-async fn kill9_and_restart(mut syncd: Syncd) -> Syncd {
-    tokio::task::spawn_blocking(move || {
-        syncd.kill9();
-        syncd.restart();
-        syncd
-    })
-    .await
-    .expect("restart")
-}
 
 fn status_code(error: &Error) -> Code {
     match error {
@@ -89,7 +50,7 @@ async fn a_full_queue_of_three_holds_the_fourth_put_until_an_ack() {
         async move { jobs.put_timeout(vec![3], 0, LONG).await }
     });
     let queue = consumer.queue("jobs");
-    eventually("the fourth put waits", async || {
+    until("the fourth put waits", async || {
         queue.describe().await.unwrap().waiting_puts == 1
     })
     .await;
@@ -170,7 +131,7 @@ async fn a_waiting_get_is_served_by_a_later_put() {
         async move { queue.get_timeout(LONG).await }
     });
     let queue = producer.queue("later");
-    eventually("the get waits", async || {
+    until("the get waits", async || {
         queue.describe().await.unwrap().waiting_gets == 1
     })
     .await;
@@ -299,7 +260,7 @@ async fn queued_items_survive_kill9_and_an_unacked_one_comes_back() {
         let queue = queue.clone();
         async move { queue.put_timeout(vec![4], 0, LONG).await }
     });
-    eventually("the fifth put waits", async || {
+    until("the fifth put waits", async || {
         queue.describe().await.unwrap().waiting_puts == 1
     })
     .await;
@@ -318,7 +279,7 @@ async fn queued_items_survive_kill9_and_an_unacked_one_comes_back() {
 
     // The unacked item comes back after its visibility timeout, first in
     // line again, with its delivery counted.
-    eventually("the unacked item comes back", async || {
+    until("the unacked item comes back", async || {
         queue.describe().await.unwrap().in_flight == 0
     })
     .await;
@@ -366,7 +327,7 @@ async fn a_pool_of_one_reuses_a_healthy_resource_and_replaces_a_broken_one() {
         let pool = b.pool("db", 0);
         async move { pool.checkout_timeout(LONG).await }
     });
-    eventually("b waits for the resource", async || {
+    until("b waits for the resource", async || {
         pool.describe().await.unwrap().waiters.len() == 1
     })
     .await;
@@ -414,7 +375,7 @@ async fn a_dropped_resource_is_checked_in_as_unhealthy() {
     let id = resource.resource_id();
     drop(resource);
     // Evicted: the pool has no resource left (and so is forgotten).
-    eventually("the dropped resource is evicted", async || {
+    until("the dropped resource is evicted", async || {
         pool.describe().await.unwrap().resources.is_empty()
     })
     .await;
@@ -439,7 +400,7 @@ async fn a_resource_whose_session_closed_is_recovered_by_the_next_checkout() {
         async move { pool.checkout_timeout(LONG).await }
     });
     let pool = survivor.pool("conn", 1);
-    eventually("the survivor waits", async || {
+    until("the survivor waits", async || {
         pool.describe().await.unwrap().waiters.len() == 1
     })
     .await;
@@ -520,7 +481,7 @@ async fn no_acknowledged_put_is_lost_and_only_unacked_items_come_back_across_two
         }));
     }
     let progress = async |n: usize| {
-        eventually("consumers make progress", async || {
+        until("consumers make progress", async || {
             acked.load(Ordering::Relaxed) >= n
         })
         .await
@@ -533,7 +494,7 @@ async fn no_acknowledged_put_is_lost_and_only_unacked_items_come_back_across_two
         answer(producer).await;
     }
     assert_eq!(stored.lock().unwrap().len(), 2 * PER_PRODUCER);
-    eventually("every stored item is acked", async || {
+    until("every stored item is acked", async || {
         let seen = seen.lock().unwrap();
         let acked = |id| {
             seen.get(id)

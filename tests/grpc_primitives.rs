@@ -4,18 +4,15 @@
 
 mod common;
 
-use std::future::Future;
-use std::time::Duration;
-
-use common::{Syncd, HANG_GUARD};
+use common::rpc::{end, next, open_channel, session, until};
+use common::Syncd;
 use syncd::proto::v1::{
     acquire_lock_response, acquire_rw_lock_response, acquire_semaphore_response,
     barriers_client::BarriersClient, conditions_client::ConditionsClient,
     events_client::EventsClient, locks_client::LocksClient, rw_locks_client::RwLocksClient,
-    semaphores_client::SemaphoresClient, sessions_client::SessionsClient,
-    system_client::SystemClient, wait_barrier_response, wait_condition_response,
-    wait_event_response, AcquireLockRequest, AcquireRwLockRequest, AcquireRwLockResponse,
-    AcquireSemaphoreRequest, AcquireSemaphoreResponse, ClearEventRequest, CreateSessionRequest,
+    semaphores_client::SemaphoresClient, system_client::SystemClient, wait_barrier_response,
+    wait_condition_response, wait_event_response, AcquireLockRequest, AcquireRwLockRequest,
+    AcquireRwLockResponse, AcquireSemaphoreRequest, AcquireSemaphoreResponse, ClearEventRequest,
     DescribeBarrierRequest, DescribeBarrierResponse, DescribeConditionRequest,
     DescribeEventRequest, DescribeLockRequest, DescribeRwLockRequest, DescribeSemaphoreRequest,
     ListRequest, NotifyConditionRequest, Passed, ReleaseLockRequest, ReleaseRwLockRequest,
@@ -23,58 +20,7 @@ use syncd::proto::v1::{
     WaitBarrierResponse, WaitConditionRequest, WaitEventRequest,
 };
 use tonic::transport::Channel;
-use tonic::{Code, Status, Streaming};
-
-/// A new connection to syncd.
-async fn connect(syncd: &Syncd) -> Channel {
-    Channel::from_shared(syncd.addr.clone())
-        .expect("valid address")
-        .connect()
-        .await
-        .expect("connect to syncd")
-}
-
-async fn session(channel: &Channel) -> u64 {
-    SessionsClient::new(channel.clone())
-        .create(CreateSessionRequest {
-            ttl_ms: 60_000,
-            client_name: "test".into(),
-        })
-        .await
-        .expect("create session")
-        .into_inner()
-        .session_id
-}
-
-/// The stream's next message; panics on an error status or its end.
-async fn next<T: std::fmt::Debug>(stream: &mut Streaming<T>) -> T {
-    match tokio::time::timeout(HANG_GUARD, stream.message()).await {
-        Ok(Ok(Some(message))) => message,
-        Ok(other) => panic!("expected a message, got {other:?}"),
-        Err(_) => panic!("no message within {HANG_GUARD:?}"),
-    }
-}
-
-/// The status that ends the stream.
-async fn end<T: std::fmt::Debug>(stream: &mut Streaming<T>) -> Status {
-    match tokio::time::timeout(HANG_GUARD, stream.message()).await {
-        Ok(Err(status)) => status,
-        Ok(other) => panic!("expected an error status, got {other:?}"),
-        Err(_) => panic!("the stream did not end within {HANG_GUARD:?}"),
-    }
-}
-
-/// Polls `check` every 20 ms until it is true; fails after the hang guard.
-async fn eventually<F: Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
-    let deadline = tokio::time::Instant::now() + HANG_GUARD;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use tonic::Code;
 
 fn semaphore_request(session_id: u64, name: &str, capacity: u32) -> AcquireSemaphoreRequest {
     AcquireSemaphoreRequest {
@@ -97,7 +43,7 @@ fn semaphore_granted(message: AcquireSemaphoreResponse) -> u64 {
 #[tokio::test]
 async fn semaphore_of_two_grants_two_queues_the_third_and_refuses_over_release() {
     let syncd = Syncd::start();
-    let channel = connect(&syncd).await;
+    let channel = open_channel(&syncd).await;
     let mut semaphores = SemaphoresClient::new(channel.clone());
     let (a, b, c) = (
         session(&channel).await,
@@ -216,7 +162,7 @@ fn rw_granted(message: AcquireRwLockResponse) -> u64 {
 #[tokio::test]
 async fn rwlock_readers_share_while_a_writer_queues_and_later_readers_wait_behind_it() {
     let syncd = Syncd::start();
-    let channel = connect(&syncd).await;
+    let channel = open_channel(&syncd).await;
     let mut rwlocks = RwLocksClient::new(channel.clone());
     let (r1, r2, w, r3) = (
         session(&channel).await,
@@ -292,7 +238,7 @@ async fn rwlock_readers_share_while_a_writer_queues_and_later_readers_wait_behin
 #[tokio::test]
 async fn rwlock_mode_must_be_read_or_write() {
     let syncd = Syncd::start();
-    let channel = connect(&syncd).await;
+    let channel = open_channel(&syncd).await;
     let mut rwlocks = RwLocksClient::new(channel.clone());
     let me = session(&channel).await;
     for mode in [RwMode::Unspecified as i32, 7] {
@@ -311,8 +257,8 @@ async fn rwlock_mode_must_be_read_or_write() {
 #[tokio::test]
 async fn event_wait_is_woken_by_a_set_from_another_connection() {
     let syncd = Syncd::start();
-    let channel = connect(&syncd).await;
-    let other_connection = connect(&syncd).await;
+    let channel = open_channel(&syncd).await;
+    let other_connection = open_channel(&syncd).await;
     let mut events = EventsClient::new(channel.clone());
     let me = session(&channel).await;
     let wait = |timeout_ms| WaitEventRequest {
@@ -389,7 +335,7 @@ async fn take_lock(locks: &mut LocksClient<Channel>, session_id: u64, name: &str
 #[tokio::test]
 async fn condition_wait_gives_up_the_lock_and_takes_it_again_after_notify() {
     let syncd = Syncd::start();
-    let channel = connect(&syncd).await;
+    let channel = open_channel(&syncd).await;
     let mut locks = LocksClient::new(channel.clone());
     let mut conditions = ConditionsClient::new(channel.clone());
     let (waiter, other) = (session(&channel).await, session(&channel).await);
@@ -525,7 +471,7 @@ async fn describe_barrier(barriers: &mut BarriersClient<Channel>) -> DescribeBar
 #[tokio::test]
 async fn barrier_of_two_passes_both_and_a_dropped_waiter_breaks_it_until_reset() {
     let syncd = Syncd::start();
-    let channel = connect(&syncd).await;
+    let channel = open_channel(&syncd).await;
     let mut barriers = BarriersClient::new(channel.clone());
     let (a, b) = (session(&channel).await, session(&channel).await);
 
@@ -545,7 +491,7 @@ async fn barrier_of_two_passes_both_and_a_dropped_waiter_breaks_it_until_reset()
     next(&mut leaving).await;
     drop(leaving);
     let client = barriers.clone();
-    eventually("the barrier breaks", || {
+    until("the barrier breaks", || {
         let mut client = client.clone();
         async move { describe_barrier(&mut client).await.broken }
     })
@@ -570,7 +516,7 @@ async fn barrier_of_two_passes_both_and_a_dropped_waiter_breaks_it_until_reset()
 #[tokio::test]
 async fn a_waiting_party_gets_aborted_when_another_leaves() {
     let syncd = Syncd::start();
-    let channel = connect(&syncd).await;
+    let channel = open_channel(&syncd).await;
     let mut barriers = BarriersClient::new(channel.clone());
     let (a, b) = (session(&channel).await, session(&channel).await);
     let client = barriers.clone();
@@ -598,7 +544,7 @@ async fn a_waiting_party_gets_aborted_when_another_leaves() {
 async fn health_and_list_know_the_new_primitives() {
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let syncd = Syncd::start();
-    let channel = connect(&syncd).await;
+    let channel = open_channel(&syncd).await;
     for service in [
         "syncd.v1.Semaphores",
         "syncd.v1.RwLocks",

@@ -4,55 +4,17 @@
 
 mod common;
 
-use common::{Syncd, HANG_GUARD};
+use common::rpc::{ends_cleanly, next, open_channel, session};
+use common::Syncd;
 use syncd::proto::v1::{
     checkout_response, get_response, join_response, pools_client::PoolsClient, put_response,
-    queues_client::QueuesClient, sessions_client::SessionsClient, system_client::SystemClient,
-    AckRequest, CheckinRequest, CheckoutRequest, CheckoutResponse, CreateSessionRequest,
-    DescribePoolRequest, DescribeQueueRequest, DescribeQueueResponse, Freshness, GetRequest,
-    GetResponse, Item, JoinRequest, ListRequest, NackRequest, PutRequest, PutResponse, Resource,
+    queues_client::QueuesClient, system_client::SystemClient, AckRequest, CheckinRequest,
+    CheckoutRequest, CheckoutResponse, DescribePoolRequest, DescribeQueueRequest,
+    DescribeQueueResponse, Freshness, GetRequest, GetResponse, Item, JoinRequest, ListRequest,
+    NackRequest, PutRequest, PutResponse, Resource,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
-
-/// A new connection to syncd.
-async fn connect(syncd: &Syncd) -> Channel {
-    Channel::from_shared(syncd.addr.clone())
-        .expect("valid address")
-        .connect()
-        .await
-        .expect("connect to syncd")
-}
-
-async fn session(channel: &Channel) -> u64 {
-    SessionsClient::new(channel.clone())
-        .create(CreateSessionRequest {
-            ttl_ms: 60_000,
-            client_name: "test".into(),
-        })
-        .await
-        .expect("create session")
-        .into_inner()
-        .session_id
-}
-
-/// The stream's next message; panics on an error status or its end.
-async fn next<T: std::fmt::Debug>(stream: &mut Streaming<T>) -> T {
-    match tokio::time::timeout(HANG_GUARD, stream.message()).await {
-        Ok(Ok(Some(message))) => message,
-        Ok(other) => panic!("expected a message, got {other:?}"),
-        Err(_) => panic!("no message within {HANG_GUARD:?}"),
-    }
-}
-
-/// Asserts that the stream ends cleanly after its last message.
-async fn ends_cleanly<T: std::fmt::Debug>(stream: &mut Streaming<T>) {
-    match tokio::time::timeout(HANG_GUARD, stream.message()).await {
-        Ok(Ok(None)) => {}
-        Ok(other) => panic!("expected the stream's end, got {other:?}"),
-        Err(_) => panic!("the stream did not end within {HANG_GUARD:?}"),
-    }
-}
 
 // --- queues ---------------------------------------------------------------
 
@@ -145,7 +107,7 @@ async fn describe_queue(queues: &mut QueuesClient<Channel>, name: &str) -> Descr
 #[tokio::test]
 async fn a_full_queue_holds_the_put_back_until_an_item_is_acked() {
     let syncd = Syncd::start();
-    let channel = connect(&syncd).await;
+    let channel = open_channel(&syncd).await;
     let mut queues = QueuesClient::new(channel.clone());
     let (producer, consumer) = (session(&channel).await, session(&channel).await);
     let bounded = |value: &[u8]| PutRequest {
@@ -196,7 +158,7 @@ async fn a_full_queue_holds_the_put_back_until_an_item_is_acked() {
 #[tokio::test]
 async fn items_come_out_lowest_priority_first_and_in_put_order_among_equals() {
     let syncd = Syncd::start();
-    let channel = connect(&syncd).await;
+    let channel = open_channel(&syncd).await;
     let mut queues = QueuesClient::new(channel.clone());
     let me = session(&channel).await;
     for (value, priority) in [("c", 5), ("a1", 1), ("b", 3), ("a2", 1)] {
@@ -236,8 +198,8 @@ async fn items_come_out_lowest_priority_first_and_in_put_order_among_equals() {
 #[tokio::test]
 async fn a_get_waiting_on_an_empty_queue_is_answered_by_a_later_put() {
     let syncd = Syncd::start();
-    let channel = connect(&syncd).await;
-    let other_connection = connect(&syncd).await;
+    let channel = open_channel(&syncd).await;
+    let other_connection = open_channel(&syncd).await;
     let mut queues = QueuesClient::new(channel.clone());
     let (consumer, producer) = (session(&channel).await, session(&other_connection).await);
 
@@ -269,7 +231,7 @@ async fn a_get_waiting_on_an_empty_queue_is_answered_by_a_later_put() {
 #[tokio::test]
 async fn ack_refuses_an_item_the_session_does_not_have_in_flight() {
     let syncd = Syncd::start();
-    let channel = connect(&syncd).await;
+    let channel = open_channel(&syncd).await;
     let mut queues = QueuesClient::new(channel.clone());
     let (me, other) = (session(&channel).await, session(&channel).await);
     let ack_of = |session_id, item_id| AckRequest {
@@ -310,7 +272,7 @@ async fn ack_refuses_an_item_the_session_does_not_have_in_flight() {
 #[tokio::test]
 async fn an_item_nacked_max_deliveries_times_goes_to_the_dead_letter_queue() {
     let syncd = Syncd::start();
-    let channel = connect(&syncd).await;
+    let channel = open_channel(&syncd).await;
     let mut queues = QueuesClient::new(channel.clone());
     let me = session(&channel).await;
     let id = put_now(&mut queues, put_request(me, "work", b"poison", 2)).await;
@@ -346,7 +308,7 @@ async fn an_item_nacked_max_deliveries_times_goes_to_the_dead_letter_queue() {
 #[tokio::test]
 async fn join_answers_once_every_item_put_before_it_is_acked() {
     let syncd = Syncd::start();
-    let channel = connect(&syncd).await;
+    let channel = open_channel(&syncd).await;
     let mut queues = QueuesClient::new(channel.clone());
     let me = session(&channel).await;
     let join = |name: &str| JoinRequest {
@@ -396,7 +358,7 @@ async fn join_answers_once_every_item_put_before_it_is_acked() {
 #[tokio::test]
 async fn an_item_above_the_size_limit_is_invalid_and_not_stored() {
     let syncd = Syncd::start();
-    let channel = connect(&syncd).await;
+    let channel = open_channel(&syncd).await;
     let mut queues = QueuesClient::new(channel.clone());
     let me = session(&channel).await;
     // The core's default item limit is 64 KiB; the message limit is 1 MiB.
@@ -455,7 +417,7 @@ fn freshness(resource: &Resource) -> Freshness {
 #[tokio::test]
 async fn a_pool_of_one_hands_its_resource_on_with_metadata_and_replaces_a_broken_one() {
     let syncd = Syncd::start();
-    let channel = connect(&syncd).await;
+    let channel = open_channel(&syncd).await;
     let mut pools = PoolsClient::new(channel.clone());
     let (a, b) = (session(&channel).await, session(&channel).await);
 
@@ -556,7 +518,7 @@ async fn a_pool_of_one_hands_its_resource_on_with_metadata_and_replaces_a_broken
 #[tokio::test]
 async fn a_checkout_of_an_unknown_pool_without_a_size_is_not_found() {
     let syncd = Syncd::start();
-    let channel = connect(&syncd).await;
+    let channel = open_channel(&syncd).await;
     let mut pools = PoolsClient::new(channel.clone());
     let me = session(&channel).await;
     let status = pools
@@ -582,7 +544,7 @@ async fn a_checkout_of_an_unknown_pool_without_a_size_is_not_found() {
 async fn health_and_list_know_queues_and_pools() {
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let syncd = Syncd::start();
-    let channel = connect(&syncd).await;
+    let channel = open_channel(&syncd).await;
     for service in ["syncd.v1.Queues", "syncd.v1.Pools"] {
         let reply = HealthClient::new(channel.clone())
             .check(HealthCheckRequest {

@@ -3,6 +3,8 @@
 //! client processes with bounded waits.
 #![allow(dead_code)]
 
+pub mod rpc;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
