@@ -542,25 +542,16 @@ async fn a_waiting_party_gets_aborted_when_another_leaves() {
 
 #[tokio::test]
 async fn health_and_list_know_the_new_primitives() {
-    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let syncd = Syncd::start();
     let channel = open_channel(&syncd).await;
-    for service in [
+    let services = [
         "syncd.v1.Semaphores",
         "syncd.v1.RwLocks",
         "syncd.v1.Events",
         "syncd.v1.Conditions",
         "syncd.v1.Barriers",
-    ] {
-        let reply = HealthClient::new(channel.clone())
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .expect("health check")
-            .into_inner();
-        assert_eq!(reply.status, 1, "{service} should be SERVING");
-    }
+    ];
+    common::rpc::assert_serving(&channel, &services).await;
 
     let me = session(&channel).await;
     let mut semaphores = SemaphoresClient::new(channel.clone());

@@ -542,19 +542,9 @@ async fn a_checkout_of_an_unknown_pool_without_a_size_is_not_found() {
 
 #[tokio::test]
 async fn health_and_list_know_queues_and_pools() {
-    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let syncd = Syncd::start();
     let channel = open_channel(&syncd).await;
-    for service in ["syncd.v1.Queues", "syncd.v1.Pools"] {
-        let reply = HealthClient::new(channel.clone())
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .expect("health check")
-            .into_inner();
-        assert_eq!(reply.status, 1, "{service} should be SERVING");
-    }
+    common::rpc::assert_serving(&channel, &["syncd.v1.Queues", "syncd.v1.Pools"]).await;
 
     let me = session(&channel).await;
     let mut queues = QueuesClient::new(channel.clone());

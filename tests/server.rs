@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::rpc::open_channel;
 use common::Syncd;
 use syncd::proto::v1::{
     acquire_lock_response::Event, locks_client::LocksClient, sessions_client::SessionsClient,
@@ -14,14 +15,6 @@ use syncd::proto::v1::{
 };
 use tonic::transport::Channel;
 use tonic::Code;
-
-async fn channel(syncd: &Syncd) -> Channel {
-    Channel::from_shared(syncd.addr.clone())
-        .expect("valid address")
-        .connect()
-        .await
-        .expect("connect to syncd")
-}
 
 async fn session(channel: &Channel, ttl_ms: u64) -> u64 {
     SessionsClient::new(channel.clone())
@@ -78,7 +71,7 @@ async fn eventually_no_waiters(locks: &mut LocksClient<Channel>, name: &str) {
 #[tokio::test]
 async fn bad_input_gets_the_right_status_and_the_server_keeps_serving() {
     let syncd = Syncd::start();
-    let channel = channel(&syncd).await;
+    let channel = open_channel(&syncd).await;
     let mut sessions = SessionsClient::new(channel.clone());
     let mut locks = LocksClient::new(channel.clone());
 
@@ -160,7 +153,7 @@ async fn bad_input_gets_the_right_status_and_the_server_keeps_serving() {
 #[tokio::test]
 async fn timed_out_and_dropped_waits_leave_nothing_queued() {
     let syncd = Syncd::start();
-    let channel = channel(&syncd).await;
+    let channel = open_channel(&syncd).await;
     let mut locks = LocksClient::new(channel.clone());
     let holder = session(&channel, 10_000).await;
     let waiter = session(&channel, 10_000).await;
@@ -218,19 +211,9 @@ async fn timed_out_and_dropped_waits_leave_nothing_queued() {
 
 #[tokio::test]
 async fn health_and_reflection_are_served() {
-    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let syncd = Syncd::start();
-    let channel = channel(&syncd).await;
-    for service in ["", "syncd.v1.Locks"] {
-        let reply = HealthClient::new(channel.clone())
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .expect("health check")
-            .into_inner();
-        assert_eq!(reply.status, 1, "{service:?} should be SERVING");
-    }
+    let channel = open_channel(&syncd).await;
+    common::rpc::assert_serving(&channel, &["", "syncd.v1.Locks"]).await;
     let v1 = list_services_v1(channel.clone()).await;
     let v1alpha = list_services_v1alpha(channel).await;
     for services in [&v1, &v1alpha] {
@@ -282,7 +265,7 @@ list_services!(list_services_v1alpha, v1alpha);
 #[tokio::test]
 async fn sigterm_ends_waiting_streams_with_unavailable_and_exits_zero() {
     let mut syncd = Syncd::start();
-    let channel = channel(&syncd).await;
+    let channel = open_channel(&syncd).await;
     let mut locks = LocksClient::new(channel.clone());
     let holder = session(&channel, 10_000).await;
     let waiter = session(&channel, 10_000).await;
@@ -329,7 +312,7 @@ fn a_second_syncd_on_the_same_data_refuses_to_start() {
 #[tokio::test]
 async fn server_kill9_and_restart_keeps_holds_and_tokens_only_grow() {
     let mut syncd = Syncd::start();
-    let channel_a = channel(&syncd).await;
+    let channel_a = open_channel(&syncd).await;
     let mut locks = LocksClient::new(channel_a.clone());
     let holder = session(&channel_a, 30_000).await;
     let mut tokens = Vec::new();
@@ -341,7 +324,7 @@ async fn server_kill9_and_restart_keeps_holds_and_tokens_only_grow() {
 
     syncd.kill9();
     syncd.restart();
-    let channel_b = channel(&syncd).await;
+    let channel_b = open_channel(&syncd).await;
     let mut locks = LocksClient::new(channel_b.clone());
     let description = locks
         .describe(DescribeLockRequest {
@@ -370,7 +353,7 @@ async fn server_kill9_and_restart_keeps_holds_and_tokens_only_grow() {
 #[tokio::test]
 async fn a_corrupted_data_directory_is_refused_not_served_empty() {
     let mut syncd = Syncd::start();
-    let channel = channel(&syncd).await;
+    let channel = open_channel(&syncd).await;
     let mut locks = LocksClient::new(channel.clone());
     let owner = session(&channel, 10_000).await;
     take(&mut locks, owner, "precious").await;

@@ -105,3 +105,18 @@ pub async fn kill9_and_restart(mut syncd: Syncd) -> Syncd {
     .await
     .expect("restart")
 }
+
+/// Asserts that standard health checking reports each service SERVING.
+pub async fn assert_serving(channel: &Channel, services: &[&str]) {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    for service in services {
+        let reply = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest {
+                service: (*service).into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner();
+        assert_eq!(reply.status, 1, "{service} should be SERVING");
+    }
+}
