@@ -244,7 +244,7 @@ pub fn format_description(pool: &DescribePoolResponse) -> String {
         pool.waiters.len()
     );
     text += &format!(
-        "stale after: age {}, idle {}; {} evicted since the server started\n",
+        "stale after: age {}, idle {}; {} evicted since the pool was created\n",
         limit_text(pool.max_age_ms),
         limit_text(pool.max_idle_ms),
         pool.evicted
@@ -364,7 +364,7 @@ mod tests {
         assert_eq!(
             format_description(&pool),
             "pool \"p\": 1 of 2 slots out, 1 idle, 1 waiting\n\
-             stale after: age 10m, idle never; 3 evicted since the server started\n\
+             stale after: age 10m, idle never; 3 evicted since the pool was created\n\
              resources: 2\n\
              \x20 1. resource 4: out to session 7, fencing token 12, age 3s\n\
              \x20 2. resource 5: idle for 2s, age 1m\n\
