@@ -6,8 +6,8 @@ use std::fmt;
 
 pub use super::rwlock::RwMode;
 use super::{
-    barrier, condition, event, lock, pool, queue, rwlock, semaphore, Change, FencingToken, Kind,
-    SessionId, WaiterId,
+    barrier, condition, event, lock, pool, queue, rwlock, semaphore, token_bucket, Change,
+    FencingToken, Kind, SessionId, WaiterId,
 };
 
 /// Everything a client (or the engine) can ask of the state machine.
@@ -182,6 +182,24 @@ pub enum Command {
     PoolDescribe {
         name: String,
     },
+    /// Takes tokens from a bucket, waiting in line for them.
+    BucketTake {
+        session_id: SessionId,
+        name: String,
+        waiter: WaiterId,
+        timeout_ms: Option<u64>,
+        settings: token_bucket::BucketSettings,
+        tokens: u32,
+    },
+    /// Takes tokens from a bucket if they are there now; needs no session.
+    BucketTry {
+        name: String,
+        settings: token_bucket::BucketSettings,
+        tokens: u32,
+    },
+    BucketDescribe {
+        name: String,
+    },
     List {
         kind: Option<Kind>,
         prefix: String,
@@ -249,8 +267,16 @@ pub enum Reply {
     CheckedIn {
         evicted: bool,
     },
+    /// A bucket's answer: tokens taken, or how long until they would be.
+    TryTaken {
+        taken: bool,
+        retry_after_ms: u64,
+        /// Whole tokens left.
+        remaining: u32,
+    },
     QueueDescription(queue::QueueInfo),
     PoolDescription(pool::PoolInfo),
+    BucketDescription(token_bucket::BucketInfo),
     LockDescription(lock::LockInfo),
     SemaphoreDescription(semaphore::SemaphoreInfo),
     RwLockDescription(rwlock::RwLockInfo),

@@ -235,7 +235,7 @@ impl State {
             Kind::RwLock => self.rwlock_drop_hold(name, token, out),
             Kind::Queue => self.queue_drop_hold(name, token, out),
             Kind::Pool => self.pool_drop_hold(name, token, out),
-            Kind::Event | Kind::Condition | Kind::Barrier => {
+            Kind::Event | Kind::Condition | Kind::Barrier | Kind::TokenBucket => {
                 unreachable!("{} has no holds", hold.kind.as_str())
             }
         }
@@ -254,6 +254,7 @@ impl State {
             Kind::Barrier => {}
             Kind::Queue => self.queue_wake(name, out),
             Kind::Pool => self.pool_wake(name, out),
+            Kind::TokenBucket => self.bucket_wake(name, out),
         }
     }
 
@@ -332,6 +333,7 @@ impl State {
     pub(super) fn alarm_rang(&mut self, kind: Kind, name: &str, out: &mut Outcome) {
         match kind {
             Kind::Pool => self.pool_alarm(name, out),
+            Kind::TokenBucket => self.bucket_wake(name, out),
             other => unreachable!("{} sets no alarms", other.as_str()),
         }
     }
@@ -426,6 +428,7 @@ impl State {
             Kind::Barrier => leave(&mut self.barriers, name, waiter),
             Kind::Queue => self.queue_remove_waiter(name, waiter),
             Kind::Pool => leave(&mut self.pools, name, waiter),
+            Kind::TokenBucket => leave(&mut self.buckets, name, waiter),
         }
         Some(place)
     }
@@ -526,6 +529,7 @@ impl State {
         collect(Kind::Condition, &self.conditions, &mut holds, &mut waiters);
         collect(Kind::Barrier, &self.barriers, &mut holds, &mut waiters);
         collect(Kind::Pool, &self.pools, &mut holds, &mut waiters);
+        collect(Kind::TokenBucket, &self.buckets, &mut holds, &mut waiters);
         self.collect_queues(&mut holds, &mut waiters);
         let indexed_holds: BTreeMap<_, _> = (self.holds.iter())
             .map(|(t, h)| (*t, (h.kind, h.name.clone(), h.session_id)))

@@ -30,6 +30,7 @@ pub mod records;
 pub mod rwlock;
 pub mod semaphore;
 pub mod session;
+pub mod token_bucket;
 pub mod waitq;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,10 +62,11 @@ pub enum Kind {
     Barrier,
     Queue,
     Pool,
+    TokenBucket,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Lock,
         Kind::Semaphore,
         Kind::RwLock,
@@ -73,6 +75,7 @@ impl Kind {
         Kind::Barrier,
         Kind::Queue,
         Kind::Pool,
+        Kind::TokenBucket,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +88,7 @@ impl Kind {
             Kind::Barrier => "barrier",
             Kind::Queue => "queue",
             Kind::Pool => "pool",
+            Kind::TokenBucket => "ratelimit",
         }
     }
 
@@ -164,6 +168,7 @@ pub struct State {
     barriers: BTreeMap<String, barrier::Barrier>,
     queues: BTreeMap<String, queue::Queue>,
     pools: BTreeMap<String, pool::Pool>,
+    buckets: BTreeMap<String, token_bucket::Bucket>,
     /// The put ids each session made (for retried puts).
     put_ids: BTreeMap<SessionId, queue::PutIds>,
     /// Queue records read by `restore`, until `finish_queue_restore`.
@@ -189,6 +194,7 @@ impl State {
             barriers: BTreeMap::new(),
             queues: BTreeMap::new(),
             pools: BTreeMap::new(),
+            buckets: BTreeMap::new(),
             put_ids: BTreeMap::new(),
             queue_restore: queue::QueueRestore::default(),
         }
@@ -385,6 +391,20 @@ impl State {
                 metadata,
             } => self.pool_checkin(session_id, name, fencing_token, healthy, metadata, out),
             Command::PoolDescribe { name } => self.pool_describe(&name),
+            Command::BucketTake {
+                session_id,
+                name,
+                waiter,
+                timeout_ms,
+                settings,
+                tokens,
+            } => self.bucket_take(session_id, name, waiter, timeout_ms, settings, tokens, out),
+            Command::BucketTry {
+                name,
+                settings,
+                tokens,
+            } => self.bucket_try(&name, settings, tokens, out),
+            Command::BucketDescribe { name } => self.bucket_describe(&name),
             Command::List { kind, prefix } => Ok(Reply::Listing(self.list(kind, &prefix))),
             Command::Cancel { waiter } => {
                 self.cancel_waiter(waiter, out);
@@ -460,6 +480,7 @@ impl State {
                 Kind::Barrier => self.barrier_summaries(prefix),
                 Kind::Queue => self.queue_summaries(prefix),
                 Kind::Pool => self.pool_summaries(prefix),
+                Kind::TokenBucket => self.bucket_summaries(prefix),
             });
         }
         out

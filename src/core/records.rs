@@ -247,6 +247,7 @@ impl State {
                 state.barriers.insert(name, barrier);
             } else if state.restore_queue_record(&key, &value)?
                 || state.restore_pool_record(&key, &value)?
+                || state.restore_bucket_record(&key, &value)?
             {
                 // Taken by the queue or the pool; checked in `finish_restore`.
             } else {

@@ -2117,3 +2117,4 @@ mod mixed;
 mod pool;
 mod primitives;
 mod queue;
+mod token_bucket;
