@@ -12,67 +12,16 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, run_bounded, send_signal, syncctl, wait_bounded, Syncd, HANG_GUARD};
+use common::cli::{finish, finish_within, run, spawn, Ended};
+use common::{eventually, send_signal, Syncd, HANG_GUARD};
 use serde_json::Value;
 use syncd::client::Client;
 
 // --- helpers ---------------------------------------------------------------
-
-/// How a syncctl process ended.
-#[derive(Debug)]
-struct Ended {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Starts `syncctl ARGS...` with stdout and stderr piped.
-fn spawn(addr: &str, args: &[&str]) -> Child {
-    syncctl(addr)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn syncctl")
-}
-
-/// Waits for `child`, at most `limit`; None if it was still running then
-/// (it is killed).
-fn finish_within(mut child: Child, limit: Duration) -> Option<Ended> {
-    let status = wait_bounded(&mut child, limit)?;
-    Some(Ended {
-        code: status.code(),
-        stdout: read_all(child.stdout.take()),
-        stderr: read_all(child.stderr.take()),
-    })
-}
-
-fn read_all(pipe: Option<impl Read>) -> String {
-    let mut text = String::new();
-    if let Some(mut pipe) = pipe {
-        pipe.read_to_string(&mut text).expect("read pipe");
-    }
-    text
-}
-
-fn finish(child: Child) -> Ended {
-    finish_within(child, HANG_GUARD).expect("syncctl exits")
-}
-
-/// Runs `syncctl ARGS...` to its end.
-fn run(addr: &str, args: &[&str]) -> Ended {
-    let output = run_bounded(syncctl(addr).args(args));
-    Ended {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
 
 /// Runs `syncctl ARGS...`, which must exit 0; returns its stdout, trimmed.
 fn run_ok(addr: &str, args: &[&str]) -> String {

@@ -9,31 +9,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::process::{Child, Stdio};
+use std::io::Write;
+use std::process::Stdio;
 
-use common::{run_bounded, syncctl, wait_bounded, Syncd, HANG_GUARD};
+use common::cli::{finish, run, spawn, Ended};
+use common::{syncctl, Syncd};
 use serde_json::Value;
 
 // --- helpers ---------------------------------------------------------------
-
-/// How a syncctl process ended.
-#[derive(Debug)]
-struct Ended {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `syncctl ARGS...` to its end, with an empty stdin.
-fn run(addr: &str, args: &[&str]) -> Ended {
-    let output = run_bounded(syncctl(addr).args(args).stdin(Stdio::null()));
-    Ended {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
 
 /// Runs `syncctl ARGS...`, which must exit 0; returns its stdout as it is.
 fn run_ok(addr: &str, args: &[&str]) -> String {
@@ -55,33 +38,6 @@ fn run_with_stdin(addr: &str, args: &[&str], input: &[u8]) -> Ended {
     stdin.write_all(input).expect("write stdin");
     drop(stdin);
     finish(child)
-}
-
-fn spawn(addr: &str, args: &[&str]) -> Child {
-    syncctl(addr)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn syncctl")
-}
-
-fn finish(mut child: Child) -> Ended {
-    let status = wait_bounded(&mut child, HANG_GUARD).expect("syncctl exits");
-    Ended {
-        code: status.code(),
-        stdout: read_all(child.stdout.take()),
-        stderr: read_all(child.stderr.take()),
-    }
-}
-
-fn read_all(pipe: Option<impl Read>) -> String {
-    let mut text = String::new();
-    if let Some(mut pipe) = pipe {
-        pipe.read_to_string(&mut text).expect("read pipe");
-    }
-    text
 }
 
 /// `syncctl --output json KIND describe NAME`, parsed.

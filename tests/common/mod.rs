@@ -3,6 +3,7 @@
 //! client processes with bounded waits.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod rpc;
 
 use std::io::{BufRead, BufReader};
