@@ -16,6 +16,8 @@ const API_PROTOS: &[&str] = &[
     "proto/syncd/v1/barrier.proto",
     "proto/syncd/v1/queue.proto",
     "proto/syncd/v1/pool.proto",
+    "proto/syncd/v1/ratelimit.proto",
+    "proto/syncd/v1/breaker.proto",
 ];
 const RECORD_PROTOS: &[&str] = &["proto/syncd/store/v1/records.proto"];
 

@@ -6,7 +6,7 @@ use std::fmt;
 
 pub use super::rwlock::RwMode;
 use super::{
-    barrier, condition, event, lock, pool, queue, rwlock, semaphore, token_bucket, Change,
+    barrier, breaker, condition, event, lock, pool, queue, rwlock, semaphore, token_bucket, Change,
     FencingToken, Kind, SessionId, WaiterId,
 };
 
@@ -197,7 +197,39 @@ pub enum Command {
         settings: token_bucket::BucketSettings,
         tokens: u32,
     },
+    /// Takes from every named bucket, or from none; needs no session.
+    BucketTryMany {
+        asks: Vec<token_bucket::BucketAsk>,
+    },
     BucketDescribe {
+        name: String,
+    },
+    /// A permit for a call, or a refusal.
+    BreakerAllow {
+        session_id: SessionId,
+        name: String,
+        /// `None`: the existing breaker's.
+        settings: Option<breaker::BreakerSettings>,
+        acquire_id: u64,
+    },
+    /// A permit given back with its call's outcome.
+    BreakerRecord {
+        session_id: SessionId,
+        name: String,
+        fencing_token: FencingToken,
+        failed: bool,
+    },
+    /// Streams the breaker's state until the watcher leaves.
+    BreakerWatch {
+        session_id: SessionId,
+        name: String,
+        waiter: WaiterId,
+    },
+    BreakerControl {
+        name: String,
+        action: breaker::BreakerAction,
+    },
+    BreakerDescribe {
         name: String,
     },
     List {
@@ -274,6 +306,25 @@ pub enum Reply {
         /// Whole tokens left.
         remaining: u32,
     },
+    /// A many-bucket answer: taken from all, or from none; one verdict per
+    /// bucket, in the request's order.
+    TriedMany {
+        taken: bool,
+        verdicts: Vec<token_bucket::BucketVerdict>,
+    },
+    /// A breaker's answer to `allow`.
+    BreakerVerdict(breaker::Verdict),
+    /// A breaker's state after an outcome; `counted` is false for a permit
+    /// from an earlier state.
+    BreakerRecorded {
+        state: breaker::BreakerState,
+        counted: bool,
+    },
+    /// A breaker's state, to a watcher: not final, more follow.
+    BreakerChanged(breaker::StateChange),
+    /// A breaker's state after an operator's request.
+    BreakerStateIs(breaker::BreakerState),
+    BreakerDescription(breaker::BreakerInfo),
     QueueDescription(queue::QueueInfo),
     PoolDescription(pool::PoolInfo),
     BucketDescription(token_bucket::BucketInfo),
@@ -290,7 +341,7 @@ pub enum Reply {
 impl Reply {
     /// True for a reply that ends a waiter's stream.
     pub fn is_final(&self) -> bool {
-        !matches!(self, Reply::Queued { .. })
+        !matches!(self, Reply::Queued { .. } | Reply::BreakerChanged(_))
     }
 
     /// The hold a reply grants, if any: used to release a grant that could

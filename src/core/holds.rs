@@ -235,6 +235,9 @@ impl State {
             Kind::RwLock => self.rwlock_drop_hold(name, token, out),
             Kind::Queue => self.queue_drop_hold(name, token, out),
             Kind::Pool => self.pool_drop_hold(name, token, out),
+            Kind::Breaker => {
+                self.breaker_drop_hold(name, token, out);
+            }
             Kind::Event | Kind::Condition | Kind::Barrier | Kind::TokenBucket => {
                 unreachable!("{} has no holds", hold.kind.as_str())
             }
@@ -251,7 +254,7 @@ impl State {
             Kind::RwLock => self.rwlock_wake(name, out),
             Kind::Event => self.event_forget_if_unused(name),
             Kind::Condition => self.condition_forget_if_unused(name),
-            Kind::Barrier => {}
+            Kind::Barrier | Kind::Breaker => {}
             Kind::Queue => self.queue_wake(name, out),
             Kind::Pool => self.pool_wake(name, out),
             Kind::TokenBucket => self.bucket_wake(name, out),
@@ -334,6 +337,7 @@ impl State {
         match kind {
             Kind::Pool => self.pool_alarm(name, out),
             Kind::TokenBucket => self.bucket_wake(name, out),
+            Kind::Breaker => self.breaker_alarm(name, out),
             other => unreachable!("{} sets no alarms", other.as_str()),
         }
     }
@@ -429,6 +433,7 @@ impl State {
             Kind::Queue => self.queue_remove_waiter(name, waiter),
             Kind::Pool => leave(&mut self.pools, name, waiter),
             Kind::TokenBucket => leave(&mut self.buckets, name, waiter),
+            Kind::Breaker => leave(&mut self.breakers, name, waiter),
         }
         Some(place)
     }
@@ -530,6 +535,7 @@ impl State {
         collect(Kind::Barrier, &self.barriers, &mut holds, &mut waiters);
         collect(Kind::Pool, &self.pools, &mut holds, &mut waiters);
         collect(Kind::TokenBucket, &self.buckets, &mut holds, &mut waiters);
+        collect(Kind::Breaker, &self.breakers, &mut holds, &mut waiters);
         self.collect_queues(&mut holds, &mut waiters);
         let indexed_holds: BTreeMap<_, _> = (self.holds.iter())
             .map(|(t, h)| (*t, (h.kind, h.name.clone(), h.session_id)))

@@ -19,6 +19,7 @@
 //!   could take back.
 
 pub mod barrier;
+pub mod breaker;
 mod command;
 pub mod condition;
 pub mod event;
@@ -63,10 +64,11 @@ pub enum Kind {
     Queue,
     Pool,
     TokenBucket,
+    Breaker,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Lock,
         Kind::Semaphore,
         Kind::RwLock,
@@ -76,6 +78,7 @@ impl Kind {
         Kind::Queue,
         Kind::Pool,
         Kind::TokenBucket,
+        Kind::Breaker,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -89,6 +92,7 @@ impl Kind {
             Kind::Queue => "queue",
             Kind::Pool => "pool",
             Kind::TokenBucket => "ratelimit",
+            Kind::Breaker => "breaker",
         }
     }
 
@@ -112,6 +116,8 @@ pub struct Limits {
     pub queue_items_max: usize,
     /// Put ids each session remembers for retried puts.
     pub put_ids_per_session_max: usize,
+    /// Buckets one many-bucket try may name.
+    pub buckets_per_request_max: usize,
 }
 
 impl Default for Limits {
@@ -126,6 +132,7 @@ impl Default for Limits {
             item_bytes_max: 64 * 1024,
             queue_items_max: 1_000_000,
             put_ids_per_session_max: 256,
+            buckets_per_request_max: 100,
         }
     }
 }
@@ -169,6 +176,7 @@ pub struct State {
     queues: BTreeMap<String, queue::Queue>,
     pools: BTreeMap<String, pool::Pool>,
     buckets: BTreeMap<String, token_bucket::Bucket>,
+    breakers: BTreeMap<String, breaker::Breaker>,
     /// The put ids each session made (for retried puts).
     put_ids: BTreeMap<SessionId, queue::PutIds>,
     /// Queue records read by `restore`, until `finish_queue_restore`.
@@ -195,6 +203,7 @@ impl State {
             queues: BTreeMap::new(),
             pools: BTreeMap::new(),
             buckets: BTreeMap::new(),
+            breakers: BTreeMap::new(),
             put_ids: BTreeMap::new(),
             queue_restore: queue::QueueRestore::default(),
         }
@@ -404,7 +413,27 @@ impl State {
                 settings,
                 tokens,
             } => self.bucket_try(&name, settings, tokens, out),
+            Command::BucketTryMany { asks } => self.bucket_try_many(asks, out),
             Command::BucketDescribe { name } => self.bucket_describe(&name),
+            Command::BreakerAllow {
+                session_id,
+                name,
+                settings,
+                acquire_id,
+            } => self.breaker_allow(session_id, name, settings, acquire_id, out),
+            Command::BreakerRecord {
+                session_id,
+                name,
+                fencing_token,
+                failed,
+            } => self.breaker_record(session_id, &name, fencing_token, failed, out),
+            Command::BreakerWatch {
+                session_id,
+                name,
+                waiter,
+            } => self.breaker_watch(session_id, &name, waiter, out),
+            Command::BreakerControl { name, action } => self.breaker_control(&name, action, out),
+            Command::BreakerDescribe { name } => self.breaker_describe(&name),
             Command::List { kind, prefix } => Ok(Reply::Listing(self.list(kind, &prefix))),
             Command::Cancel { waiter } => {
                 self.cancel_waiter(waiter, out);
@@ -481,6 +510,7 @@ impl State {
                 Kind::Queue => self.queue_summaries(prefix),
                 Kind::Pool => self.pool_summaries(prefix),
                 Kind::TokenBucket => self.bucket_summaries(prefix),
+                Kind::Breaker => self.breaker_summaries(prefix),
             });
         }
         out

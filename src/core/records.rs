@@ -103,6 +103,7 @@ pub(super) fn lock_delete(name: &str) -> Change {
 pub(super) enum HoldExtra {
     Semaphore { capacity: u32, permits: u32 },
     RwLock { mode: RwMode },
+    Breaker { era: u64 },
 }
 
 fn hold_key(token: FencingToken) -> Vec<u8> {
@@ -125,6 +126,7 @@ pub(super) fn hold_put(kind: Kind, name: &str, hold: &Hold, extra: HoldExtra) ->
             record.permits = permits;
         }
         HoldExtra::RwLock { mode } => record.write = mode == RwMode::Write,
+        HoldExtra::Breaker { era } => record.era = era,
     }
     Change::Put {
         key: hold_key(hold.fencing_token),
@@ -248,6 +250,7 @@ impl State {
             } else if state.restore_queue_record(&key, &value)?
                 || state.restore_pool_record(&key, &value)?
                 || state.restore_bucket_record(&key, &value)?
+                || state.restore_breaker_record(&key, &value)?
             {
                 // Taken by the queue or the pool; checked in `finish_restore`.
             } else {
@@ -310,7 +313,7 @@ impl State {
 
     fn restore_hold(&mut self, r: pb::HoldRecord) -> Result<(), RestoreError> {
         let kind = Kind::parse(&r.kind)
-            .filter(|k| matches!(k, Kind::Semaphore | Kind::RwLock))
+            .filter(|k| matches!(k, Kind::Semaphore | Kind::RwLock | Kind::Breaker))
             .ok_or_else(|| RestoreError(format!("a hold of unknown kind {:?}", r.kind)))?;
         let token = r.fencing_token;
         self.restore_hold_ref(kind, &r.name, r.session_id, token, r.acquire_id)?;
@@ -321,6 +324,9 @@ impl State {
             acquire_id: r.acquire_id,
         };
         let fits = match kind {
+            Kind::Breaker => {
+                return self.breaker_restore_permit(&r.name, hold, r.era);
+            }
             Kind::Semaphore => {
                 let hold = SemaphoreHold {
                     hold,

@@ -13,13 +13,16 @@
 //!   could never pass: INVALID_ARGUMENT). The engine's timer grants the head
 //!   when its tokens have refilled: nothing sleeps, nobody polls.
 //! - `try_take(n)` answers at once: taken, or not, with how long until it
-//!   would be (counting the requests already waiting).
+//!   would be (counting the requests already waiting). A many-bucket try
+//!   takes from every bucket it names or from none.
 //!
 //! Invariants:
 //! - `0 ≤ milli_tokens ≤ capacity × 1000` as of `updated_at_ms`;
 //! - a bucket with waiters has exactly one alarm, at the time its head's
 //!   tokens are there; after `bucket_wake` the head does not fit yet;
 //! - a bucket without waiters has no alarm.
+
+use std::collections::BTreeSet;
 
 use super::holds::{Queueing, Table, WaiterInfo};
 use super::records::Change;
@@ -37,6 +40,25 @@ const BUCKET_PREFIX: &[u8] = b"bucket/";
 pub struct BucketSettings {
     pub rate_per_s: u32,
     pub capacity: u32,
+}
+
+/// One bucket of a many-bucket try.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketAsk {
+    pub name: String,
+    pub settings: BucketSettings,
+    pub tokens: u32,
+}
+
+/// One bucket's part of a many-bucket answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BucketVerdict {
+    /// This bucket alone had the tokens.
+    pub enough: bool,
+    /// How long until it would (0 when it had).
+    pub retry_after_ms: u64,
+    /// Whole tokens left after the request.
+    pub remaining: u32,
 }
 
 /// What `describe` shows.
@@ -161,65 +183,127 @@ impl State {
         tokens: u32,
         out: &mut Outcome,
     ) -> Result<Reply> {
-        self.validate_name(Kind::TokenBucket, name)?;
-        let now_ms = self.now_ms;
-        let bucket = self.bucket_for(name, settings)?;
-        if tokens == 0 || tokens > bucket.capacity {
-            return Err(Rejection::new(
-                Code::InvalidArgument,
-                format!(
-                    "{tokens} tokens asked of bucket {name:?}, whose capacity is {}: \
-                     a request takes 1 to capacity tokens",
-                    bucket.capacity
-                ),
-            ));
-        }
-        bucket.refill(now_ms);
-        let ahead: u64 = bucket
-            .waiters
-            .iter()
-            .map(|w| u64::from(w.request) * 1000)
-            .sum();
-        let taken = bucket.waiters.is_empty() && bucket.take(tokens);
-        let retry_after_ms = if taken {
-            0
-        } else {
-            bucket.wait_ms(ahead, tokens)
-        };
+        self.bucket_check(name, settings, tokens)?;
+        let verdict = self.bucket_assess(name, settings, tokens);
+        let bucket = self.buckets.get_mut(name).expect("assessed");
+        let taken = verdict.enough && bucket.take(tokens);
         let remaining = bucket.whole_tokens();
         out.changes.push(bucket_put(name, bucket));
         Ok(Reply::TryTaken {
             taken,
-            retry_after_ms,
+            retry_after_ms: verdict.retry_after_ms,
             remaining,
         })
     }
 
-    /// The bucket a request names: checks its settings, or creates it.
-    fn bucket_for(&mut self, name: &str, asked: BucketSettings) -> Result<&mut Bucket> {
-        let now_ms = self.now_ms;
-        if let Some(existing) = self.buckets.get(name) {
-            let rate_differs = asked.rate_per_s != 0 && asked.rate_per_s != existing.rate_per_s;
-            let capacity_differs = asked.capacity != 0 && asked.capacity != existing.capacity;
-            if rate_differs || capacity_differs {
+    /// Answers at once for several buckets: takes from all of them, or from
+    /// none when any one has too few (a request that passes one limit but
+    /// not the next must not use up the first).
+    pub(super) fn bucket_try_many(
+        &mut self,
+        asks: Vec<BucketAsk>,
+        out: &mut Outcome,
+    ) -> Result<Reply> {
+        let max = self.limits.buckets_per_request_max;
+        if asks.is_empty() || asks.len() > max {
+            return Err(Rejection::new(
+                Code::InvalidArgument,
+                format!(
+                    "buckets_per_request_max: a request names 1 to {max} buckets, not {}",
+                    asks.len()
+                ),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for ask in &asks {
+            if !seen.insert(ask.name.as_str()) {
                 return Err(Rejection::new(
-                    Code::FailedPrecondition,
+                    Code::InvalidArgument,
+                    format!("bucket {:?} is named twice in one request", ask.name),
+                ));
+            }
+            self.bucket_check(&ask.name, ask.settings, ask.tokens)?;
+        }
+        let mut verdicts: Vec<BucketVerdict> = (asks.iter())
+            .map(|ask| self.bucket_assess(&ask.name, ask.settings, ask.tokens))
+            .collect();
+        let taken = verdicts.iter().all(|v| v.enough);
+        for (ask, verdict) in asks.iter().zip(&mut verdicts) {
+            let bucket = self.buckets.get_mut(&ask.name).expect("assessed");
+            if taken {
+                bucket.take(ask.tokens);
+            }
+            verdict.remaining = bucket.whole_tokens();
+            out.changes.push(bucket_put(&ask.name, bucket));
+        }
+        Ok(Reply::TriedMany { taken, verdicts })
+    }
+
+    /// Refuses a request that names a bucket wrongly, before anything
+    /// changes: a wrong name, other settings than the bucket's, no
+    /// settings for a new bucket, or more tokens than the capacity.
+    fn bucket_check(&self, name: &str, asked: BucketSettings, tokens: u32) -> Result<()> {
+        self.validate_name(Kind::TokenBucket, name)?;
+        let capacity = match self.buckets.get(name) {
+            Some(existing) => {
+                let rate_differs = asked.rate_per_s != 0 && asked.rate_per_s != existing.rate_per_s;
+                let capacity_differs = asked.capacity != 0 && asked.capacity != existing.capacity;
+                if rate_differs || capacity_differs {
+                    return Err(Rejection::new(
+                        Code::FailedPrecondition,
+                        format!(
+                            "bucket {name:?} exists with rate {}/s and capacity {}, not {}/s and {}",
+                            existing.rate_per_s,
+                            existing.capacity,
+                            asked.rate_per_s,
+                            asked.capacity
+                        ),
+                    ));
+                }
+                existing.capacity
+            }
+            None if asked.rate_per_s == 0 || asked.capacity == 0 => {
+                return Err(Rejection::new(
+                    Code::NotFound,
                     format!(
-                        "bucket {name:?} exists with rate {}/s and capacity {}, not {}/s and {}",
-                        existing.rate_per_s, existing.capacity, asked.rate_per_s, asked.capacity
+                        "bucket {name:?} does not exist; give its rate and capacity to create it"
                     ),
                 ));
             }
-        } else if asked.rate_per_s == 0 || asked.capacity == 0 {
+            None => asked.capacity,
+        };
+        if tokens == 0 || tokens > capacity {
             return Err(Rejection::new(
-                Code::NotFound,
-                format!("bucket {name:?} does not exist; give its rate and capacity to create it"),
+                Code::InvalidArgument,
+                format!(
+                    "{tokens} tokens asked of bucket {name:?}, whose capacity is {capacity}: \
+                     a request takes 1 to capacity tokens"
+                ),
             ));
-        } else {
-            self.buckets
-                .insert(name.to_owned(), Bucket::new(asked, now_ms));
         }
-        Ok(self.buckets.get_mut(name).expect("exists"))
+        Ok(())
+    }
+
+    /// Whether `tokens` could be taken now (nobody waits and they are
+    /// there), else when; creates the bucket. Call after `bucket_check`.
+    fn bucket_assess(&mut self, name: &str, asked: BucketSettings, tokens: u32) -> BucketVerdict {
+        let now_ms = self.now_ms;
+        let bucket =
+            (self.buckets.entry(name.to_owned())).or_insert_with(|| Bucket::new(asked, now_ms));
+        bucket.refill(now_ms);
+        let ahead: u64 = (bucket.waiters.iter())
+            .map(|w| u64::from(w.request) * 1000)
+            .sum();
+        let enough = bucket.waiters.is_empty() && bucket.milli_tokens >= u64::from(tokens) * 1000;
+        BucketVerdict {
+            enough,
+            retry_after_ms: if enough {
+                0
+            } else {
+                bucket.wait_ms(ahead, tokens)
+            },
+            remaining: bucket.whole_tokens(),
+        }
     }
 
     /// The alarm rang or a waiter left: grant the head while its tokens are

@@ -104,6 +104,9 @@ pub struct EngineHandle {
     clock: Clock,
 }
 
+/// Events a watcher may leave unread before it is cut off.
+const WATCH_BACKLOG_MAX: usize = 64;
+
 fn shutting_down() -> Rejection {
     Rejection::new(Code::Unavailable, "the server is shutting down")
 }
@@ -121,9 +124,25 @@ impl EngineHandle {
 
     /// Runs a command that may wait. `make` receives the waiter's id.
     pub async fn wait(&self, make: impl FnOnce(WaiterId) -> Command) -> WaitStream {
-        let waiter = WaiterId(self.next_waiter.fetch_add(1, Ordering::Relaxed));
         // Room for every event a waiter can get: `Queued`, then one final.
-        let (events, receiver) = mpsc::channel(4);
+        self.open_stream(4, make).await
+    }
+
+    /// Runs a command whose events go on until the caller leaves (a
+    /// breaker's watch). A watcher that falls `WATCH_BACKLOG_MAX` events
+    /// behind is cut off with RESOURCE_EXHAUSTED rather than slowing the
+    /// engine.
+    pub async fn watch(&self, make: impl FnOnce(WaiterId) -> Command) -> WaitStream {
+        self.open_stream(WATCH_BACKLOG_MAX, make).await
+    }
+
+    async fn open_stream(
+        &self,
+        backlog: usize,
+        make: impl FnOnce(WaiterId) -> Command,
+    ) -> WaitStream {
+        let waiter = WaiterId(self.next_waiter.fetch_add(1, Ordering::Relaxed));
+        let (events, receiver) = mpsc::channel(backlog);
         let envelope = Envelope::Wait {
             command: make(waiter),
             waiter,
@@ -479,11 +498,23 @@ impl Engine {
 
     /// Sends an event; if the waiter is gone, undoes what the event gave it
     /// (next turn). Returns whether the waiter is still there.
-    fn send(&self, waiter: WaiterId, sender: &mpsc::Sender<Event>, event: Event) -> bool {
+    fn send(&self, waiter: WaiterId, sender: &mpsc::Sender<Event>, mut event: Event) -> bool {
         let granted = event.as_ref().ok().and_then(Reply::granted_token);
         let queued = matches!(event, Ok(Reply::Queued { .. }));
+        let goes_on = event.as_ref().is_ok_and(|reply| !reply.is_final());
+        // The last free slot is kept for a final event: a watcher that has
+        // not read its backlog hears why it is cut off.
+        if goes_on && sender.capacity() <= 1 && sender.max_capacity() > 1 {
+            let message = format!(
+                "the watch fell {} events behind; watch again",
+                sender.max_capacity() - 1
+            );
+            event = Err(Rejection::new(Code::ResourceExhausted, message));
+            let _ = self.loopback.send(Command::Cancel { waiter });
+        }
+        let ended = event.is_err();
         if sender.try_send(event).is_ok() {
-            return true;
+            return !ended;
         }
         // The receiver was dropped (a full channel cannot happen: it has
         // room for every event a waiter gets).

@@ -243,3 +243,55 @@ async fn shutdown_ends_waits_with_unavailable() {
     let after = engine.call(create_session()).await;
     assert!(matches!(after, Err(r) if r.code == Code::Unavailable));
 }
+
+#[tokio::test]
+async fn a_watcher_that_falls_behind_is_told_and_cut_off() {
+    use crate::core::breaker::{BreakerAction, BreakerSettings};
+    let (engine, _task) = start(MemoryStore::new(), EngineConfig::default()).unwrap();
+    let s = session(&engine).await;
+    let settings = BreakerSettings {
+        failure_threshold: 1,
+        ..BreakerSettings::default()
+    };
+    let allow = Command::BreakerAllow {
+        session_id: s,
+        name: "b".into(),
+        settings: Some(settings),
+        acquire_id: 0,
+    };
+    assert!(engine.call(allow).await.is_ok());
+    let watch = |waiter| Command::BreakerWatch {
+        session_id: s,
+        name: "b".into(),
+        waiter,
+    };
+    let mut watching = engine.watch(watch).await;
+    // The watcher reads nothing while the breaker changes 100 times.
+    for i in 0..100 {
+        let action = [BreakerAction::ForceOpen, BreakerAction::ForceClose][i % 2];
+        let control = Command::BreakerControl {
+            name: "b".into(),
+            action,
+        };
+        assert!(engine.call(control).await.is_ok());
+    }
+    let mut changes = 0;
+    let end = loop {
+        match watching.next().await {
+            Some(Ok(Reply::BreakerChanged(_))) => changes += 1,
+            other => break other,
+        }
+    };
+    assert_eq!(changes, WATCH_BACKLOG_MAX - 1, "the backlog, then why");
+    assert!(
+        matches!(&end, Some(Err(r)) if r.code == Code::ResourceExhausted),
+        "{end:?}"
+    );
+    assert!(watching.next().await.is_none(), "the stream is over");
+    let describe = || Command::BreakerDescribe { name: "b".into() };
+    eventually(|| async {
+        matches!(engine.call(describe()).await,
+            Ok(Reply::BreakerDescription(info)) if info.watchers == 0)
+    })
+    .await;
+}

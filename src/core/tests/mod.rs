@@ -2113,6 +2113,7 @@ proptest! {
     }
 }
 
+mod breaker;
 mod mixed;
 mod pool;
 mod primitives;

@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{RngSeed, TestCaseError};
 
 use super::{code, Events, Sim};
-use crate::core::token_bucket::{BucketInfo, BucketSettings};
+use crate::core::token_bucket::{BucketAsk, BucketInfo, BucketSettings};
 use crate::core::{Code, Command, Reply, Result, SessionId, State, WaiterId};
 
 const TTL: u64 = 60_000;
@@ -153,6 +153,7 @@ fn bad_requests_are_refused() {
     );
     let (_, reply, _) = sim.take_tokens(s, 0, None);
     assert_eq!(code(&reply), Some(Code::InvalidArgument));
+    assert!(taken(&sim.try_tokens(1)), "makes the bucket");
     let other = Command::BucketTry {
         name: "api".into(),
         settings: BucketSettings {
@@ -171,7 +172,7 @@ fn bad_requests_are_refused() {
         tokens: 1,
     };
     assert_eq!(code(&sim.apply(missing)), Some(Code::NotFound));
-    let (_, reply, _) = sim.take_tokens(s, 10, Some(0));
+    let (_, reply, _) = sim.take_tokens(s, 9, Some(0));
     assert!(taken(&reply));
     let (_, reply, _) = sim.take_tokens(s, 1, Some(0));
     assert_eq!(
@@ -179,6 +180,65 @@ fn bad_requests_are_refused() {
         Some(Code::DeadlineExceeded),
         "try-once refuses"
     );
+}
+
+#[test]
+fn a_refused_request_creates_no_bucket() {
+    let mut sim = Sim::new();
+    let s = sim.session(TTL);
+    let (_, reply, _) = sim.take_tokens(s, 11, None);
+    assert_eq!(code(&reply), Some(Code::InvalidArgument));
+    assert_eq!(sim.bucket_info().capacity, 0, "no bucket was made");
+    assert!(sim.store.is_empty() || !sim.store.keys().any(|k| k.starts_with(b"bucket/")));
+}
+
+fn ask(name: &str, tokens: u32) -> BucketAsk {
+    BucketAsk {
+        name: name.into(),
+        settings: SEED,
+        tokens,
+    }
+}
+
+fn try_many(sim: &mut Sim, asks: Vec<BucketAsk>) -> Result<Reply> {
+    sim.apply(Command::BucketTryMany { asks })
+}
+
+#[test]
+fn a_many_bucket_try_takes_from_all_or_from_none() {
+    let mut sim = Sim::new();
+    assert!(taken(&sim.try_tokens(8)), "api keeps 2");
+    let reply = try_many(&mut sim, vec![ask("user-1", 3), ask("api", 3)]);
+    let Ok(Reply::TriedMany { taken, verdicts }) = reply else {
+        panic!("{reply:?}")
+    };
+    assert!(!taken, "api has too few");
+    assert!(verdicts[0].enough && !verdicts[1].enough);
+    assert_eq!(verdicts[0].remaining, 10, "user-1 was not used up");
+    assert_eq!(verdicts[1].retry_after_ms, 200, "1 token at 5/s");
+    sim.at(200);
+    let reply = try_many(&mut sim, vec![ask("user-1", 3), ask("api", 3)]);
+    let Ok(Reply::TriedMany { taken, verdicts }) = reply else {
+        panic!("{reply:?}")
+    };
+    assert!(taken);
+    assert_eq!((verdicts[0].remaining, verdicts[1].remaining), (7, 0));
+}
+
+#[test]
+fn a_many_bucket_try_checks_every_bucket_first() {
+    let mut sim = Sim::new();
+    let too_big = try_many(&mut sim, vec![ask("user-1", 3), ask("api", 11)]);
+    assert_eq!(code(&too_big), Some(Code::InvalidArgument));
+    assert_eq!(sim.state.buckets.len(), 0, "nothing was made or taken");
+    let twice = try_many(&mut sim, vec![ask("api", 1), ask("api", 1)]);
+    assert_eq!(code(&twice), Some(Code::InvalidArgument));
+    assert_eq!(
+        code(&try_many(&mut sim, vec![])),
+        Some(Code::InvalidArgument)
+    );
+    let many = (0..101).map(|i| ask(&format!("k{i}"), 1)).collect();
+    assert_eq!(code(&try_many(&mut sim, many)), Some(Code::InvalidArgument));
 }
 
 #[test]
