@@ -16,7 +16,8 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("invalid duration {text:?} ({e}); write e.g. 500ms, 30s, 2m"))
 }
 
-/// Formats a duration compactly (`1.5s`, `250ms`, `2m`).
+/// Formats a duration as humantime does (`1s 500ms`, `250ms`, `2m`): the
+/// same form `parse` reads back.
 pub fn format(duration: Duration) -> String {
     humantime::format_duration(duration).to_string()
 }

@@ -34,7 +34,8 @@
 //!   retried only when the failed attempt surely did not reach the server.
 //! - Handles: [`Client::lock`], [`Client::semaphore`], [`Client::rwlock`],
 //!   [`Client::event`], [`Client::condition`], [`Client::barrier`],
-//!   [`Client::queue`], [`Client::pool`]. Creating one sends nothing.
+//!   [`Client::queue`], [`Client::pool`], [`Client::rate_limit`],
+//!   [`Client::breaker`]. Creating one sends nothing.
 //! - [`Lock::acquire`], [`Semaphore::acquire`] and [`RwLock::read`] /
 //!   [`RwLock::write`] retry a broken wait with the same retry identity, so a
 //!   grant lost with a connection is returned rather than queued behind;
@@ -48,6 +49,11 @@
 //!   [`Queue::nack`] and [`PooledResource::checkin`] are retried, and a
 //!   retry that finds the work done by an unanswered attempt counts as
 //!   done. [`Pool::checkout`] retries like an acquire.
+//! - [`RateLimit::acquire`] retries like an event wait; a take granted
+//!   without its answer reaching the client is lost tokens, so retries can
+//!   only under-use a rate, never exceed it. [`CircuitBreaker::allow`]
+//!   retries with a retry identity (the same permit comes back), and
+//!   [`BreakerPermit::record`] retries like an ack.
 //! - [`Condition::wait`] and [`Barrier::wait`] are never retried: a second
 //!   request would not mean the same (the lock was given up; a party that
 //!   left broke the barrier). Their errors come back as they are.
@@ -57,6 +63,7 @@
 //! - Only `http://` addresses work: this version speaks no TLS.
 
 mod barrier;
+mod breaker;
 mod condition;
 mod error;
 mod event;
@@ -64,6 +71,7 @@ mod hold;
 mod lock;
 mod pool;
 mod queue;
+mod ratelimit;
 mod retry;
 mod rwlock;
 mod semaphore;
@@ -87,15 +95,19 @@ use tonic::{
 use tracing::debug;
 
 pub use barrier::{Barrier, BarrierPassed};
+pub use breaker::{Allowed, BreakerChange, BreakerPermit, BreakerWatch, CallError, CircuitBreaker};
 pub use condition::Condition;
 pub use error::Error;
 pub use event::Event;
 pub use lock::{Lock, LockGuard};
 pub use pool::{Freshness, Pool, PooledResource};
 pub use queue::{Queue, QueueItem};
+pub use ratelimit::{ManyTaken, RateLimit, Taken};
 pub use rwlock::{RwLock, RwLockGuard, RwMode};
 pub use semaphore::{Semaphore, SemaphoreGuard};
 pub use session::{LossReason, SessionLoss};
+
+pub use crate::proto::v1::{BreakerSettings, BreakerState};
 
 use crate::proto::v1::{
     sessions_client::SessionsClient, system_client::SystemClient, CloseSessionRequest, ListRequest,
@@ -314,6 +326,28 @@ impl Client {
     /// (0: whatever it has). Nothing is sent until it is used.
     pub fn pool(&self, name: impl Into<String>, size: u32) -> Pool {
         Pool::new(self.clone(), name.into(), size)
+    }
+
+    /// A handle on the token bucket `name`: `rate_per_s` tokens per second,
+    /// `burst` at most. The first acquire creates it with those (full);
+    /// later ones must name the same (0, 0: whatever it has). Nothing is
+    /// sent until it is used.
+    pub fn rate_limit(&self, name: impl Into<String>, rate_per_s: u32, burst: u32) -> RateLimit {
+        RateLimit::new(self.clone(), name.into(), rate_per_s, burst)
+    }
+
+    /// Takes `tokens` from every bucket of `asks`, or from none when any one
+    /// has too few (one `TryTakeMany` call; answers at once). At most 100
+    /// buckets, each named once; one bad bucket refuses the whole request.
+    pub async fn try_acquire_many(&self, asks: &[(&RateLimit, u32)]) -> Result<ManyTaken, Error> {
+        ratelimit::try_acquire_many(self, asks).await
+    }
+
+    /// A handle on the circuit breaker `name`. It uses the existing
+    /// breaker's settings; give them with [`CircuitBreaker::with_settings`]
+    /// to create it. Nothing is sent until it is used.
+    pub fn breaker(&self, name: impl Into<String>) -> CircuitBreaker {
+        CircuitBreaker::new(self.clone(), name.into())
     }
 
     /// Closes the session, which releases everything it holds, and stops

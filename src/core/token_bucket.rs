@@ -314,6 +314,7 @@ impl State {
             return;
         };
         bucket.refill(now_ms);
+        // Each grant hears the tokens left right after its own take.
         let mut granted = Vec::new();
         while let Some(head) = bucket.waiters.front() {
             let tokens = head.request;
@@ -321,11 +322,10 @@ impl State {
                 break;
             }
             let waiter = bucket.waiters.pop_front().expect("front exists");
-            granted.push(waiter.id);
+            granted.push((waiter.id, bucket.whole_tokens()));
         }
-        let remaining = bucket.whole_tokens();
         out.changes.push(bucket_put(name, bucket));
-        for id in granted {
+        for (id, remaining) in granted {
             self.unregister_waiter(id);
             out.events.push((
                 id,

@@ -1,10 +1,12 @@
 //! Conversions that several services share: the events of waiting streams,
-//! holders and waiters for Describe, the read-write mode and a pool
-//! resource's freshness.
+//! holders and waiters for Describe, the read-write mode, a pool
+//! resource's freshness, and a circuit breaker's state, settings and call
+//! outcomes.
 
 use tonic::Status;
 
 use super::status::unexpected;
+use crate::core::breaker::{BreakerSettings, BreakerState};
 use crate::core::{pool::Freshness, HolderInfo, Reply, RwMode, WaiterInfo};
 use crate::proto::v1 as pb;
 
@@ -113,6 +115,59 @@ pub(super) fn pb_freshness(freshness: Freshness) -> pb::Freshness {
     }
 }
 
+/// A breaker's state for a reply.
+pub(super) fn pb_breaker_state(state: BreakerState) -> i32 {
+    let state = match state {
+        BreakerState::Closed => pb::BreakerState::Closed,
+        BreakerState::Open => pb::BreakerState::Open,
+        BreakerState::HalfOpen => pb::BreakerState::HalfOpen,
+        BreakerState::ForcedOpen => pb::BreakerState::ForcedOpen,
+        BreakerState::ForcedClosed => pb::BreakerState::ForcedClosed,
+    };
+    state.into()
+}
+
+/// A request's breaker settings, as given (the core fills in defaults and
+/// checks bounds).
+pub(super) fn breaker_settings(s: pb::BreakerSettings) -> BreakerSettings {
+    BreakerSettings {
+        failure_threshold: s.failure_threshold,
+        open_timeout_ms: s.open_timeout_ms,
+        half_open_max_probes: s.half_open_max_probes,
+        success_threshold: s.success_threshold,
+        window_calls: s.window_calls,
+        failure_rate_percent: s.failure_rate_percent,
+        min_calls: s.min_calls,
+    }
+}
+
+/// A breaker's settings for Describe.
+pub(super) fn pb_breaker_settings(s: BreakerSettings) -> pb::BreakerSettings {
+    pb::BreakerSettings {
+        failure_threshold: s.failure_threshold,
+        open_timeout_ms: s.open_timeout_ms,
+        half_open_max_probes: s.half_open_max_probes,
+        success_threshold: s.success_threshold,
+        window_calls: s.window_calls,
+        failure_rate_percent: s.failure_rate_percent,
+        min_calls: s.min_calls,
+    }
+}
+
+/// Whether a recorded call failed; UNSPECIFIED and unknown numbers are
+/// refused.
+pub(super) fn call_failed(outcome: i32) -> Result<bool, Status> {
+    let given = match pb::CallOutcome::try_from(outcome) {
+        Ok(pb::CallOutcome::Success) => return Ok(false),
+        Ok(pb::CallOutcome::Failure) => return Ok(true),
+        Ok(unspecified) => unspecified.as_str_name().to_owned(),
+        Err(_) => outcome.to_string(),
+    };
+    Err(Status::invalid_argument(format!(
+        "outcome must be CALL_OUTCOME_SUCCESS or CALL_OUTCOME_FAILURE, not {given}"
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,5 +217,50 @@ mod tests {
         for (core, name) in pairs {
             assert_eq!(pb_freshness(core).as_str_name(), name);
         }
+    }
+
+    #[test]
+    fn breaker_states_map_one_to_one() {
+        let pairs = [
+            (BreakerState::Closed, "BREAKER_STATE_CLOSED"),
+            (BreakerState::Open, "BREAKER_STATE_OPEN"),
+            (BreakerState::HalfOpen, "BREAKER_STATE_HALF_OPEN"),
+            (BreakerState::ForcedOpen, "BREAKER_STATE_FORCED_OPEN"),
+            (BreakerState::ForcedClosed, "BREAKER_STATE_FORCED_CLOSED"),
+        ];
+        for (core, name) in pairs {
+            let state = pb::BreakerState::try_from(pb_breaker_state(core)).unwrap();
+            assert_eq!(state.as_str_name(), name);
+        }
+    }
+
+    #[test]
+    fn breaker_settings_keep_every_field_both_ways() {
+        let given = pb::BreakerSettings {
+            failure_threshold: 1,
+            open_timeout_ms: 2,
+            half_open_max_probes: 3,
+            success_threshold: 4,
+            window_calls: 5,
+            failure_rate_percent: 6,
+            min_calls: 7,
+        };
+        let core = breaker_settings(given);
+        assert_eq!(core.open_timeout_ms, 2);
+        assert_eq!(core.min_calls, 7);
+        assert_eq!(pb_breaker_settings(core), given);
+    }
+
+    #[test]
+    fn call_outcome_accepts_success_and_failure_only() {
+        assert!(!call_failed(1).unwrap());
+        assert!(call_failed(2).unwrap());
+        for bad in [0, 3, -1] {
+            let status = call_failed(bad).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        }
+        let unspecified = call_failed(0).unwrap_err();
+        assert!(unspecified.message().contains("CALL_OUTCOME_UNSPECIFIED"));
+        assert!(call_failed(9).unwrap_err().message().ends_with("not 9"));
     }
 }

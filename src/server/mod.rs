@@ -12,6 +12,7 @@
 //! all of it within `shutdown_grace`.
 
 mod barrier;
+mod breaker;
 mod condition;
 mod convert;
 mod deadline;
@@ -19,6 +20,7 @@ mod event;
 mod lock;
 mod pool;
 mod queue;
+mod ratelimit;
 mod rwlock;
 mod semaphore;
 mod session;
@@ -41,13 +43,13 @@ use tower::util::MapResponseLayer;
 use status::unexpected;
 
 use crate::core::{Command, FencingToken, Kind, Reply, SessionId, WaiterId};
-use crate::engine::{self, EngineConfig, EngineHandle};
+use crate::engine::{self, EngineConfig, EngineHandle, WaitStream};
 use crate::proto::v1::{
-    barriers_server::BarriersServer, conditions_server::ConditionsServer,
-    events_server::EventsServer, locks_server::LocksServer, pools_server::PoolsServer,
-    queues_server::QueuesServer, rw_locks_server::RwLocksServer,
-    semaphores_server::SemaphoresServer, sessions_server::SessionsServer,
-    system_server::SystemServer,
+    barriers_server::BarriersServer, circuit_breakers_server::CircuitBreakersServer,
+    conditions_server::ConditionsServer, events_server::EventsServer, locks_server::LocksServer,
+    pools_server::PoolsServer, queues_server::QueuesServer, rate_limits_server::RateLimitsServer,
+    rw_locks_server::RwLocksServer, semaphores_server::SemaphoresServer,
+    sessions_server::SessionsServer, system_server::SystemServer,
 };
 use crate::store::SledStore;
 
@@ -74,7 +76,25 @@ async fn open_wait<T: Send + 'static>(
     make: impl FnOnce(WaiterId) -> Command,
     map: fn(Reply) -> Result<T, Status>,
 ) -> Result<Response<WaitResponse<T>>, Status> {
-    let mut events = engine.wait(make).await;
+    respond(engine.wait(make).await, map).await
+}
+
+/// Starts a command whose events go on until the client leaves (a
+/// breaker's watch); otherwise as [`open_wait`].
+async fn open_watch<T: Send + 'static>(
+    engine: &EngineHandle,
+    make: impl FnOnce(WaiterId) -> Command,
+    map: fn(Reply) -> Result<T, Status>,
+) -> Result<Response<WaitResponse<T>>, Status> {
+    respond(engine.watch(make).await, map).await
+}
+
+/// An immediate refusal becomes the call's status; otherwise the events
+/// stream to the client, mapped by `map`.
+async fn respond<T: Send + 'static>(
+    mut events: WaitStream,
+    map: fn(Reply) -> Result<T, Status>,
+) -> Result<Response<WaitResponse<T>>, Status> {
     if let Some(Err(rejection)) = events.peek().await {
         return Err(Status::from(rejection.clone()));
     }
@@ -235,6 +255,8 @@ const SERVICE_NAMES: &[&str] = &[
     "syncd.v1.Barriers",
     "syncd.v1.Queues",
     "syncd.v1.Pools",
+    "syncd.v1.RateLimits",
+    "syncd.v1.CircuitBreakers",
 ];
 
 type Router = tonic::transport::server::Router<
@@ -304,6 +326,14 @@ fn build_router(
         engine: engine.clone(),
     })
     .max_decoding_message_size(limit);
+    let rate_limits = RateLimitsServer::new(ratelimit::RateLimitService {
+        engine: engine.clone(),
+    })
+    .max_decoding_message_size(limit);
+    let breakers = CircuitBreakersServer::new(breaker::BreakerService {
+        engine: engine.clone(),
+    })
+    .max_decoding_message_size(limit);
     let oversized: fn(status::HttpResponse) -> status::HttpResponse =
         status::oversized_is_resource_exhausted;
     Ok(tonic::transport::Server::builder()
@@ -324,5 +354,7 @@ fn build_router(
         .add_service(conditions)
         .add_service(barriers)
         .add_service(queues)
-        .add_service(pools))
+        .add_service(pools)
+        .add_service(rate_limits)
+        .add_service(breakers))
 }

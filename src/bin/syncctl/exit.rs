@@ -20,6 +20,10 @@ pub const EXIT_BROKEN: i32 = 5;
 /// Exit code: the primitive exists with other parameters (a semaphore's
 /// capacity, a barrier's parties): FAILED_PRECONDITION for a wait.
 pub const EXIT_MISMATCH: i32 = 6;
+/// Exit code: the circuit breaker refused the call (CMD was not run).
+/// Shares the value 6 with [`EXIT_MISMATCH`]: `breaker call` reports a
+/// breaker that exists with other settings as any other error (1).
+pub const EXIT_REJECTED: i32 = 6;
 /// Exit code: a hold was lost while held.
 pub const EXIT_LOST: i32 = 7;
 /// Exit code: CMD exists but cannot be executed (as in shells).

@@ -3,9 +3,10 @@
 //! its work and closes the session again.
 //!
 //! Modules: one per primitive (`lock`, `sem`, `rwlock`, `event`, `cond`,
-//! `barrier`, `queue`, `pool`) plus `system` (ls, ping); `hold` is the
-//! machinery that holds a lock, permits, a read/write hold, a queue item or
-//! a pool resource while CMD runs; `session` connects,
+//! `barrier`, `queue`, `pool`, `ratelimit`, `breaker`) plus `system` (ls,
+//! ping); `hold` is the machinery that holds a lock, permits, a read/write
+//! hold, a queue item, a pool resource or a breaker's permit while CMD runs
+//! (and runs CMD after `ratelimit take`); `session` connects,
 //! leaves and lets signals end waits; `exit` and `output` are exit codes,
 //! errors and what is printed.
 
@@ -61,6 +62,7 @@ macro_rules! common_footer {
 
 mod args;
 mod barrier;
+mod breaker;
 mod cond;
 mod event;
 mod exit;
@@ -69,20 +71,22 @@ mod lock;
 mod output;
 mod pool;
 mod queue;
+mod ratelimit;
 mod rwlock;
 mod sem;
 mod session;
 mod system;
 
 use barrier::BarrierCommand;
+use breaker::BreakerCommand;
 use cond::CondCommand;
 use event::EventCommand;
 use exit::{exit_with, Failure};
-use hold::HoldArgs;
 use lock::LockCommand;
 use output::Output;
 use pool::PoolCommand;
 use queue::QueueCommand;
+use ratelimit::RateLimitCommand;
 use rwlock::RwLockCommand;
 use sem::SemCommand;
 use system::LsArgs;
@@ -93,13 +97,16 @@ Exit codes:
   1        any other error (bad input refused by the server, ...)
   2        invalid command line (reported by the argument parser)
   3        a wait timed out (--timeout of `lock acquire`, `sem acquire`, `rwlock read|write`,
-           `event wait`, `barrier wait`, `queue put|get|join`, `pool checkout`)
+           `event wait`, `barrier wait`, `queue put|get|join`, `pool checkout`,
+           `ratelimit take`)
   4        the server cannot be reached
   5        the barrier is broken (`barrier wait`): a party left while waiting, or the
            barrier was reset or deleted meanwhile
   6        the primitive exists with other parameters: `sem acquire --capacity`,
-           `barrier wait --parties`, `queue put --capacity|--max-deliveries` or
-           `pool checkout --size|--max-age|--max-idle` differs from the existing one's
+           `barrier wait --parties`, `queue put --capacity|--max-deliveries`,
+           `pool checkout --size|--max-age|--max-idle` or `ratelimit take --rate|--burst`
+           differs from the existing one's;
+           `breaker call`: the circuit breaker refused the call (CMD was not run)
   7        a hold was lost while held (`lock acquire`, `sem acquire`, `rwlock read|write`,
            `queue get -- CMD`, `pool checkout`): its session expired, or could not be
            renewed for a full TTL, or a queue item's visibility timeout passed; a running
@@ -114,7 +121,8 @@ default, RUST_LOG overrides (e.g. RUST_LOG=syncd=debug).";
 /// Command line client for syncd, the coordination server: hold locks,
 /// semaphore permits and read-write locks around commands, set and wait for
 /// events, notify conditions, meet at barriers, put and take queue items,
-/// check pool resources out, inspect them all, check the server.
+/// check pool resources out, take tokens from rate limits, run commands
+/// through circuit breakers, inspect them all, check the server.
 #[derive(Parser, Debug)]
 #[command(name = "syncctl", version, after_help = AFTER_HELP)]
 pub struct Cli {
@@ -165,6 +173,14 @@ enum Command {
     /// Check resources out of pools around a command, or describe pools.
     #[command(subcommand, after_help = AFTER_HELP)]
     Pool(PoolCommand),
+    /// Take tokens from shared rate limits (token buckets) before a
+    /// command, or describe them.
+    #[command(name = "ratelimit", subcommand, after_help = AFTER_HELP)]
+    RateLimit(RateLimitCommand),
+    /// Run commands through shared circuit breakers; describe, watch,
+    /// reset, force them open or closed.
+    #[command(subcommand, after_help = AFTER_HELP)]
+    Breaker(BreakerCommand),
     /// List the primitives that exist now: one line each with kind, name
     /// (quoted, as `describe` shows it) and state.
     #[command(after_help = AFTER_HELP)]
@@ -205,6 +221,8 @@ async fn run(cli: &Cli) -> Result<i32, Failure> {
         Command::Barrier(command) => barrier::run(cli, command).await,
         Command::Queue(command) => queue::run(cli, command).await,
         Command::Pool(command) => pool::run(cli, command).await,
+        Command::RateLimit(command) => ratelimit::run(cli, command).await,
+        Command::Breaker(command) => breaker::run(cli, command).await,
         Command::Ls(args) => system::list(cli, args).await,
         Command::Ping => system::ping(cli).await,
     }
@@ -214,30 +232,46 @@ async fn run(cli: &Cli) -> Result<i32, Failure> {
 /// report it (exit 2, with the subcommand's usage line).
 fn usage_error(cli: &Cli, raw: impl Iterator<Item = OsString>) -> Option<clap::Error> {
     const HOLD: &str = "to hold until interrupted";
-    let (path, hold, without, extra) = match &cli.command {
-        Command::Lock(LockCommand::Acquire(args)) => (["lock", "acquire"], &args.hold, HOLD, None),
+    let (path, command, without, extra) = match &cli.command {
+        Command::Lock(LockCommand::Acquire(args)) => {
+            (["lock", "acquire"], &args.hold.command, HOLD, None)
+        }
         Command::Sem(SemCommand::Acquire(args)) => {
             let conflict = args.usage_error().map(|m| (ErrorKind::ArgumentConflict, m));
-            (["sem", "acquire"], &args.hold, HOLD, conflict)
+            (["sem", "acquire"], &args.hold.command, HOLD, conflict)
         }
-        Command::RwLock(RwLockCommand::Read(args)) => (["rwlock", "read"], &args.hold, HOLD, None),
+        Command::RwLock(RwLockCommand::Read(args)) => {
+            (["rwlock", "read"], &args.hold.command, HOLD, None)
+        }
         Command::RwLock(RwLockCommand::Write(args)) => {
-            (["rwlock", "write"], &args.hold, HOLD, None)
+            (["rwlock", "write"], &args.hold.command, HOLD, None)
         }
-        Command::Queue(QueueCommand::Get(args)) => {
-            (["queue", "get"], &args.hold, "to print the item", None)
-        }
+        Command::Queue(QueueCommand::Get(args)) => (
+            ["queue", "get"],
+            &args.hold.command,
+            "to print the item",
+            None,
+        ),
         Command::Pool(PoolCommand::Checkout(args)) => {
             let missing = args
                 .usage_error()
                 .map(|m| (ErrorKind::MissingRequiredArgument, m));
-            (["pool", "checkout"], &args.hold, "", missing)
+            (["pool", "checkout"], &args.hold.command, "", missing)
+        }
+        Command::RateLimit(RateLimitCommand::Take(args)) => (
+            ["ratelimit", "take"],
+            &args.command,
+            "to print the tokens left",
+            None,
+        ),
+        Command::Breaker(BreakerCommand::Call(args)) => {
+            (["breaker", "call"], &args.command, "", args.usage_error())
         }
         _ => return None,
     };
     let (kind, message) = match extra {
         Some(extra) => extra,
-        None if has_empty_command(hold, raw) => (
+        None if has_empty_command(command, raw) => (
             ErrorKind::InvalidValue,
             format!(
                 "no command after `--`: give CMD [ARGS...] after it, or leave `--` out {without}"
@@ -265,8 +299,8 @@ fn subcommand(path: &[&str]) -> clap::Command {
 
 /// True when `--` ends the command line with nothing after it: clap cannot
 /// tell that from no `--` at all, and it is most likely a mistake.
-fn has_empty_command(args: &HoldArgs, raw: impl Iterator<Item = OsString>) -> bool {
-    args.command.is_empty() && raw.last().is_some_and(|last| last == "--")
+fn has_empty_command(command: &[String], raw: impl Iterator<Item = OsString>) -> bool {
+    command.is_empty() && raw.last().is_some_and(|last| last == "--")
 }
 
 fn init_tracing() {
@@ -589,6 +623,203 @@ mod tests {
     }
 
     #[test]
+    fn ratelimit_and_breaker_commands_parse() {
+        let cli = parse(&[
+            "syncctl",
+            "ratelimit",
+            "take",
+            "api",
+            "--rate",
+            "5",
+            "--burst",
+            "10",
+            "--tokens",
+            "2",
+            "--timeout",
+            "0s",
+            "--",
+            "curl",
+            "-fsS",
+        ]);
+        let Command::RateLimit(RateLimitCommand::Take(args)) = cli.command else {
+            panic!("parsed {:?}", cli.command);
+        };
+        assert_eq!((args.rate, args.burst, args.tokens), (5, 10, 2));
+        assert_eq!(args.wait.timeout, Some(Duration::ZERO));
+        assert_eq!(args.command, ["curl", "-fsS"]);
+        let cli = parse(&["syncctl", "ratelimit", "take", "api"]);
+        let Command::RateLimit(RateLimitCommand::Take(args)) = cli.command else {
+            panic!("parsed {:?}", cli.command);
+        };
+        assert_eq!((args.rate, args.burst, args.tokens), (0, 0, 1));
+        assert!(args.command.is_empty());
+        parse(&["syncctl", "ratelimit", "describe", "api"]);
+
+        let cli = parse(&[
+            "syncctl",
+            "breaker",
+            "call",
+            "db",
+            "--threshold",
+            "3",
+            "--open-timeout",
+            "1.5s",
+            "--probes",
+            "2",
+            "--success-threshold",
+            "2",
+            "--window",
+            "20",
+            "--failure-rate",
+            "50",
+            "--min-calls",
+            "10",
+            "--",
+            "false",
+        ]);
+        let Command::Breaker(BreakerCommand::Call(args)) = cli.command else {
+            panic!("parsed {:?}", cli.command);
+        };
+        let settings = args.settings.settings().expect("settings given");
+        assert_eq!(settings.failure_threshold, 3);
+        assert_eq!(settings.open_timeout_ms, 1500);
+        assert_eq!(
+            (settings.half_open_max_probes, settings.success_threshold),
+            (2, 2)
+        );
+        assert_eq!(
+            (
+                settings.window_calls,
+                settings.failure_rate_percent,
+                settings.min_calls
+            ),
+            (20, 50, 10)
+        );
+        assert_eq!(args.ttl, Duration::from_secs(10));
+        assert_eq!(args.command, ["false"]);
+        let cli = parse(&["syncctl", "breaker", "call", "db", "--", "true"]);
+        let Command::Breaker(BreakerCommand::Call(args)) = cli.command else {
+            panic!("parsed {:?}", cli.command);
+        };
+        assert_eq!(args.settings.settings(), None);
+        let cli = parse(&["syncctl", "breaker", "watch", "db", "--count", "3"]);
+        assert!(matches!(
+            cli.command,
+            Command::Breaker(BreakerCommand::Watch(ref a)) if a.count == Some(3)
+        ));
+        for sub in ["describe", "reset", "force-open", "force-close"] {
+            parse(&["syncctl", "breaker", sub, "db"]);
+        }
+    }
+
+    #[test]
+    fn ratelimit_and_breaker_mistakes_are_usage_errors() {
+        for argv in [
+            &["syncctl", "ratelimit", "take", "api", "--tokens", "0"][..],
+            &[
+                "syncctl",
+                "breaker",
+                "call",
+                "db",
+                "--threshold",
+                "0",
+                "--",
+                "true",
+            ],
+            &[
+                "syncctl", "breaker", "call", "db", "--window", "10", "--", "true",
+            ],
+            &[
+                "syncctl",
+                "breaker",
+                "call",
+                "db",
+                "--threshold",
+                "1",
+                "--failure-rate",
+                "50",
+                "--",
+                "true",
+            ],
+            &[
+                "syncctl",
+                "breaker",
+                "call",
+                "db",
+                "--window",
+                "10",
+                "--failure-rate",
+                "101",
+                "--",
+                "true",
+            ],
+            &[
+                "syncctl",
+                "breaker",
+                "call",
+                "db",
+                "--threshold",
+                "1",
+                "--open-timeout",
+                "0s",
+                "--",
+                "true",
+            ],
+            &[
+                "syncctl",
+                "breaker",
+                "call",
+                "db",
+                "--threshold",
+                "1",
+                "--probes",
+                "1001",
+                "--",
+                "true",
+            ],
+            &["syncctl", "breaker", "watch", "db", "--count", "0"],
+        ] {
+            let error = Cli::try_parse_from(argv).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{argv:?}");
+        }
+        let usage = |argv: &[&str]| {
+            usage_error(&parse(argv), argv.iter().map(OsString::from)).map(|e| e.to_string())
+        };
+        let missing = usage(&["syncctl", "breaker", "call", "db"]).unwrap();
+        assert!(missing.contains("a command is required"), "{missing}");
+        let empty = usage(&["syncctl", "breaker", "call", "db", "--"]).unwrap();
+        assert!(empty.contains("a command is required"), "{empty}");
+        let no_rule = usage(&[
+            "syncctl", "breaker", "call", "db", "--probes", "2", "--", "x",
+        ]);
+        assert!(no_rule.unwrap().contains("--threshold N"));
+        let min_calls = usage(&[
+            "syncctl",
+            "breaker",
+            "call",
+            "db",
+            "--window",
+            "5",
+            "--failure-rate",
+            "50",
+            "--min-calls",
+            "6",
+            "--",
+            "x",
+        ]);
+        assert!(min_calls
+            .unwrap()
+            .contains("--min-calls 6 is more than --window 5"));
+        assert!(usage(&["syncctl", "breaker", "call", "db", "--", "true"]).is_none());
+        let take = usage(&["syncctl", "ratelimit", "take", "api", "--"]).unwrap();
+        assert!(
+            take.contains("leave `--` out to print the tokens left"),
+            "{take}"
+        );
+        assert!(usage(&["syncctl", "ratelimit", "take", "api"]).is_none());
+    }
+
+    #[test]
     fn help_lists_every_exit_code() {
         let help = Cli::command().render_long_help().to_string();
         for code in ["  3 ", "  5 ", "  6 ", "  7 "] {
@@ -608,11 +839,33 @@ mod tests {
             &["queue", "describe"],
             &["pool", "checkout"],
             &["pool", "describe"],
+            &["ratelimit", "take"],
+            &["ratelimit", "describe"],
+            &["breaker", "call"],
+            &["breaker", "describe"],
+            &["breaker", "watch"],
+            &["breaker", "reset"],
+            &["breaker", "force-open"],
+            &["breaker", "force-close"],
         ] {
             let help = subcommand(path).render_long_help().to_string();
             assert!(help.contains("Exit codes:"), "{path:?}: {help}");
             assert!(help.contains("Example"), "{path:?}: {help}");
         }
+        let call = subcommand(&["breaker", "call"])
+            .render_long_help()
+            .to_string();
+        assert!(
+            call.contains("6        the circuit breaker refused the call (CMD was not run)"),
+            "{call}"
+        );
+        let take = subcommand(&["ratelimit", "take"])
+            .render_long_help()
+            .to_string();
+        assert!(
+            take.contains("3        the tokens were not there"),
+            "{take}"
+        );
         let get = subcommand(&["queue", "get"]).render_long_help().to_string();
         assert!(get.contains("7        the item was lost"), "{get}");
         let put = subcommand(&["queue", "put"]).render_long_help().to_string();

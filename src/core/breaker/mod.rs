@@ -106,6 +106,28 @@ impl BreakerSettings {
     }
 }
 
+impl std::fmt::Display for BreakerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "failure_threshold {}, open_timeout_ms {}, half_open_max_probes {}, \
+             success_threshold {}",
+            self.failure_threshold,
+            self.open_timeout_ms,
+            self.half_open_max_probes,
+            self.success_threshold
+        )?;
+        if self.window_calls > 0 {
+            write!(
+                f,
+                ", window_calls {}, failure_rate_percent {}, min_calls {}",
+                self.window_calls, self.failure_rate_percent, self.min_calls
+            )?;
+        }
+        Ok(())
+    }
+}
+
 fn nonzero_or<T: Default + PartialEq>(value: T, default: T) -> T {
     if value == T::default() {
         default
@@ -222,7 +244,7 @@ impl Breaker {
                 let failures = self.window.iter().filter(|f| **f).count() as u64;
                 let seen = self.window.len() as u64;
                 if s.failure_threshold > 0 && self.consecutive_failures >= s.failure_threshold {
-                    let reason = format!("{} consecutive failures", self.consecutive_failures);
+                    let reason = counted(self.consecutive_failures, "consecutive failure");
                     Some((BreakerState::Open, reason))
                 } else if s.window_calls > 0
                     && seen >= u64::from(s.min_calls)
@@ -240,7 +262,7 @@ impl Breaker {
             BreakerState::HalfOpen => {
                 self.half_open_successes += 1;
                 (self.half_open_successes >= s.success_threshold).then(|| {
-                    let reason = format!("{} successful probe calls", self.half_open_successes);
+                    let reason = counted(self.half_open_successes, "successful probe call");
                     (BreakerState::Closed, reason)
                 })
             }
@@ -262,6 +284,12 @@ impl Breaker {
             retry_after_ms: self.retry_after_ms(now_ms),
         }
     }
+}
+
+/// "1 thing", "3 things".
+fn counted(n: u32, thing: &str) -> String {
+    let s = if n == 1 { "" } else { "s" };
+    format!("{n} {thing}{s}")
 }
 
 fn alarm(name: &str) -> Alarm {

@@ -45,7 +45,12 @@ impl State {
             }
             BreakerAction::Reset => (BreakerState::Closed, "reset by an operator"),
         };
-        self.breaker_turn(name, next, reason.to_owned(), out);
+        // Forcing the state it is already forced into changes nothing, so
+        // a retried request neither wakes watchers nor voids permits.
+        let already = self.breakers[name].state == next && next != BreakerState::Closed;
+        if !already {
+            self.breaker_turn(name, next, reason.to_owned(), out);
+        }
         Ok(Reply::BreakerStateIs(next))
     }
 
@@ -122,7 +127,7 @@ impl State {
             (Some(existing), Some(asked)) if existing.settings != asked => Err(Rejection::new(
                 Code::FailedPrecondition,
                 format!(
-                    "breaker {name:?} exists with other settings ({:?}), not {asked:?}",
+                    "breaker {name:?} exists with other settings ({}), not ({asked})",
                     existing.settings
                 ),
             )),
