@@ -29,7 +29,7 @@
 //! (once both workers were rejected), `Circuit HALF-OPEN after timeout`,
 //! `Success after recovery`. The lesson's breaker lets any number of
 //! calls through while half-open; this one admits one probe at a time.
-//! The breaker (which the server keeps) has a fresh name each run.
+//! The breaker has a fresh name each run; the coordinator deletes it at the end.
 //!
 //! Run against a live syncd:
 //!   SYNCD_ADDR=http://127.0.0.1:7420 cargo run --example circuit_breaker
@@ -117,6 +117,7 @@ fn coordinator() -> Result<(), Error> {
     println!("Circuit HALF-OPEN after timeout");
     bystander.expect("recovered")?;
     workers.wait()?;
+    support::with_client(async |client| client.breaker(breaker).delete().await.map(drop))?;
     let calls = Tally::read(&PathBuf::from(&tally_file))?.get("calls");
     if calls != SERVICE_CALLS {
         return Err(format!(

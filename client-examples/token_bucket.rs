@@ -25,8 +25,8 @@
 //!   15th that is 1 s;
 //! - and not much slower either: all 15 back within 2.5 s.
 //!
-//! The bucket (which the server keeps) and the barrier have fresh names
-//! each run; the barrier's last arrival deletes it.
+//! The bucket and the barrier have fresh names each run; the barrier's last
+//! arrival deletes it, and the coordinator deletes the bucket at the end.
 //!
 //! Run against a live syncd:
 //!   SYNCD_ADDR=http://127.0.0.1:7420 cargo run --example token_bucket
@@ -105,6 +105,7 @@ fn coordinator() -> Result<(), Error> {
         }
     }
     workers.wait()?;
+    support::with_client(async |client| client.rate_limit(bucket, 0, 0).delete().await.map(drop))?;
     check_timing(&requests)?;
     println!("All requests completed — rate limited to {RATE_PER_S}/s with burst of {BURST}");
     Ok(())

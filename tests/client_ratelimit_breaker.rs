@@ -590,3 +590,45 @@ fn futures_are_send(client: Client) {
         Ok::<_, Error>(())
     });
 }
+
+#[tokio::test]
+async fn deleting_ends_waits_and_watches_and_frees_the_name() {
+    let syncd = Syncd::start();
+    let client = connect(&syncd).await;
+    let other = connect(&syncd).await;
+    let bucket = client.rate_limit("temp", 1, 1);
+    bucket.acquire(1).await.unwrap();
+    let waiting = {
+        let bucket = other.rate_limit("temp", 1, 1);
+        tokio::spawn(async move { bucket.acquire_timeout(1, LONG).await })
+    };
+    common::rpc::until("a waiter", async || {
+        !bucket.describe().await.unwrap().waiters.is_empty()
+    })
+    .await;
+    assert_eq!(bucket.delete().await.unwrap(), 1, "one waiter ended");
+    let ended = waiting.await.unwrap().unwrap_err();
+    assert_eq!(status_code(&ended), Code::NotFound, "{ended}");
+    let remade = client.rate_limit("temp", 50, 5);
+    assert_eq!(
+        remade.acquire(5).await.unwrap(),
+        0,
+        "made anew, full, other settings"
+    );
+
+    let breaker = client.breaker("temp").with_settings(settings(1));
+    let in_flight = permit(breaker.allow().await.unwrap());
+    let mut watch = other.breaker("temp").watch().await.unwrap();
+    assert_eq!(next(&mut watch).await.state, BreakerState::Closed);
+    assert_eq!(breaker.delete().await.unwrap(), 1, "one permit dropped");
+    let ended = tokio::time::timeout(LONG, watch.next())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status_code(&ended), Code::NotFound, "{ended}");
+    assert!(!breaker.describe().await.unwrap().exists);
+    let late = in_flight.success().await.unwrap_err();
+    assert_eq!(status_code(&late), Code::NotFound, "{late}");
+    let deleted_again = breaker.delete().await.unwrap_err();
+    assert_eq!(status_code(&deleted_again), Code::NotFound);
+}

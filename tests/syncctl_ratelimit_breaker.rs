@@ -440,3 +440,35 @@ fn take_runs_the_command_and_refuses_bad_requests() {
     let empty = run(addr, &["ratelimit", "take", "cmd", "--"]);
     assert_eq!(empty.code, Some(2), "{}", empty.stderr);
 }
+
+#[test]
+fn delete_forgets_a_bucket_and_a_breaker() {
+    let syncd = Syncd::start();
+    let addr = syncd.addr.as_str();
+    run_ok(
+        addr,
+        &["ratelimit", "take", "old", "--rate", "1", "--burst", "1"],
+    );
+    let deleted = run_ok(addr, &["ratelimit", "delete", "old"]);
+    assert_eq!(
+        deleted,
+        "deleted rate limit \"old\"; 0 waiting takes ended\n"
+    );
+    // Made anew with other settings, which would otherwise exit 6.
+    run_ok(
+        addr,
+        &["ratelimit", "take", "old", "--rate", "9", "--burst", "9"],
+    );
+    let missing = run(addr, &["ratelimit", "delete", "never"]);
+    assert_one_line(&missing, 1, "syncctl: ");
+
+    let call = ["breaker", "call", "db", "--threshold", "1", "--", "false"];
+    assert_eq!(run(addr, &call).code, Some(1));
+    assert_eq!(state(addr, "db"), "open");
+    let deleted = run_ok(addr, &["--output", "json", "breaker", "delete", "db"]);
+    let deleted: Value = serde_json::from_str(&deleted).expect("JSON");
+    assert_eq!(deleted["permits_dropped"], 0, "{deleted}");
+    assert_eq!(describe(addr, "breaker", "db")["exists"], false);
+    let remade = ["breaker", "call", "db", "--threshold", "5", "--", "true"];
+    assert_eq!(run(addr, &remade).code, Some(0), "other settings now");
+}

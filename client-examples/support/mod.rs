@@ -318,6 +318,21 @@ pub fn block_on<T>(future: impl Future<Output = Result<T, Error>>) -> Result<T, 
         .block_on(future)
 }
 
+/// Runs `f` with a client of its own: for a coordinator that cleans up
+/// after its workers (deletes what the server would otherwise keep).
+pub fn with_client<F, Fut>(f: F) -> Result<(), Error>
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: Future<Output = Result<(), syncd::client::Error>>,
+{
+    block_on(async {
+        let client = Client::connect(addr()).await?;
+        f(client.clone()).await?;
+        client.close().await?;
+        Ok(())
+    })
+}
+
 /// Runs one worker process to completion, before the next step of the
 /// coordinator: for scenarios where one process must be done before
 /// another starts. An error names `label` if it failed.

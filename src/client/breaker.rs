@@ -59,8 +59,8 @@ use super::{
 use crate::proto::v1::{
     allow_call_response::Verdict, circuit_breakers_client::CircuitBreakersClient, AllowCallRequest,
     AllowCallResponse, BreakerSettings, BreakerState, CallOutcome, ControlBreakerRequest,
-    DescribeBreakerRequest, DescribeBreakerResponse, RecordCallRequest, WatchBreakerRequest,
-    WatchBreakerResponse,
+    DeleteBreakerRequest, DescribeBreakerRequest, DescribeBreakerResponse, RecordCallRequest,
+    WatchBreakerRequest, WatchBreakerResponse,
 };
 
 /// A named circuit breaker on the server, seen through one [`Client`]'s
@@ -293,6 +293,28 @@ impl CircuitBreaker {
     /// it.
     pub async fn reset(&self) -> Result<BreakerState, Error> {
         self.control(Control::Reset).await
+    }
+
+    /// Forgets the breaker (to make it again with other settings, or to
+    /// clean up): its permits are dropped and its watches end with
+    /// NOT_FOUND. Returns the permits that were in flight. Retried only
+    /// when the attempt surely did not reach the server.
+    pub async fn delete(&self) -> Result<u32, Error> {
+        let request = DeleteBreakerRequest {
+            name: self.name.clone(),
+        };
+        let response = self
+            .client
+            .unary_at_most_once(|channel| {
+                let request = request.clone();
+                async move {
+                    CircuitBreakersClient::new(channel)
+                        .delete(with_timeout(request))
+                        .await
+                }
+            })
+            .await?;
+        Ok(response.permits_dropped)
     }
 
     /// One `Allow` call in the attempt's session.

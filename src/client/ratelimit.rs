@@ -39,9 +39,9 @@ use super::{
     with_timeout, Client, Error,
 };
 use crate::proto::v1::{
-    rate_limits_client::RateLimitsClient, take_tokens_response::Event, DescribeRateLimitRequest,
-    DescribeRateLimitResponse, TakeTokensRequest, TryTakeManyRequest, TryTakeTokensRequest,
-    TryTakeTokensResponse,
+    rate_limits_client::RateLimitsClient, take_tokens_response::Event, DeleteRateLimitRequest,
+    DescribeRateLimitRequest, DescribeRateLimitResponse, TakeTokensRequest, TryTakeManyRequest,
+    TryTakeTokensRequest, TryTakeTokensResponse,
 };
 
 /// A named token bucket on the server, seen through one [`Client`]: `rate`
@@ -165,6 +165,28 @@ impl RateLimit {
                 }
             })
             .await
+    }
+
+    /// Forgets the bucket (to make it again with other settings, or to
+    /// clean up); requests waiting on it fail with NOT_FOUND. Returns how
+    /// many there were. Retried only when the attempt surely did not reach
+    /// the server.
+    pub async fn delete(&self) -> Result<u32, Error> {
+        let request = DeleteRateLimitRequest {
+            name: self.name.clone(),
+        };
+        let response = self
+            .client
+            .unary_at_most_once(|channel| {
+                let request = request.clone();
+                async move {
+                    RateLimitsClient::new(channel)
+                        .delete(with_timeout(request))
+                        .await
+                }
+            })
+            .await?;
+        Ok(response.waiters_ended)
     }
 
     /// The request of a try-once take of `tokens` from this bucket.

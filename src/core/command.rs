@@ -204,6 +204,10 @@ pub enum Command {
     BucketDescribe {
         name: String,
     },
+    /// Forgets a bucket; its waiters hear NOT_FOUND.
+    BucketDelete {
+        name: String,
+    },
     /// A permit for a call, or a refusal.
     BreakerAllow {
         session_id: SessionId,
@@ -230,6 +234,10 @@ pub enum Command {
         action: breaker::BreakerAction,
     },
     BreakerDescribe {
+        name: String,
+    },
+    /// Forgets a breaker, its permits and its watchers.
+    BreakerDelete {
         name: String,
     },
     List {
@@ -311,6 +319,12 @@ pub enum Reply {
     TriedMany {
         taken: bool,
         verdicts: Vec<token_bucket::BucketVerdict>,
+    },
+    /// A primitive was forgotten: its waiters (or watchers) heard NOT_FOUND
+    /// and its holds were dropped.
+    Deleted {
+        waiters_ended: u32,
+        holds_dropped: u32,
     },
     /// A breaker's answer to `allow`.
     BreakerVerdict(breaker::Verdict),

@@ -438,6 +438,24 @@ impl State {
         Some(place)
     }
 
+    /// Ends the waiters of a primitive that is being deleted (already out
+    /// of its table): each hears NOT_FOUND. Returns how many there were.
+    pub(super) fn end_waiters(
+        &mut self,
+        waiters: impl Iterator<Item = WaiterId>,
+        why: &str,
+        out: &mut Outcome,
+    ) -> u32 {
+        let mut ended = 0;
+        for waiter in waiters {
+            self.unregister_waiter(waiter);
+            let gone = Rejection::new(Code::NotFound, why.to_owned());
+            out.events.push((waiter, Err(gone)));
+            ended += 1;
+        }
+        ended
+    }
+
     pub(super) fn cancel_waiter(&mut self, waiter: WaiterId, out: &mut Outcome) {
         if let Some(place) = self.remove_waiter(waiter) {
             self.after_waiter_left(&place, out);

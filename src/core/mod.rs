@@ -415,6 +415,7 @@ impl State {
             } => self.bucket_try(&name, settings, tokens, out),
             Command::BucketTryMany { asks } => self.bucket_try_many(asks, out),
             Command::BucketDescribe { name } => self.bucket_describe(&name),
+            Command::BucketDelete { name } => self.bucket_delete(&name, out),
             Command::BreakerAllow {
                 session_id,
                 name,
@@ -434,6 +435,7 @@ impl State {
             } => self.breaker_watch(session_id, &name, waiter, out),
             Command::BreakerControl { name, action } => self.breaker_control(&name, action, out),
             Command::BreakerDescribe { name } => self.breaker_describe(&name),
+            Command::BreakerDelete { name } => self.breaker_delete(&name, out),
             Command::List { kind, prefix } => Ok(Reply::Listing(self.list(kind, &prefix))),
             Command::Cancel { waiter } => {
                 self.cancel_waiter(waiter, out);

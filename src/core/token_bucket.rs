@@ -359,6 +359,29 @@ impl State {
         }
     }
 
+    /// Forgets a bucket; its waiters hear NOT_FOUND.
+    pub(super) fn bucket_delete(&mut self, name: &str, out: &mut Outcome) -> Result<Reply> {
+        self.validate_name(Kind::TokenBucket, name)?;
+        let Some(bucket) = self.buckets.remove(name) else {
+            return Err(Rejection::new(
+                Code::NotFound,
+                format!("bucket {name:?} does not exist"),
+            ));
+        };
+        if let Some(at) = bucket.alarm_at_ms {
+            self.clear_alarm(at, Alarm::Primitive(Kind::TokenBucket, name.to_owned()));
+        }
+        let why = format!("bucket {name:?} was deleted while waiting");
+        let waiters_ended = self.end_waiters(bucket.waiters.iter().map(|w| w.id), &why, out);
+        out.changes.push(Change::Delete {
+            key: bucket_key(name),
+        });
+        Ok(Reply::Deleted {
+            waiters_ended,
+            holds_dropped: 0,
+        })
+    }
+
     pub(super) fn bucket_describe(&self, name: &str) -> Result<Reply> {
         self.validate_name(Kind::TokenBucket, name)?;
         let now_ms = self.now_ms;

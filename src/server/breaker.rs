@@ -105,6 +105,23 @@ impl CircuitBreakers for BreakerService {
     ) -> Result<Response<pb::ControlBreakerResponse>, Status> {
         self.control(request, BreakerAction::Reset).await
     }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteBreakerRequest>,
+    ) -> Result<Response<pb::DeleteBreakerResponse>, Status> {
+        let name = request.into_inner().name;
+        match self.engine.call(Command::BreakerDelete { name }).await? {
+            Reply::Deleted {
+                waiters_ended,
+                holds_dropped,
+            } => Ok(Response::new(pb::DeleteBreakerResponse {
+                permits_dropped: holds_dropped,
+                watchers_ended: waiters_ended,
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
 }
 
 impl BreakerService {

@@ -1,5 +1,5 @@
 //! `syncd.v1.RateLimits`: take (a waiting stream), try-take of one bucket or
-//! of several at once, describe.
+//! of several at once, describe, delete.
 
 use tonic::{Request, Response, Status};
 
@@ -62,6 +62,19 @@ impl RateLimits for RateLimitService {
                 retry_after_ms,
                 remaining,
             })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRateLimitRequest>,
+    ) -> Result<Response<pb::DeleteRateLimitResponse>, Status> {
+        let name = request.into_inner().name;
+        match self.engine.call(Command::BucketDelete { name }).await? {
+            Reply::Deleted { waiters_ended, .. } => {
+                Ok(Response::new(pb::DeleteRateLimitResponse { waiters_ended }))
+            }
             other => Err(unexpected(&other)),
         }
     }

@@ -153,6 +153,11 @@ pub enum BreakerCommand {
     /// (`forced-closed`).
     #[command(after_help = CONTROL_AFTER_HELP)]
     ForceClose(NameArgs),
+    /// Forget a breaker (to make it again with other settings, or to clean
+    /// up): permits in flight are dropped (their outcomes are not recorded)
+    /// and watches end. Prints how many permits were in flight; exit 1 if
+    /// it does not exist.
+    Delete(NameArgs),
 }
 
 #[derive(Args, Debug)]
@@ -317,6 +322,18 @@ pub async fn run(cli: &Cli, command: &BreakerCommand) -> Result<i32, Failure> {
         BreakerCommand::Reset(args) => control(cli, &args.name, Control::Reset).await,
         BreakerCommand::ForceOpen(args) => control(cli, &args.name, Control::ForceOpen).await,
         BreakerCommand::ForceClose(args) => control(cli, &args.name, Control::ForceClose).await,
+        BreakerCommand::Delete(args) => {
+            let name = args.name.as_str();
+            let dropped = one_call(
+                cli,
+                |client| async move { client.breaker(name).delete().await },
+            )
+            .await?;
+            let text = format!("deleted breaker {name:?}; {dropped} permits were in flight");
+            let json = json!({ "name": name, "permits_dropped": dropped });
+            cli.output.print(&text, json)?;
+            Ok(0)
+        }
     }
 }
 

@@ -174,11 +174,11 @@ enum Command {
     #[command(subcommand, after_help = AFTER_HELP)]
     Pool(PoolCommand),
     /// Take tokens from shared rate limits (token buckets) before a
-    /// command, or describe them.
+    /// command, describe or delete them.
     #[command(name = "ratelimit", subcommand, after_help = AFTER_HELP)]
     RateLimit(RateLimitCommand),
     /// Run commands through shared circuit breakers; describe, watch,
-    /// reset, force them open or closed.
+    /// reset, force them open or closed, delete them.
     #[command(subcommand, after_help = AFTER_HELP)]
     Breaker(BreakerCommand),
     /// List the primitives that exist now: one line each with kind, name
@@ -493,6 +493,19 @@ mod tests {
         }
         for sub in ["reset", "describe", "delete"] {
             parse(&["syncctl", "barrier", sub, "b"]);
+        }
+        for sub in ["describe", "delete"] {
+            parse(&["syncctl", "ratelimit", sub, "r"]);
+        }
+        for sub in [
+            "describe",
+            "watch",
+            "reset",
+            "force-open",
+            "force-close",
+            "delete",
+        ] {
+            parse(&["syncctl", "breaker", sub, "b"]);
         }
     }
 

@@ -69,7 +69,7 @@ pub enum RateLimitCommand {
     /// The first take creates the bucket with --rate and --burst; later
     /// takes may leave them out (or give 0) to use the existing bucket's,
     /// and must otherwise name the same, else syncctl exits 6. A bucket is
-    /// kept once created.
+    /// kept until `syncctl ratelimit delete`.
     ///
     /// With `-- CMD [ARGS...]`: runs CMD once the tokens are taken and exits
     /// with CMD's exit code. Taken tokens are used up, not held: nothing is
@@ -86,6 +86,10 @@ pub enum RateLimitCommand {
     /// takers waiting, first in line first.
     #[command(after_help = DESCRIBE_AFTER_HELP)]
     Describe(NameArgs),
+    /// Forget a bucket (to make it again with another rate or burst, or to
+    /// clean up). Takers waiting on it fail (NOT_FOUND, exit 1). Prints how
+    /// many were waiting; exit 1 if it does not exist.
+    Delete(NameArgs),
 }
 
 #[derive(Args, Debug)]
@@ -130,6 +134,17 @@ pub async fn run(cli: &Cli, command: &RateLimitCommand) -> Result<i32, Failure> 
             .await?;
             cli.output
                 .describe(format_description(&bucket), description_json(&bucket))
+        }
+        RateLimitCommand::Delete(args) => {
+            let name = args.name.as_str();
+            let ended = one_call(cli, |client| async move {
+                client.rate_limit(name, 0, 0).delete().await
+            })
+            .await?;
+            let text = format!("deleted rate limit {name:?}; {ended} waiting takes ended");
+            let json = json!({ "name": name, "waiters_ended": ended });
+            cli.output.print(&text, json)?;
+            Ok(0)
         }
     }
 }

@@ -49,6 +49,12 @@ pub(super) fn breaker_put(name: &str, b: &Breaker) -> Change {
     }
 }
 
+pub(super) fn breaker_delete(name: &str) -> Change {
+    Change::Delete {
+        key: breaker_key(name),
+    }
+}
+
 impl State {
     /// Takes a `breaker/` record; false for any other key. Its permits come
     /// later, with the other holds (`breaker_restore_permit`).

@@ -2,10 +2,11 @@
 //! requests, watchers told of every change; and making, describing and
 //! listing breakers.
 
+use super::super::records as hold_records;
 use super::super::{
     Code, Kind, Outcome, Rejection, Reply, Result, SessionId, State, Summary, WaiterId,
 };
-use super::records::breaker_put;
+use super::records::{breaker_delete, breaker_put};
 use super::{alarm, Breaker, BreakerAction, BreakerInfo, BreakerSettings, BreakerState};
 
 impl State {
@@ -154,6 +155,32 @@ impl State {
             Code::NotFound,
             format!("breaker {name:?} does not exist; give its settings to create it"),
         ))
+    }
+
+    /// Forgets a breaker: its permits are dropped (a later record is
+    /// NOT_FOUND) and its watchers hear NOT_FOUND.
+    pub(in crate::core) fn breaker_delete(
+        &mut self,
+        name: &str,
+        out: &mut Outcome,
+    ) -> Result<Reply> {
+        self.validate_name(Kind::Breaker, name)?;
+        self.breaker_existing(name)?;
+        let breaker = self.breakers.remove(name).expect("exists");
+        if breaker.state == BreakerState::Open {
+            self.clear_alarm(breaker.open_until_ms, alarm(name));
+        }
+        for token in breaker.permits.keys() {
+            self.unregister_hold(*token);
+            out.changes.push(hold_records::hold_delete(*token));
+        }
+        let why = format!("breaker {name:?} was deleted");
+        let waiters_ended = self.end_waiters(breaker.watchers.iter().map(|w| w.id), &why, out);
+        out.changes.push(breaker_delete(name));
+        Ok(Reply::Deleted {
+            waiters_ended,
+            holds_dropped: breaker.permits.len() as u32,
+        })
     }
 
     pub(in crate::core) fn breaker_describe(&self, name: &str) -> Result<Reply> {

@@ -697,3 +697,41 @@ proptest! {
         prop_assert_eq!(heard, model.changes, "the watcher heard every change in order");
     }
 }
+
+#[test]
+fn deleting_a_breaker_drops_its_permits_and_ends_its_watchers() {
+    let mut sim = Sim::new();
+    let a = sim.session(TTL);
+    let (token, _) = sim.allow_with(a, SEED).permit.unwrap();
+    let (watcher, _) = sim.watch(a);
+    for _ in 0..3 {
+        sim.call(a, true);
+    }
+    let (reply, events) = sim.run(Command::BreakerDelete { name: "db".into() });
+    assert_eq!(
+        reply,
+        Ok(Reply::Deleted {
+            waiters_ended: 1,
+            holds_dropped: 1
+        })
+    );
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].0, code(&events[0].1)),
+        (watcher, Some(Code::NotFound))
+    );
+    assert_eq!(sim.breaker().settings, None);
+    assert_eq!(code(&sim.record(a, token, false).0), Some(Code::NotFound));
+    assert_eq!(
+        sim.state.next_deadline_ms(),
+        Some(TTL),
+        "the open alarm is gone"
+    );
+    assert!(!sim
+        .store
+        .keys()
+        .any(|k| k.starts_with(b"breaker/") || k.starts_with(b"hold/")));
+    sim.state.check_indexes().unwrap();
+    let missing = sim.apply(Command::BreakerDelete { name: "db".into() });
+    assert_eq!(code(&missing), Some(Code::NotFound));
+}

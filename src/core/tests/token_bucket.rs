@@ -368,3 +368,35 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn deleting_a_bucket_ends_its_waiters_and_its_record() {
+    let mut sim = Sim::new();
+    let s = sim.session(TTL);
+    assert!(taken(&sim.try_tokens(10)));
+    let (waiter, reply, _) = sim.take_tokens(s, 1, None);
+    assert!(matches!(reply, Ok(Reply::Queued { .. })));
+    let (reply, events) = sim.run(Command::BucketDelete { name: "api".into() });
+    assert_eq!(
+        reply,
+        Ok(Reply::Deleted {
+            waiters_ended: 1,
+            holds_dropped: 0
+        })
+    );
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].0, code(&events[0].1)),
+        (waiter, Some(Code::NotFound))
+    );
+    assert_eq!(
+        sim.state.next_deadline_ms(),
+        Some(TTL),
+        "no alarm, only the lease"
+    );
+    assert!(!sim.store.keys().any(|k| k.starts_with(b"bucket/")));
+    sim.state.check_indexes().unwrap();
+    let again = sim.apply(Command::BucketDelete { name: "api".into() });
+    assert_eq!(code(&again), Some(Code::NotFound));
+    assert!(taken(&sim.try_tokens(10)), "made anew, full");
+}
