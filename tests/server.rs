@@ -300,7 +300,7 @@ fn a_second_syncd_on_the_same_data_refuses_to_start() {
             .arg("--listen")
             .arg("127.0.0.1:0"),
     );
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(3), "the data directory's code");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("in use by another syncd"),
@@ -384,9 +384,10 @@ async fn a_corrupted_data_directory_is_refused_not_served_empty() {
             .arg("127.0.0.1:0"),
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success(),
-        "served corrupt data; stderr: {stderr}"
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "served corrupt data? stderr: {stderr}"
     );
     assert!(
         stderr.contains("corrupt") || stderr.contains("invalid"),

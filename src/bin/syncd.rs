@@ -27,6 +27,12 @@ enum Commands {
     /// accepts connections; logs go to stderr (set RUST_LOG, e.g. debug).
     /// SIGINT/SIGTERM shut it down gracefully: waiting calls end with
     /// UNAVAILABLE, everything is flushed, exit code 0.
+    ///
+    /// Exit codes: 0 stopped by a signal; 1 any other failure (cannot
+    /// listen, the store failed while serving); 2 bad command line; 3 the
+    /// data directory cannot be used (corrupt or truncated records, another
+    /// syncd uses it, unreadable): syncd never starts empty over existing
+    /// data.
     Serve(ServeArgs),
 }
 
@@ -64,6 +70,23 @@ struct ServeArgs {
     /// Waiters queued on one primitive, at most; beyond it RESOURCE_EXHAUSTED.
     #[arg(long, env = "SYNCD_MAX_WAITERS", default_value_t = 10_000, value_parser = at_least_one)]
     max_waiters: usize,
+
+    /// Holds (locks, permits, in-flight queue items, pool resources, breaker
+    /// permits) one session may have; a request for more is
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SYNCD_MAX_HOLDS_PER_SESSION", default_value_t = 10_000, value_parser = at_least_one)]
+    max_holds_per_session: usize,
+
+    /// Waits (and breaker watches) one session may have at once; beyond it
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SYNCD_MAX_WAITERS_PER_SESSION", default_value_t = 10_000, value_parser = at_least_one)]
+    max_waiters_per_session: usize,
+
+    /// Primitives of all kinds together; a request that would create one
+    /// more is RESOURCE_EXHAUSTED (locks, semaphores and rwlocks exist while
+    /// held or awaited; the others until deleted or emptied).
+    #[arg(long, env = "SYNCD_MAX_PRIMITIVES", default_value_t = 1_000_000, value_parser = at_least_one)]
+    max_primitives: usize,
 
     /// Largest queue item (and pool resource metadata), in bytes; beyond it
     /// INVALID_ARGUMENT.
@@ -123,6 +146,9 @@ impl ServeArgs {
             waiters_per_primitive_max: self.max_waiters,
             item_bytes_max: self.max_item_bytes,
             queue_items_max: self.max_queue_items,
+            holds_per_session_max: self.max_holds_per_session,
+            waiters_per_session_max: self.max_waiters_per_session,
+            primitives_max: self.max_primitives,
             ..Limits::default()
         };
         let durability = match self.durability {
@@ -168,7 +194,31 @@ fn main() -> ExitCode {
             tracing::info!("stopped");
             ExitCode::SUCCESS
         }
-        Err(message) => fail(&message),
+        Err(Failure { message, code }) => {
+            eprintln!("syncd: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Exit code: the data directory cannot be used.
+const EXIT_DATA: u8 = 3;
+
+/// Why `serve` stopped: the line for stderr and the exit code.
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure { message, code: 1 }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        Failure::from(message.to_owned())
     }
 }
 
@@ -177,12 +227,15 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn serve(args: ServeArgs) -> Result<(), String> {
+async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let config = args.config();
     if config.engine.limits.session_ttl_ms_min > config.engine.limits.session_ttl_ms_max {
         return Err("--session-ttl-min is larger than --session-ttl-max".into());
     }
-    let server = Server::open(config).map_err(|e| e.0)?;
+    let server = Server::open(config).map_err(|e| Failure {
+        message: e.0,
+        code: EXIT_DATA,
+    })?;
     let listener = TcpListener::bind(args.listen.as_str())
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -194,7 +247,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     println!("listening on {local}");
     let shutdown =
         termination_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    server.serve(listener, shutdown).await.map_err(|e| e.0)
+    Ok(server.serve(listener, shutdown).await.map_err(|e| e.0)?)
 }
 
 /// Completes on the first SIGINT or SIGTERM.

@@ -442,3 +442,82 @@ pub struct Outcome {
     /// Records to persist before any reply or event of this outcome is sent.
     pub changes: Vec<Change>,
 }
+
+/// What a command may add to the state: checked against the limits once,
+/// in `State::apply`, for every kind.
+#[derive(Debug, Default)]
+pub(super) struct Demand<'a> {
+    /// A session that may get a new hold or waiter.
+    pub session: Option<SessionId>,
+    /// Primitives the command creates if they do not exist.
+    pub primitives: Vec<(Kind, &'a str)>,
+}
+
+impl Command {
+    pub(super) fn demand(&self) -> Demand<'_> {
+        fn both(session: SessionId, kind: Kind, name: &str) -> Demand<'_> {
+            Demand {
+                session: Some(session),
+                primitives: vec![(kind, name)],
+            }
+        }
+        fn creates(kind: Kind, name: &str) -> Demand<'_> {
+            Demand {
+                session: None,
+                primitives: vec![(kind, name)],
+            }
+        }
+        match self {
+            Command::LockAcquire {
+                session_id, name, ..
+            } => both(*session_id, Kind::Lock, name),
+            Command::SemaphoreAcquire {
+                session_id, name, ..
+            } => both(*session_id, Kind::Semaphore, name),
+            Command::RwLockAcquire {
+                session_id, name, ..
+            } => both(*session_id, Kind::RwLock, name),
+            Command::EventWait {
+                session_id, name, ..
+            } => both(*session_id, Kind::Event, name),
+            Command::ConditionWait {
+                session_id, name, ..
+            } => both(*session_id, Kind::Condition, name),
+            Command::BarrierWait {
+                session_id, name, ..
+            } => both(*session_id, Kind::Barrier, name),
+            Command::QueuePut {
+                session_id, name, ..
+            }
+            | Command::QueueGet {
+                session_id, name, ..
+            } => both(*session_id, Kind::Queue, name),
+            Command::QueueJoin { session_id, .. } => Demand {
+                session: Some(*session_id),
+                primitives: Vec::new(),
+            },
+            Command::PoolCheckout {
+                session_id, name, ..
+            } => both(*session_id, Kind::Pool, name),
+            Command::BucketTake {
+                session_id, name, ..
+            } => both(*session_id, Kind::TokenBucket, name),
+            Command::BreakerAllow {
+                session_id, name, ..
+            } => both(*session_id, Kind::Breaker, name),
+            Command::BreakerWatch { session_id, .. } => Demand {
+                session: Some(*session_id),
+                primitives: Vec::new(),
+            },
+            Command::EventSet { name } => creates(Kind::Event, name),
+            Command::BucketTry { name, .. } => creates(Kind::TokenBucket, name),
+            Command::BucketTryMany { asks } => Demand {
+                session: None,
+                primitives: (asks.iter())
+                    .map(|ask| (Kind::TokenBucket, ask.name.as_str()))
+                    .collect(),
+            },
+            _ => Demand::default(),
+        }
+    }
+}

@@ -36,6 +36,7 @@ pub mod waitq;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use command::Demand;
 pub use command::{Code, Command, Outcome, Rejection, Reply, Result, RwMode, Summary};
 pub use holds::{Hold, HolderInfo, WaiterInfo};
 use holds::{HoldRef, WaiterRef};
@@ -118,6 +119,12 @@ pub struct Limits {
     pub put_ids_per_session_max: usize,
     /// Buckets one many-bucket try may name.
     pub buckets_per_request_max: usize,
+    /// Holds one session may have; a request for more is refused.
+    pub holds_per_session_max: usize,
+    /// Waiters (and watches) one session may have at once.
+    pub waiters_per_session_max: usize,
+    /// Primitives of all kinds together; creating more is refused.
+    pub primitives_max: usize,
 }
 
 impl Default for Limits {
@@ -133,6 +140,9 @@ impl Default for Limits {
             queue_items_max: 1_000_000,
             put_ids_per_session_max: 256,
             buckets_per_request_max: 100,
+            holds_per_session_max: 10_000,
+            waiters_per_session_max: 10_000,
+            primitives_max: 1_000_000,
         }
     }
 }
@@ -233,6 +243,7 @@ impl State {
     /// Runs one command. See the module doc for the contract.
     pub fn apply(&mut self, now_ms: u64, command: Command, out: &mut Outcome) -> Result<Reply> {
         self.advance(now_ms);
+        self.check_room(&command.demand())?;
         match command {
             Command::CreateSession {
                 ttl_ms,
@@ -516,6 +527,69 @@ impl State {
             });
         }
         out
+    }
+
+    /// Refuses a command that would take a session past its holds or
+    /// waiters, or the server past its number of primitives. (A waiter
+    /// granted later may still take its session one hold past the limit
+    /// per waiter: the bound is holds + waiters.)
+    fn check_room(&self, demand: &Demand) -> Result<()> {
+        let exhausted = |message: String| Err(Rejection::new(Code::ResourceExhausted, message));
+        if let Some(session) = demand.session.and_then(|id| self.sessions.get(id)) {
+            let (holds, waiters) = (session.holds.len(), session.waiters.len());
+            if holds >= self.limits.holds_per_session_max {
+                return exhausted(format!(
+                    "holds_per_session_max: session {} already has {holds} holds",
+                    session.id
+                ));
+            }
+            if waiters >= self.limits.waiters_per_session_max {
+                return exhausted(format!(
+                    "waiters_per_session_max: session {} already has {waiters} waits",
+                    session.id
+                ));
+            }
+        }
+        let new = (demand.primitives.iter())
+            .filter(|(kind, name)| !self.exists(*kind, name))
+            .count();
+        let count = self.primitive_count();
+        if new > 0 && count + new > self.limits.primitives_max {
+            return exhausted(format!(
+                "primitives_max: the server already has {count} primitives (limit {})",
+                self.limits.primitives_max
+            ));
+        }
+        Ok(())
+    }
+
+    fn exists(&self, kind: Kind, name: &str) -> bool {
+        match kind {
+            Kind::Lock => self.locks.contains_key(name),
+            Kind::Semaphore => self.semaphores.contains_key(name),
+            Kind::RwLock => self.rwlocks.contains_key(name),
+            Kind::Event => self.events.contains_key(name),
+            Kind::Condition => self.conditions.contains_key(name),
+            Kind::Barrier => self.barriers.contains_key(name),
+            Kind::Queue => self.queues.contains_key(name),
+            Kind::Pool => self.pools.contains_key(name),
+            Kind::TokenBucket => self.buckets.contains_key(name),
+            Kind::Breaker => self.breakers.contains_key(name),
+        }
+    }
+
+    /// Primitives of every kind that exist now.
+    fn primitive_count(&self) -> usize {
+        self.locks.len()
+            + self.semaphores.len()
+            + self.rwlocks.len()
+            + self.events.len()
+            + self.conditions.len()
+            + self.barriers.len()
+            + self.queues.len()
+            + self.pools.len()
+            + self.buckets.len()
+            + self.breakers.len()
     }
 
     fn advance(&mut self, now_ms: u64) {

@@ -2114,6 +2114,7 @@ proptest! {
 }
 
 mod breaker;
+mod limits;
 mod mixed;
 mod pool;
 mod primitives;
