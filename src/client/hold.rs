@@ -28,7 +28,7 @@ use tracing::{debug, warn};
 
 use super::{
     retry,
-    session::SessionLoss,
+    session::{LeaseDanger, SessionLoss},
     wait::{read_to_end, Attempt, Step, Wait},
     Client, Error,
 };
@@ -280,6 +280,15 @@ impl<K: HoldKind> Hold<K> {
     /// `lost`.
     pub(crate) async fn lost(&self) -> SessionLoss {
         self.client.session().lost(self.held.session_id).await
+    }
+
+    /// Waits until the lease of the session that has this hold is in
+    /// danger; see the guards' `in_danger`.
+    pub(crate) async fn in_danger(&self) -> LeaseDanger {
+        self.client
+            .session()
+            .in_danger(Some(self.held.session_id))
+            .await
     }
 
     /// Releases the hold. [`Error::SessionLost`] when the session that had

@@ -13,7 +13,7 @@ use tonic::{transport::Channel, Status, Streaming};
 
 use super::{
     hold::{Held, Hold, HoldKind, HoldRequest},
-    session::SessionLoss,
+    session::{LeaseDanger, SessionLoss},
     wait::{Attempt, Step},
     with_timeout, Client, Error,
 };
@@ -174,6 +174,17 @@ impl LockGuard {
     /// someone else may hold the lock by then.
     pub async fn lost(&self) -> SessionLoss {
         self.hold.lost().await
+    }
+
+    /// Waits until the lease of the session that holds the lock is in
+    /// danger, and returns how: no keep-alive was confirmed for more than
+    /// half its TTL. Returns at once if it is now. The lock is still held,
+    /// but will be lost at a full TTL unless a keep-alive gets through (see
+    /// [`Client::lease_in_danger`](super::Client::lease_in_danger)); a good
+    /// moment to stop starting new work. Never returns once the hold was
+    /// lost without its lease having been in danger first.
+    pub async fn in_danger(&self) -> LeaseDanger {
+        self.hold.in_danger().await
     }
 
     /// Releases the lock. [`Error::SessionLost`] when the session that held

@@ -105,7 +105,7 @@ pub use queue::{Queue, QueueItem};
 pub use ratelimit::{ManyTaken, RateLimit, Taken};
 pub use rwlock::{RwLock, RwLockGuard, RwMode};
 pub use semaphore::{Semaphore, SemaphoreGuard};
-pub use session::{LossReason, SessionLoss};
+pub use session::{LeaseDanger, LossReason, SessionLoss};
 
 pub use crate::proto::v1::{BreakerSettings, BreakerState};
 
@@ -238,6 +238,30 @@ impl Client {
     pub async fn session_lost(&self) -> SessionLoss {
         let session_id = self.session_id();
         self.inner.session.lost(session_id).await
+    }
+
+    /// Waits until the current session's lease is in danger: no keep-alive
+    /// was confirmed for more than half its TTL (the server is unreachable,
+    /// paused, or the network is broken). Returns at once if it is now. At a
+    /// full TTL the session is taken as lost (see [`Client::session_lost`]);
+    /// until then a confirmed keep-alive takes the danger back (see
+    /// [`Client::is_lease_in_danger`]). Once the client is closed, no new
+    /// danger is noted.
+    pub async fn lease_in_danger(&self) -> LeaseDanger {
+        self.inner.session.in_danger(None).await
+    }
+
+    /// Whether the current session's lease is in danger now; see
+    /// [`Client::lease_in_danger`].
+    pub fn is_lease_in_danger(&self) -> bool {
+        self.inner.session.danger_of(None).is_some()
+    }
+
+    /// Waits until the current session's lease is not in danger (a
+    /// keep-alive was confirmed again, or the session was replaced); returns
+    /// at once if it is not. See [`Client::lease_in_danger`].
+    pub async fn lease_out_of_danger(&self) {
+        self.inner.session.out_of_danger().await
     }
 
     /// The gRPC channel all of this client's calls share: raw access for

@@ -40,7 +40,7 @@ use tonic::{transport::Channel, Code, Status, Streaming};
 
 use super::{
     hold::{Grant, Held, Hold, HoldKind, HoldRequest},
-    session::SessionLoss,
+    session::{LeaseDanger, SessionLoss},
     wait::{is_session_gone, Attempt, Step},
     with_timeout, Client, Error,
 };
@@ -330,6 +330,12 @@ impl PooledResource {
     /// it back.
     pub async fn lost(&self) -> SessionLoss {
         self.hold.lost().await
+    }
+
+    /// Waits until the lease of the session that has this hold is in
+    /// danger; see [`super::LockGuard::in_danger`].
+    pub async fn in_danger(&self) -> LeaseDanger {
+        self.hold.in_danger().await
     }
 
     /// Gives the resource back. `healthy`: keep it for the next checkout,

@@ -15,7 +15,7 @@ use tonic::{transport::Channel, Status, Streaming};
 
 use super::{
     hold::{Held, Hold, HoldKind, HoldRequest},
-    session::SessionLoss,
+    session::{LeaseDanger, SessionLoss},
     wait::{Attempt, Step},
     with_timeout, Client, Error,
 };
@@ -215,6 +215,12 @@ impl RwLockGuard {
     /// [`super::LockGuard::lost`]. Never returns while the hold is safe.
     pub async fn lost(&self) -> SessionLoss {
         self.hold.lost().await
+    }
+
+    /// Waits until the lease of the session that has this hold is in
+    /// danger; see [`super::LockGuard::in_danger`].
+    pub async fn in_danger(&self) -> LeaseDanger {
+        self.hold.in_danger().await
     }
 
     /// Releases the hold. [`Error::SessionLost`] when the session that held

@@ -21,7 +21,7 @@ use tonic::{transport::Channel, Status, Streaming};
 
 use super::{
     hold::{Held, Hold, HoldKind, HoldRequest},
-    session::SessionLoss,
+    session::{LeaseDanger, SessionLoss},
     wait::{Attempt, Step},
     with_timeout, Client, Error,
 };
@@ -209,6 +209,12 @@ impl SemaphoreGuard {
     /// [`super::LockGuard::lost`]. Never returns while the hold is safe.
     pub async fn lost(&self) -> SessionLoss {
         self.hold.lost().await
+    }
+
+    /// Waits until the lease of the session that has this hold is in
+    /// danger; see [`super::LockGuard::in_danger`].
+    pub async fn in_danger(&self) -> LeaseDanger {
+        self.hold.in_danger().await
     }
 
     /// Gives the permits back. [`Error::SessionLost`] when the session that

@@ -15,8 +15,13 @@
 //! Either way the task publishes the loss (see [`SessionShared::lost`]),
 //! creates a fresh session and publishes its id; a session given up for lack
 //! of renewals is closed too if the server still knows it.
+//!
+//! Half-way there — no keep-alive confirmed for more than half the TTL — the
+//! lease is *in danger*: the task publishes that too (see
+//! [`SessionShared::in_danger`]), and takes it back as soon as a renewal is
+//! confirmed again.
 
-use std::{collections::VecDeque, fmt, sync::Arc, time::Duration};
+use std::{collections::VecDeque, fmt, future::Future, sync::Arc, time::Duration};
 
 use tokio::{
     sync::{
@@ -24,7 +29,7 @@ use tokio::{
         watch, Notify,
     },
     task::AbortHandle,
-    time::{interval_at, sleep, sleep_until, timeout, timeout_at, Instant, MissedTickBehavior},
+    time::{interval_at, sleep, sleep_until, timeout, Instant, MissedTickBehavior},
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{transport::Channel, Code, Status, Streaming};
@@ -84,6 +89,36 @@ impl fmt::Display for SessionLoss {
     }
 }
 
+/// A lease in danger: no keep-alive of the session was confirmed for more
+/// than half its TTL (the server is unreachable, paused, or the network is
+/// broken). At a full TTL the session is taken as lost. It reads like
+/// `session 12: no keep-alive confirmed for 5s of its 10s TTL`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseDanger {
+    /// The session whose lease is in danger.
+    pub session_id: u64,
+    /// How long no keep-alive had been confirmed when the danger was noticed
+    /// (a little more than half the TTL).
+    pub unconfirmed_for: Duration,
+    /// The session's TTL.
+    pub ttl: Duration,
+}
+
+impl fmt::Display for LeaseDanger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Whole milliseconds: nobody wants to read nanoseconds here.
+        let millis =
+            |d: Duration| Duration::from_millis(d.as_millis().try_into().unwrap_or(u64::MAX));
+        write!(
+            f,
+            "session {}: no keep-alive confirmed for {} of its {} TTL",
+            self.session_id,
+            crate::duration::format(millis(self.unconfirmed_for)),
+            crate::duration::format(self.ttl)
+        )
+    }
+}
+
 /// What every clone of a client and the keep-alive task know about the
 /// session.
 #[derive(Debug)]
@@ -94,6 +129,8 @@ struct State {
     loss: Option<SessionLoss>,
     /// Set by `Client::close`: the session is over for good.
     closed: bool,
+    /// Set while the current session's lease is in danger.
+    danger: Option<LeaseDanger>,
 }
 
 impl State {
@@ -139,6 +176,7 @@ impl SessionShared {
             id: session_id,
             loss: None,
             closed: false,
+            danger: None,
         };
         SessionShared {
             state: watch::Sender::new(state),
@@ -212,6 +250,79 @@ impl SessionShared {
         self.state.send_modify(|state| {
             state.lose_current(LossReason::Expired);
             state.id = session_id;
+            state.danger = None;
+        });
+    }
+
+    /// Whether the lease of `session_id` (`None`: the current session) is in
+    /// danger now.
+    pub(crate) fn danger_of(&self, session_id: Option<u64>) -> Option<LeaseDanger> {
+        let state = self.state.borrow();
+        let session_id = session_id.unwrap_or(state.id);
+        state
+            .danger
+            .clone()
+            .filter(|danger| danger.session_id == session_id)
+    }
+
+    /// Waits until the lease of `session_id` (`None`: whichever session is
+    /// current then) is in danger; returns at once if it is. Never returns
+    /// for a session that is lost without its lease having been in danger;
+    /// once the client is closed, no new danger is noted.
+    pub(crate) async fn in_danger(&self, session_id: Option<u64>) -> LeaseDanger {
+        let mut states = self.state.subscribe();
+        let mut found = None;
+        let waited = states
+            .wait_for(|state| {
+                let session_id = session_id.unwrap_or(state.id);
+                found = state
+                    .danger
+                    .clone()
+                    .filter(|danger| danger.session_id == session_id);
+                found.is_some()
+            })
+            .await
+            .is_ok();
+        match found {
+            Some(danger) if waited => danger,
+            // The sender is gone only with the client: no danger any more.
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// Waits until the current session's lease is not in danger; returns at
+    /// once if it is not.
+    pub(crate) async fn out_of_danger(&self) {
+        let mut states = self.state.subscribe();
+        let _ = states
+            .wait_for(
+                |state| !matches!(&state.danger, Some(danger) if danger.session_id == state.id),
+            )
+            .await;
+    }
+
+    /// Records that the lease of `session_id`, the current session, is in
+    /// danger. Returns false if that was known already (or the session is
+    /// not the current one).
+    fn mark_in_danger(&self, danger: LeaseDanger) -> bool {
+        self.state.send_if_modified(|state| {
+            if state.id != danger.session_id || state.danger.is_some() {
+                return false;
+            }
+            state.danger = Some(danger);
+            true
+        })
+    }
+
+    /// Records that the lease of `session_id` is no longer in danger.
+    fn mark_safe(&self, session_id: u64) {
+        self.state.send_if_modified(|state| {
+            let in_danger =
+                matches!(&state.danger, Some(danger) if danger.session_id == session_id);
+            if in_danger {
+                state.danger = None;
+            }
+            in_danger
         });
     }
 }
@@ -253,6 +364,31 @@ impl Lease {
             None => std::future::pending().await,
         }
     }
+
+    /// When the lease is in danger: half its TTL after the newest confirmed
+    /// renewal. `None` if that is too far away to be represented.
+    fn half_way(&self) -> Option<Instant> {
+        self.renewed_at.checked_add(self.ttl / 2)
+    }
+
+    /// Whether the lease is in danger at `now`.
+    fn in_danger_at(&self, now: Instant) -> bool {
+        self.half_way().is_some_and(|half_way| now > half_way)
+    }
+
+    /// Sleeps until the lease is in danger (forever if that is too far
+    /// away): just past [`Lease::half_way`].
+    async fn half_gone(&self) {
+        match self.half_way() {
+            Some(half_way) => sleep_until(half_way + Duration::from_millis(1)).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// How long no renewal has been confirmed, at `now`.
+    fn unconfirmed_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.renewed_at)
+    }
 }
 
 /// Why one keep-alive stream ended.
@@ -292,7 +428,7 @@ impl KeepAlive {
                 .await
             {
                 StreamEnd::SessionGone => {
-                    self.log_loss(&format!(
+                    self.log_news(&format!(
                         "session {session_id} at {} is gone (it expired while this client could \
                          not renew it); everything it held is released",
                         self.addr
@@ -302,7 +438,7 @@ impl KeepAlive {
                     outage = Outage::default();
                 }
                 StreamEnd::Unrenewed => {
-                    self.log_loss(&format!(
+                    self.log_news(&format!(
                         "session {session_id} at {} could not be renewed for its TTL of {}: \
                          taking it as expired, with everything it held",
                         self.addr,
@@ -322,9 +458,10 @@ impl KeepAlive {
         }
     }
 
-    /// Logs the loss of the session: a warning, unless someone waits for it
-    /// (a guard's `lost`, `Client::session_lost`) and so reports it.
-    fn log_loss(&self, message: &str) {
+    /// Logs the loss of the session, or danger to its lease: a warning,
+    /// unless someone waits for news of the session (a guard's `lost` or
+    /// `in_danger`, `Client::session_lost`, ...) and so reports it.
+    fn log_news(&self, message: &str) {
         if self.shared.is_watched() {
             info!("{message}");
         } else {
@@ -347,14 +484,10 @@ impl KeepAlive {
         in_flight.push_back(Instant::now());
         let mut client = SessionsClient::new(self.channel.clone());
         let opened = client.keep_alive(ReceiverStream::new(receiver));
-        let opened = match self.lease.deadline() {
-            Some(deadline) => timeout_at(deadline, opened).await,
-            None => Ok(opened.await),
-        };
-        let replies = match opened {
-            Ok(Ok(response)) => response.into_inner(),
-            Ok(Err(status)) => return classify(status),
-            Err(_) => return StreamEnd::Unrenewed,
+        let replies = match self.within_lease(session_id, opened).await {
+            Some(Ok(response)) => response.into_inner(),
+            Some(Err(status)) => return classify(status),
+            None => return StreamEnd::Unrenewed,
         };
         let stream = Stream {
             session_id,
@@ -376,16 +509,26 @@ impl KeepAlive {
         let period = (self.ttl / 3).clamp(PERIOD_MIN, PERIOD_MAX);
         let mut ticker = interval_at(Instant::now() + period, period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let session_id = stream.session_id;
+        let mut in_danger = self.shared.danger_of(Some(session_id)).is_some();
         loop {
             let lease = self.lease;
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = self.shared.probe.notified() => {}
                 _ = lease.run_out() => return StreamEnd::Unrenewed,
+                _ = lease.half_gone(), if !in_danger => {
+                    self.note_danger(session_id);
+                    in_danger = true;
+                    continue;
+                }
                 reply = replies.message() => match reply {
                     Ok(Some(_)) => {
                         if let Some(asked) = stream.in_flight.pop_front() {
                             self.lease.renewed(asked);
+                        }
+                        if in_danger && self.note_confirmed(session_id) {
+                            in_danger = false;
                         }
                         backoff.reset();
                         outage.end(self, stream.session_id);
@@ -456,12 +599,61 @@ impl KeepAlive {
         }
     }
 
-    /// Like [`KeepAlive::pause`], but wakes up when the lease runs out too.
+    /// Like [`KeepAlive::pause`], but wakes up when the lease runs out too
+    /// (and notes the danger half-way there).
     async fn pause_within_lease(&self, pause: Duration) {
-        tokio::select! {
-            _ = self.pause(pause) => {}
-            _ = self.lease.run_out() => {}
+        let session_id = self.shared.id();
+        self.within_lease(session_id, self.pause(pause)).await;
+    }
+
+    /// Runs `work` until it ends, or until the lease of `session_id` runs
+    /// out (`None` then); notes that the lease is in danger if half of it
+    /// passes meanwhile.
+    async fn within_lease<T>(&self, session_id: u64, work: impl Future<Output = T>) -> Option<T> {
+        let lease = self.lease;
+        tokio::pin!(work);
+        let in_danger = self.shared.danger_of(Some(session_id)).is_some();
+        if !in_danger {
+            tokio::select! {
+                done = &mut work => return Some(done),
+                _ = lease.run_out() => return None,
+                _ = lease.half_gone() => self.note_danger(session_id),
+            }
         }
+        tokio::select! {
+            done = work => Some(done),
+            _ = lease.run_out() => None,
+        }
+    }
+
+    /// Publishes that the lease of `session_id` is in danger, and logs it
+    /// once: a warning, unless someone waits for news of the session (and
+    /// so reports it).
+    fn note_danger(&self, session_id: u64) {
+        let danger = LeaseDanger {
+            session_id,
+            unconfirmed_for: self.lease.unconfirmed_for(Instant::now()),
+            ttl: self.ttl,
+        };
+        let message = format!("lease in danger at {}: {danger}", self.addr);
+        if self.shared.mark_in_danger(danger) {
+            self.log_news(&message);
+        }
+    }
+
+    /// A renewal of `session_id` was confirmed: unless the lease is still
+    /// past half-way (the confirmation was of an old request), it is out of
+    /// danger. Returns true if it is.
+    fn note_confirmed(&self, session_id: u64) -> bool {
+        if self.lease.in_danger_at(Instant::now()) {
+            return false;
+        }
+        self.shared.mark_safe(session_id);
+        info!(
+            "lease of session {session_id} at {} out of danger",
+            self.addr
+        );
+        true
     }
 }
 
@@ -634,5 +826,122 @@ mod tests {
         lease.renewed(start);
         assert_eq!(lease.deadline(), Some(start + Duration::from_secs(4)));
         assert_eq!(Lease::new(start, Duration::MAX).deadline(), None);
+    }
+
+    #[test]
+    fn the_lease_is_in_danger_past_half_way() {
+        let start = Instant::now();
+        let mut lease = Lease::new(start, Duration::from_secs(10));
+        assert_eq!(lease.half_way(), Some(start + Duration::from_secs(5)));
+        assert!(!lease.in_danger_at(start + Duration::from_secs(5)));
+        assert!(lease.in_danger_at(start + Duration::from_millis(5001)));
+        assert_eq!(
+            lease.unconfirmed_for(start + Duration::from_secs(6)),
+            Duration::from_secs(6)
+        );
+        lease.renewed(start + Duration::from_secs(4));
+        assert!(!lease.in_danger_at(start + Duration::from_secs(6)));
+        assert_eq!(Lease::new(start, Duration::MAX).half_way(), None);
+    }
+
+    #[test]
+    fn dangers_read_as_one_line() {
+        let danger = LeaseDanger {
+            session_id: 12,
+            unconfirmed_for: Duration::from_secs(5),
+            ttl: Duration::from_secs(10),
+        };
+        assert_eq!(
+            danger.to_string(),
+            "session 12: no keep-alive confirmed for 5s of its 10s TTL"
+        );
+        let danger = LeaseDanger {
+            unconfirmed_for: Duration::from_nanos(1_000_400_001),
+            ttl: Duration::from_secs(2),
+            ..danger
+        };
+        assert_eq!(
+            danger.to_string(),
+            "session 12: no keep-alive confirmed for 1s of its 2s TTL"
+        );
+    }
+
+    fn danger(session_id: u64) -> LeaseDanger {
+        LeaseDanger {
+            session_id,
+            unconfirmed_for: Duration::from_millis(5001),
+            ttl: Duration::from_secs(10),
+        }
+    }
+
+    #[tokio::test]
+    async fn danger_is_published_and_taken_back() {
+        let shared = Arc::new(SessionShared::new(7));
+        assert_eq!(shared.danger_of(None), None);
+        let waiter = tokio::spawn({
+            let shared = shared.clone();
+            async move { shared.in_danger(None).await }
+        });
+        assert!(shared.mark_in_danger(danger(7)));
+        // Once per episode: a second notice changes nothing.
+        assert!(!shared.mark_in_danger(LeaseDanger {
+            unconfirmed_for: Duration::from_secs(6),
+            ..danger(7)
+        }));
+        assert_eq!(waiter.await.unwrap(), danger(7));
+        assert_eq!(shared.danger_of(None), Some(danger(7)));
+        assert_eq!(shared.danger_of(Some(7)), Some(danger(7)));
+        // Already in danger: at once.
+        assert_eq!(shared.in_danger(Some(7)).await, danger(7));
+
+        shared.mark_safe(7);
+        assert_eq!(shared.danger_of(None), None);
+        shared.out_of_danger().await;
+
+        // A replaced session takes its danger with it; a guard of the old
+        // session never hears of the new one's.
+        assert!(shared.mark_in_danger(danger(7)));
+        shared.replace(8);
+        assert_eq!(shared.danger_of(None), None);
+        assert!(!shared.mark_in_danger(danger(7)));
+        assert!(shared.mark_in_danger(danger(8)));
+        let old = timeout(Duration::from_millis(50), shared.in_danger(Some(7))).await;
+        assert!(
+            old.is_err(),
+            "the old session's guard heard of danger: {old:?}"
+        );
+        assert_eq!(shared.in_danger(None).await, danger(8));
+    }
+
+    /// A server that accepts connections and never answers, like a stopped
+    /// one: the lease is in danger half-way through the TTL, and lost at
+    /// its end.
+    #[tokio::test]
+    async fn an_unanswered_lease_is_in_danger_then_lost() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let channel = tonic::transport::Endpoint::from_shared(addr.clone())
+            .unwrap()
+            .connect_lazy();
+        let ttl = Duration::from_secs(1);
+        let shared = Arc::new(SessionShared::new(5));
+        let task = KeepAlive {
+            channel,
+            shared: shared.clone(),
+            addr,
+            ttl,
+            client_name: "test".into(),
+            lease: Lease::new(Instant::now(), ttl),
+        }
+        .spawn();
+        // Bounded only so that a bug cannot hang the test.
+        let limit = Duration::from_secs(60);
+        let danger = timeout(limit, shared.in_danger(None)).await.unwrap();
+        assert_eq!(danger.session_id, 5);
+        assert_eq!(danger.ttl, ttl);
+        assert!(danger.unconfirmed_for > ttl / 2, "{danger:?}");
+        let loss = timeout(limit, shared.lost(5)).await.unwrap();
+        assert_eq!(loss.reason, LossReason::Unrenewed(ttl));
+        task.abort();
     }
 }

@@ -539,14 +539,14 @@ impl State {
             let (holds, waiters) = (session.holds.len(), session.waiters.len());
             if holds >= self.limits.holds_per_session_max {
                 return exhausted(format!(
-                    "holds_per_session_max: session {} already has {holds} holds",
-                    session.id
+                    "holds_per_session_max: session {} already has {holds} holds (limit {})",
+                    session.id, self.limits.holds_per_session_max
                 ));
             }
             if waiters >= self.limits.waiters_per_session_max {
                 return exhausted(format!(
-                    "waiters_per_session_max: session {} already has {waiters} waits",
-                    session.id
+                    "waiters_per_session_max: session {} already has {waiters} waits (limit {})",
+                    session.id, self.limits.waiters_per_session_max
                 ));
             }
         }

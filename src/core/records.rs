@@ -26,7 +26,7 @@ use super::session::Session;
 use super::{Counters, FencingToken, Kind, Limits, SessionId, State};
 use crate::proto::store as pb;
 
-const COUNTERS_KEY: &[u8] = b"meta/counters";
+pub const COUNTERS_KEY: &[u8] = b"meta/counters";
 const SESSION_PREFIX: &[u8] = b"session/";
 const LOCK_PREFIX: &[u8] = b"lock/";
 const HOLD_PREFIX: &[u8] = b"hold/";

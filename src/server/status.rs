@@ -1,5 +1,6 @@
 //! The one place where the core's rejections become gRPC statuses.
 
+use tonic::codegen::http::HeaderValue;
 use tonic::{Code as GrpcCode, Status};
 
 use crate::core::{Code, Rejection};
@@ -30,8 +31,9 @@ impl From<Rejection> for Status {
 pub type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
 
 /// tonic refuses an oversized request with OUT_OF_RANGE; gRPC's own
-/// convention (and every other limit of syncd) says RESOURCE_EXHAUSTED. The
-/// refusal is a trailers-only response, so its status is in the headers.
+/// convention (and every other limit of syncd) says RESOURCE_EXHAUSTED, with
+/// the limit's name first in the message. The refusal is a trailers-only
+/// response, so its status is in the headers.
 pub fn oversized_is_resource_exhausted(mut response: HttpResponse) -> HttpResponse {
     let headers = response.headers_mut();
     let out_of_range = headers
@@ -46,6 +48,13 @@ pub fn oversized_is_resource_exhausted(mut response: HttpResponse) -> HttpRespon
         let code = (GrpcCode::ResourceExhausted as i32).to_string();
         if let Ok(value) = code.parse() {
             headers.insert("grpc-status", value);
+        }
+        let named = headers.get("grpc-message").map(|original| {
+            // Percent-encoded like the original: "%20" is a space.
+            [b"message_bytes_max:%20".as_slice(), original.as_bytes()].concat()
+        });
+        if let Some(Ok(value)) = named.map(|bytes| HeaderValue::from_bytes(&bytes)) {
+            headers.insert("grpc-message", value);
         }
     }
     response

@@ -6,66 +6,176 @@
 //! reports corruption instead of starting empty, and never acknowledges a
 //! write before `flush` returned.
 //!
-//! sled recovers from a damaged log by dropping what it cannot read, which
-//! can leave an empty database that opens without error. So after the first
-//! flush that made data durable, a marker file is written next to it; a
-//! directory with the marker but an empty database is refused as corrupt
-//! instead of being served empty.
+//! sled recovers from a damaged log by dropping what it cannot read: a
+//! truncated log opens without error, with the changes after the cut gone
+//! (an empty database, or one whose fencing token counter went back). So a
+//! marker file beside the database records the counters of the last flushed
+//! batch (rewritten at most once a second and on a clean stop; write, sync,
+//! rename). A directory with the marker whose database is missing, empty, or
+//! has counters below the marker's is refused as damaged instead of being
+//! served: it would hand out fencing tokens again. The counters only ever
+//! grow and the marker only records flushed ones, so a crash (which loses
+//! nothing flushed) never trips this check.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use prost::Message;
 
 use super::{Record, Store, StoreError};
+use crate::core::records::COUNTERS_KEY;
 use crate::core::Change;
+use crate::proto::store::Counters;
 
-/// Written once data has been flushed; its presence means "this directory
-/// holds syncd state".
+/// Its presence means "this directory holds syncd state"; it holds the
+/// counters last known flushed.
 const MARKER_FILE: &str = "syncd-state";
+const MARKER_HEADER: &str = "syncd data directory, format 1";
+/// How often a flush may rewrite the marker.
+const MARK_EVERY: Duration = Duration::from_secs(1);
 
 pub struct SledStore {
     db: sled::Db,
-    /// Set until the marker file exists.
-    marker_missing: Option<PathBuf>,
+    marker: PathBuf,
+    /// The counters record of the last batch written, and of the last one
+    /// flushed.
+    written_counters: Option<Vec<u8>>,
+    flushed_counters: Option<Vec<u8>>,
+    /// When the marker was last written (`None`: not yet by this process).
+    marked_at: Option<Instant>,
 }
 
 impl SledStore {
     /// Opens (or creates) the data directory. Fails with a one-line message
     /// when another process holds it or when its contents are corrupt.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        let marker = dir.join(MARKER_FILE);
+        let marked = read_marker(&marker)?;
+        // Checked before sled opens (and writes into) the directory.
+        let log = dir.join("db");
+        let log_empty = fs::metadata(&log).map_or(true, |m| m.len() == 0);
+        if marked.is_some() && log_empty {
+            return Err(damaged(dir, "its database file is missing or empty"));
+        }
         let db = sled::Config::new()
             .path(dir)
             .open()
             .map_err(|e| open_error(dir, e))?;
-        let marker = dir.join(MARKER_FILE);
-        let marked = marker.exists();
-        if marked && db.is_empty() {
-            return Err(StoreError(format!(
-                "data directory {} held syncd state, but its database is now empty or \
-                 unreadable (corrupt?); refusing to start over it. Restore it from a backup, \
-                 or move it away to start empty",
-                dir.display()
-            )));
+        if let Some(marked) = marked {
+            let stored = db
+                .get(COUNTERS_KEY)
+                .map_err(|e| store_error("read", e))?
+                .map(|value| Counters::decode(value.as_ref()).unwrap_or_default());
+            match stored {
+                None => return Err(damaged(dir, "its database is empty or unreadable")),
+                Some(stored) if went_back(&stored, &marked) => {
+                    return Err(damaged(
+                        dir,
+                        &format!(
+                            "its counters went back (fencing token {} after {} had been \
+                             flushed): changes were lost",
+                            stored.last_fencing_token, marked.last_fencing_token
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
         }
         Ok(SledStore {
             db,
-            marker_missing: (!marked).then_some(marker),
+            marker,
+            written_counters: None,
+            flushed_counters: None,
+            marked_at: None,
         })
     }
 
-    /// Writes the marker once the database holds durable data.
-    fn mark(&mut self) -> Result<(), StoreError> {
-        let Some(marker) = &self.marker_missing else {
+    /// Records the flushed counters in the marker (at most every
+    /// `MARK_EVERY`, unless `now`).
+    fn mark(&mut self, now: bool) -> Result<(), StoreError> {
+        let Some(counters) = &self.flushed_counters else {
             return Ok(());
         };
-        if self.db.is_empty() {
+        if !now && self.marked_at.is_some_and(|at| at.elapsed() < MARK_EVERY) {
             return Ok(());
         }
-        let written = fs::write(marker, b"syncd data directory, format 1\n")
-            .and_then(|()| fs::File::open(marker)?.sync_all());
-        written.map_err(|e| StoreError(format!("cannot write {}: {e}", marker.display())))?;
-        self.marker_missing = None;
+        let text = format!("{MARKER_HEADER}\ncounters {}\n", hex(counters));
+        let temp = self.marker.with_extension("tmp");
+        let written = fs::write(&temp, text)
+            .and_then(|()| fs::File::open(&temp)?.sync_all())
+            .and_then(|()| fs::rename(&temp, &self.marker));
+        written.map_err(|e| StoreError(format!("cannot write {}: {e}", self.marker.display())))?;
+        self.marked_at = Some(Instant::now());
         Ok(())
     }
+}
+
+impl Drop for SledStore {
+    /// A clean stop records the final counters (everything was flushed).
+    fn drop(&mut self) {
+        if self.db.flush().is_ok() {
+            self.flushed_counters = self
+                .written_counters
+                .take()
+                .or(self.flushed_counters.take());
+            if let Err(e) = self.mark(true) {
+                tracing::warn!("{}", e.0);
+            }
+        }
+    }
+}
+
+/// The counters the marker holds: `None` without a marker; counters of 0
+/// for a marker from before it kept them.
+fn read_marker(marker: &Path) -> Result<Option<Counters>, StoreError> {
+    let text = match fs::read_to_string(marker) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError(format!("cannot read {}: {e}", marker.display()))),
+    };
+    let bad = || StoreError(format!("{} is not a syncd marker file", marker.display()));
+    let mut lines = text.lines();
+    if lines.next() != Some(MARKER_HEADER) {
+        return Err(bad());
+    }
+    let Some(encoded) = lines.next().and_then(|l| l.strip_prefix("counters ")) else {
+        return Ok(Some(Counters::default()));
+    };
+    let bytes = unhex(encoded).ok_or_else(bad)?;
+    Counters::decode(bytes.as_slice())
+        .map(Some)
+        .map_err(|_| bad())
+}
+
+/// Whether any counter is below what was flushed before.
+fn went_back(stored: &Counters, marked: &Counters) -> bool {
+    stored.last_fencing_token < marked.last_fencing_token
+        || stored.last_session_id < marked.last_session_id
+        || stored.last_object_id < marked.last_object_id
+        || stored.clock_ms < marked.clock_ms
+}
+
+fn damaged(dir: &Path, why: &str) -> StoreError {
+    StoreError(format!(
+        "data directory {} held syncd state, but {why}: it is corrupt or truncated; \
+         refusing to start over it. Restore it from a backup, or move it away to start empty",
+        dir.display()
+    ))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 fn open_error(dir: &Path, error: sled::Error) -> StoreError {
@@ -103,6 +213,10 @@ impl Store for SledStore {
         let mut batch = sled::Batch::default();
         for change in changes {
             match change {
+                Change::Put { key, value } if key.as_slice() == COUNTERS_KEY => {
+                    self.written_counters = Some(value.clone());
+                    batch.insert(key.as_slice(), value.as_slice());
+                }
                 Change::Put { key, value } => batch.insert(key.as_slice(), value.as_slice()),
                 Change::Delete { key } => batch.remove(key.as_slice()),
             }
@@ -114,6 +228,75 @@ impl Store for SledStore {
 
     fn flush(&mut self) -> Result<(), StoreError> {
         self.db.flush().map_err(|e| store_error("flush", e))?;
-        self.mark()
+        if let Some(counters) = self.written_counters.take() {
+            self.flushed_counters = Some(counters);
+        }
+        self.mark(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counters_put(last_fencing_token: u64) -> Change {
+        let counters = Counters {
+            last_fencing_token,
+            ..Counters::default()
+        };
+        Change::Put {
+            key: COUNTERS_KEY.to_vec(),
+            value: counters.encode_to_vec(),
+        }
+    }
+
+    fn stored_once(dir: &Path, last_fencing_token: u64) {
+        let mut store = SledStore::open(dir).expect("opens");
+        store.write(&[counters_put(last_fencing_token)]).unwrap();
+        store.flush().unwrap();
+    }
+
+    #[test]
+    fn counters_that_went_back_are_refused_and_grown_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        stored_once(dir.path(), 5);
+        stored_once(dir.path(), 9);
+        // Changes lost behind syncd's back: the counter is older than the
+        // marker's.
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let old = Counters {
+                last_fencing_token: 7,
+                ..Counters::default()
+            };
+            db.insert(COUNTERS_KEY, old.encode_to_vec()).unwrap();
+            db.flush().unwrap();
+        }
+        let refused = SledStore::open(dir.path()).err().expect("refused");
+        assert!(
+            refused
+                .0
+                .contains("fencing token 7 after 9 had been flushed"),
+            "{}",
+            refused.0
+        );
+    }
+
+    #[test]
+    fn a_marker_without_a_database_file_is_refused_before_sled_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        stored_once(dir.path(), 1);
+        fs::remove_file(dir.path().join("db")).unwrap();
+        let refused = SledStore::open(dir.path()).err().expect("refused");
+        assert!(refused.0.contains("missing or empty"), "{}", refused.0);
+        assert!(!dir.path().join("db").exists(), "nothing was written");
+    }
+
+    #[test]
+    fn the_marker_keeps_the_counters_as_hex() {
+        let bytes = vec![0, 1, 0xab, 0xff];
+        assert_eq!(unhex(&hex(&bytes)), Some(bytes));
+        assert_eq!(unhex("abc"), None);
+        assert_eq!(unhex("zz"), None);
     }
 }

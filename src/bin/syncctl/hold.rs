@@ -8,14 +8,17 @@
 //! until one of those signals. If the hold is lost meanwhile (its session
 //! expired, or could not be renewed for a full TTL; a queue item's
 //! visibility timeout passed), say so, stop CMD (SIGTERM, SIGKILL after the
-//! grace) and exit 7. On the way out give the hold back — how depends on
+//! grace) and exit 7. When the session's lease is only in danger (no
+//! keep-alive confirmed for half its TTL), warn once on stderr and let CMD
+//! run on. On the way out give the hold back — how depends on
 //! whether CMD succeeded: a queue item is acked or nacked, a pool resource
 //! checked in healthy or not — and close the session, giving up after about
 //! a second when the server cannot be reached (a few seconds for an ack):
 //! the lease frees everything anyway.
 
 use std::{
-    future::Future, io, os::unix::process::ExitStatusExt, process::ExitStatus, time::Duration,
+    convert::Infallible, future::Future, io, os::unix::process::ExitStatusExt, process::ExitStatus,
+    time::Duration,
 };
 
 use clap::Args;
@@ -253,7 +256,7 @@ where
         guard,
         mut signals,
     } = taken;
-    let held = hold(cli.output, args, &guard, &mut signals).await;
+    let held = hold(cli.output, args, &client, &guard, &mut signals).await;
     let succeeded = matches!(held, Ok(0));
     let released = leave(guard, client, succeeded).await;
     finish(held, released)
@@ -306,15 +309,16 @@ where
 async fn hold<G: Guard>(
     output: Output,
     args: &HoldArgs,
+    client: &Client,
     guard: &G,
     signals: &mut Signals,
 ) -> Result<i32, Failure> {
     match args.command.split_first() {
         Some((program, program_args)) => {
             let child = spawn_command(program, program_args, guard)?;
-            run_command(child, guard, signals, args.kill_grace).await
+            run_command(child, client, guard, signals, args.kill_grace).await
         }
-        None => hold_until_signal(output, guard, signals).await,
+        None => hold_until_signal(output, client, guard, signals).await,
     }
 }
 
@@ -417,16 +421,21 @@ pub fn spawn_failure(program: &str, error: &io::Error) -> Failure {
 
 /// Waits for CMD, forwarding SIGINT, SIGTERM and SIGHUP to it; returns its
 /// exit code. When the hold is lost first, stops CMD and fails with 7.
+/// Warns when the lease is in danger (see [`warn_of_danger`]).
 async fn run_command<G: Guard>(
     mut child: Child,
+    client: &Client,
     guard: &G,
     signals: &mut Signals,
     kill_grace: Duration,
 ) -> Result<i32, Failure> {
     let lost = guard.lost();
     tokio::pin!(lost);
+    let warnings = warn_of_danger(client);
+    tokio::pin!(warnings);
     loop {
         tokio::select! {
+            never = &mut warnings => match never {},
             status = child.wait() => {
                 let status = status
                     .map_err(|e| Failure::other(format!("waiting for the command failed: {e}")))?;
@@ -463,6 +472,18 @@ async fn stop_command(child: &mut Child, grace: Duration, signals: &mut Signals)
     let _ = child.wait().await;
 }
 
+/// Prints `syncctl: warning: lease in danger: session 12: no keep-alive
+/// confirmed for 5s of its 10s TTL` on stderr each time the session's lease
+/// comes to be in danger: once per episode, until a keep-alive is confirmed
+/// again. Never returns.
+async fn warn_of_danger(client: &Client) -> Infallible {
+    loop {
+        let danger = client.lease_in_danger().await;
+        report(&format!("warning: lease in danger: {danger}"));
+        client.lease_out_of_danger().await;
+    }
+}
+
 /// `lost lock "p" (token 28): session 101 expired` and `suffix`.
 fn lost_line<G: Guard>(guard: &G, loss: &str, suffix: &str) -> String {
     format!("lost {}: {loss}{suffix}", guard.what())
@@ -491,14 +512,17 @@ pub fn status_code(status: ExitStatus) -> i32 {
 }
 
 /// Prints the token and holds until SIGINT, SIGTERM or SIGHUP. Fails with
-/// 7 when the hold is lost first.
+/// 7 when the hold is lost first. Warns when the lease is in danger (see
+/// [`warn_of_danger`]).
 async fn hold_until_signal<G: Guard>(
     output: Output,
+    client: &Client,
     guard: &G,
     signals: &mut Signals,
 ) -> Result<i32, Failure> {
     output.print(guard.text(), guard.json())?;
     tokio::select! {
+        never = warn_of_danger(client) => match never {},
         _ = signals.recv() => Ok(0),
         loss = guard.lost() => {
             report(&lost_line(guard, &loss, ""));
