@@ -1,0 +1,34 @@
+//! Stored records → `State::restore`: a corrupted record must be an error,
+//! never a panic. A state that restores must also survive being used: a
+//! listing, and a tick far enough ahead to expire every session (which
+//! releases every restored hold).
+#![no_main]
+
+use std::collections::BTreeMap;
+
+use libfuzzer_sys::fuzz_target;
+use syncd::core::{Command, Limits, Outcome, State};
+use syncd_fuzz::decode_records;
+
+fuzz_target!(|data: &[u8]| {
+    // As a store hands them over: unique keys, in key order (a key given
+    // twice keeps its last value).
+    let records: BTreeMap<Vec<u8>, Vec<u8>> = decode_records(data).into_iter().collect();
+    let Ok(mut state) = State::restore(Limits::default(), records) else {
+        return;
+    };
+    let now = state.now_ms();
+    let mut out = Outcome::default();
+    let list = Command::List {
+        kind: None,
+        prefix: String::new(),
+    };
+    let _ = state.apply(now, list.clone(), &mut out);
+    let _ = state.checkpoint();
+    let _ = state.next_deadline_ms();
+    // Past every lease (TTLs are at most an hour by default, but a stored
+    // record may claim any TTL).
+    let later = now.saturating_add(4_000_000);
+    state.tick(later, &mut out);
+    let _ = state.apply(later, list, &mut out);
+});
