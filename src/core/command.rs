@@ -449,8 +449,11 @@ pub struct Outcome {
 pub(super) struct Demand<'a> {
     /// A session that may get a new hold or waiter.
     pub session: Option<SessionId>,
-    /// Primitives the command creates if they do not exist.
-    pub primitives: Vec<(Kind, &'a str)>,
+    /// The primitive the command creates if it does not exist.
+    pub named: Option<(Kind, &'a str)>,
+    /// The buckets a many-bucket try creates if they do not exist (kept as
+    /// the request's slice: nothing is allocated on the hot path).
+    pub buckets: &'a [token_bucket::BucketAsk],
 }
 
 impl Command {
@@ -458,13 +461,15 @@ impl Command {
         fn both(session: SessionId, kind: Kind, name: &str) -> Demand<'_> {
             Demand {
                 session: Some(session),
-                primitives: vec![(kind, name)],
+                named: Some((kind, name)),
+                buckets: &[],
             }
         }
         fn creates(kind: Kind, name: &str) -> Demand<'_> {
             Demand {
                 session: None,
-                primitives: vec![(kind, name)],
+                named: Some((kind, name)),
+                buckets: &[],
             }
         }
         match self {
@@ -494,7 +499,7 @@ impl Command {
             } => both(*session_id, Kind::Queue, name),
             Command::QueueJoin { session_id, .. } => Demand {
                 session: Some(*session_id),
-                primitives: Vec::new(),
+                ..Demand::default()
             },
             Command::PoolCheckout {
                 session_id, name, ..
@@ -507,15 +512,14 @@ impl Command {
             } => both(*session_id, Kind::Breaker, name),
             Command::BreakerWatch { session_id, .. } => Demand {
                 session: Some(*session_id),
-                primitives: Vec::new(),
+                ..Demand::default()
             },
             Command::EventSet { name } => creates(Kind::Event, name),
             Command::BucketTry { name, .. } => creates(Kind::TokenBucket, name),
             Command::BucketTryMany { asks } => Demand {
                 session: None,
-                primitives: (asks.iter())
-                    .map(|ask| (Kind::TokenBucket, ask.name.as_str()))
-                    .collect(),
+                named: None,
+                buckets: asks,
             },
             _ => Demand::default(),
         }

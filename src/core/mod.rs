@@ -550,7 +550,9 @@ impl State {
                 ));
             }
         }
-        let new = (demand.primitives.iter())
+        let named = demand.named.iter();
+        let buckets = (demand.buckets.iter()).map(|ask| (Kind::TokenBucket, ask.name.as_str()));
+        let new = (named.copied().chain(buckets))
             .filter(|(kind, name)| !self.exists(*kind, name))
             .count();
         let count = self.primitive_count();
