@@ -476,7 +476,7 @@ const DE: Code = Code::DeadlineExceeded;
 const OK: Code = Code::Ok;
 
 /// Case templates; the generator picks one per request and fills it in.
-const TEMPLATES: usize = 81;
+const TEMPLATES: usize = 83;
 
 /// The `i`-th request: a template picked by the generator and filled in.
 fn generate(rng: &mut Rng, fx: &Fixtures) -> Case {
@@ -522,7 +522,10 @@ fn generate(rng: &mut Rng, fx: &Fixtures) -> Case {
                 "session.keep_alive unknown session",
                 NF,
                 move |c| async move {
-                    let requests = tokio_stream::iter(vec![pb::KeepAliveRequest { session_id }]);
+                    let requests = tokio_stream::iter(vec![pb::KeepAliveRequest {
+                        session_id,
+                        notices_seen_through: 0,
+                    }]);
                     streamed(SessionsClient::new(c).keep_alive(requests).await).await
                 },
             )
@@ -1570,6 +1573,29 @@ fn generate(rng: &mut Rng, fx: &Fixtures) -> Case {
                     streamed(QueuesClient::new(c).get(request).await).await
                 },
             )
+        }
+        // --- revoke -----------------------------------------------------
+        81 => {
+            let fencing_token = rng.unknown_token();
+            case("session.revoke unknown token", NF, move |c| async move {
+                let request = pb::RevokeRequest {
+                    fencing_token,
+                    reason: "bad input".into(),
+                };
+                unary(SessionsClient::new(c).revoke(request).await)
+            })
+        }
+        82 => {
+            // A real hold, so only the reason's length can refuse it.
+            let fencing_token = rng.pick(&[fx.lock_token, fx.sem_token, fx.rw_token]);
+            let reason = "r".repeat(rng.range(257, 4_000) as usize);
+            case("session.revoke reason too long", IA, move |c| async move {
+                let request = pb::RevokeRequest {
+                    fencing_token,
+                    reason,
+                };
+                unary(SessionsClient::new(c).revoke(request).await)
+            })
         }
         // --- system -----------------------------------------------------
         _ => {

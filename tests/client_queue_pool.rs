@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::rpc::{answer, kill9_and_restart, until};
 use common::{Syncd, HANG_GUARD};
-use syncd::client::{Client, Error, Freshness, QueueItem};
+use syncd::client::{Client, Error, Freshness, HoldLoss, QueueItem};
 use tonic::Code;
 
 /// How long a wait that should succeed may take: only there to stop a hang.
@@ -137,6 +137,7 @@ async fn a_waiting_get_is_served_by_a_later_put() {
     .await;
     let id = queue.put("hello", 0).await.unwrap();
     let item = answer(getter).await.expect("served by the put");
+    assert!(item.fencing_token > 0, "a delivery to ack has a token");
     assert_eq!(
         item,
         QueueItem {
@@ -144,6 +145,7 @@ async fn a_waiting_get_is_served_by_a_later_put() {
             value: b"hello".to_vec(),
             priority: 0,
             deliveries: 1,
+            fencing_token: item.fencing_token,
         }
     );
     assert_eq!(queue.describe().await.unwrap().in_flight, 1);
@@ -408,6 +410,9 @@ async fn a_resource_whose_session_closed_is_recovered_by_the_next_checkout() {
     let loss = tokio::time::timeout(HANG_GUARD, held.lost())
         .await
         .expect("the checkout is lost with its session");
+    let HoldLoss::Session(loss) = loss else {
+        panic!("lost alone: {loss}");
+    };
     assert_eq!(loss.session_id, held.session_id());
 
     let recovered = answer(waiter).await.expect("taken back from the session");

@@ -215,6 +215,7 @@ async fn a_get_waiting_on_an_empty_queue_is_answered_by_a_later_put() {
     let id = put_now(&mut producers, put_request(producer, "inbox", b"hello", 7)).await;
     let got = item(next(&mut waiting).await);
     ends_cleanly(&mut waiting).await;
+    assert!(got.fencing_token > 0, "a delivery to ack has a token");
     assert_eq!(
         got,
         Item {
@@ -222,6 +223,7 @@ async fn a_get_waiting_on_an_empty_queue_is_answered_by_a_later_put() {
             value: b"hello".to_vec(),
             priority: 7,
             deliveries: 1,
+            fencing_token: got.fencing_token,
         }
     );
     let described = describe_queue(&mut queues, "inbox").await;

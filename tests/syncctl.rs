@@ -16,7 +16,7 @@ use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{eventually, run_bounded, send_signal, syncctl, wait_bounded, Syncd, HANG_GUARD};
-use syncd::client::{Client, ClientOptions, Error, LossReason};
+use syncd::client::{Client, ClientOptions, Error, HoldLoss, LossReason};
 
 // --- helpers ---------------------------------------------------------------
 
@@ -271,6 +271,9 @@ async fn the_library_reports_a_hold_lost_with_the_server() {
     let loss = tokio::time::timeout(HANG_GUARD, guard.lost())
         .await
         .expect("the loss is reported");
+    let HoldLoss::Session(loss) = loss else {
+        panic!("lost alone: {loss}");
+    };
     assert_eq!(loss.session_id, session_id);
     assert_eq!(loss.reason, LossReason::Unrenewed(Duration::from_secs(1)));
     // The same loss, seen from the client (no new session can be opened

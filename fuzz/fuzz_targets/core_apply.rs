@@ -65,6 +65,10 @@ enum Op {
     },
     KeepAlive {
         s: u8,
+        seen: u8,
+    },
+    Revoke {
+        tok: u8,
     },
     Close {
         s: u8,
@@ -419,8 +423,13 @@ impl Sim {
                 ttl_ms: u64::from(ttl) * 4,
                 client_name: "fuzz".into(),
             },
-            KeepAlive { s } => Command::KeepAlive {
+            KeepAlive { s, seen } => Command::KeepAlive {
                 session_id: self.s(s),
+                notices_seen_through: u64::from(seen),
+            },
+            Revoke { tok } => Command::Revoke {
+                fencing_token: self.tok(tok),
+                detail: "fuzz".into(),
             },
             Close { s } => Command::CloseSession {
                 session_id: self.s(s),

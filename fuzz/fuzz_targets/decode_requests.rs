@@ -183,9 +183,13 @@ fn command(selector: u8, bytes: &[u8]) -> Option<Command> {
                 client_name: r.client_name,
             }
         }
-        3 => Command::KeepAlive {
-            session_id: decode::<pb::KeepAliveRequest>(bytes)?.session_id,
-        },
+        3 => {
+            let r: pb::KeepAliveRequest = decode(bytes)?;
+            Command::KeepAlive {
+                session_id: r.session_id,
+                notices_seen_through: r.notices_seen_through,
+            }
+        }
         4 => Command::CloseSession {
             session_id: decode::<pb::CloseSessionRequest>(bytes)?.session_id,
         },

@@ -27,8 +27,9 @@ use tonic::{transport::Channel, Code, Status, Streaming};
 use tracing::{debug, warn};
 
 use super::{
+    loss::HoldLoss,
     retry,
-    session::{LeaseDanger, SessionLoss},
+    session::LeaseDanger,
     wait::{read_to_end, Attempt, Step, Wait},
     Client, Error,
 };
@@ -276,10 +277,14 @@ impl<K: HoldKind> Hold<K> {
         &self.client
     }
 
-    /// Waits until the session that has this hold is lost; see the guards'
-    /// `lost`.
-    pub(crate) async fn lost(&self) -> SessionLoss {
-        self.client.session().lost(self.held.session_id).await
+    /// Waits until this hold is lost, alone or with its session; see the
+    /// guards' `lost`.
+    pub(crate) async fn lost(&self) -> HoldLoss {
+        let held = &self.held;
+        self.client
+            .session()
+            .hold_lost(held.session_id, held.fencing_token)
+            .await
     }
 
     /// Waits until the lease of the session that has this hold is in

@@ -13,7 +13,8 @@ use tonic::{transport::Channel, Status, Streaming};
 
 use super::{
     hold::{Held, Hold, HoldKind, HoldRequest},
-    session::{LeaseDanger, SessionLoss},
+    loss::HoldLoss,
+    session::LeaseDanger,
     wait::{Attempt, Step},
     with_timeout, Client, Error,
 };
@@ -166,13 +167,16 @@ impl LockGuard {
         self.hold.session_id()
     }
 
-    /// Waits until this hold is lost, and returns why: its session expired,
-    /// could not be renewed for a full TTL (the client cannot tell a dead
-    /// server from an expired lease, so it assumes the worst), or the client
-    /// was closed. Returns at once if that already happened; never while the
-    /// hold is safe. Whatever the lock protects must stop when it returns:
-    /// someone else may hold the lock by then.
-    pub async fn lost(&self) -> SessionLoss {
+    /// Waits until this hold is lost, and returns why. With its session
+    /// ([`HoldLoss::Session`]): the session expired, could not be renewed
+    /// for a full TTL (the client cannot tell a dead server from an expired
+    /// lease, so it assumes the worst), or the client was closed. Or alone
+    /// ([`HoldLoss::Taken`]): an operator revoked it, which the server
+    /// reports in a keep-alive reply, so within a third of the TTL. Returns
+    /// at once if that already happened; never while the hold is safe.
+    /// Whatever the lock protects must stop when it returns: someone else
+    /// may hold the lock by then.
+    pub async fn lost(&self) -> HoldLoss {
         self.hold.lost().await
     }
 

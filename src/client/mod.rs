@@ -69,6 +69,7 @@ mod error;
 mod event;
 mod hold;
 mod lock;
+mod loss;
 mod pool;
 mod queue;
 mod ratelimit;
@@ -100,6 +101,7 @@ pub use condition::Condition;
 pub use error::Error;
 pub use event::Event;
 pub use lock::{Lock, LockGuard};
+pub use loss::{HoldLoss, HoldLossReason, LostHold};
 pub use pool::{Freshness, Pool, PooledResource};
 pub use queue::{Queue, QueueItem};
 pub use ratelimit::{ManyTaken, RateLimit, Taken};
@@ -109,9 +111,18 @@ pub use session::{LeaseDanger, LossReason, SessionLoss};
 
 pub use crate::proto::v1::{BreakerSettings, BreakerState};
 
+/// What [`Client::revoke`] took away: a hold of `kind` `name`, from
+/// session `session_id` (which lives on).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revoked {
+    pub session_id: u64,
+    pub kind: String,
+    pub name: String,
+}
+
 use crate::proto::v1::{
     sessions_client::SessionsClient, system_client::SystemClient, CloseSessionRequest, ListRequest,
-    PingRequest, PrimitiveSummary,
+    PingRequest, PrimitiveSummary, RevokeRequest,
 };
 use retry::{Backoff, ATTEMPT_TIMEOUT, RETRY_BUDGET};
 use session::{KeepAlive, Lease, SessionShared};
@@ -238,6 +249,53 @@ impl Client {
     pub async fn session_lost(&self) -> SessionLoss {
         let session_id = self.session_id();
         self.inner.session.lost(session_id).await
+    }
+
+    /// The holds the server took from the current session while it lived
+    /// on (revoked, a queue item's visibility timeout, a deleted primitive),
+    /// oldest first: the latest 1,000 of them. The server reports them in
+    /// keep-alive replies, so they show here within a third of the TTL.
+    pub fn lost_holds(&self) -> Vec<LostHold> {
+        self.inner.session.taken_holds()
+    }
+
+    /// Waits until hold `fencing_token` of the current session is lost,
+    /// alone (see [`Client::lost_holds`]) or with its session; returns why.
+    pub async fn hold_lost(&self, fencing_token: u64) -> HoldLoss {
+        let session_id = self.session_id();
+        self.inner
+            .session
+            .hold_lost(session_id, fencing_token)
+            .await
+    }
+
+    /// Takes the hold with `fencing_token` away from whichever session has
+    /// it (an operator's tool for a stuck holder); whoever waits next is
+    /// granted at once, and the holder is told, with `reason`, at its next
+    /// keep-alive. `reason` (at most 256 bytes) should say who asks and
+    /// why; the server logs it. An [`Error::Status`] with code `NOT_FOUND`
+    /// when no hold has that token (also when a retry follows an attempt
+    /// that did revoke it).
+    pub async fn revoke(&self, fencing_token: u64, reason: &str) -> Result<Revoked, Error> {
+        let request = RevokeRequest {
+            fencing_token,
+            reason: reason.to_string(),
+        };
+        let response = self
+            .unary(|channel| {
+                let request = request.clone();
+                async move {
+                    SessionsClient::new(channel)
+                        .revoke(with_timeout(request))
+                        .await
+                }
+            })
+            .await?;
+        Ok(Revoked {
+            session_id: response.session_id,
+            kind: response.kind,
+            name: response.name,
+        })
     }
 
     /// Waits until the current session's lease is in danger: no keep-alive

@@ -40,7 +40,8 @@ use tonic::{transport::Channel, Code, Status, Streaming};
 
 use super::{
     hold::{Grant, Held, Hold, HoldKind, HoldRequest},
-    session::{LeaseDanger, SessionLoss},
+    loss::HoldLoss,
+    session::LeaseDanger,
     wait::{is_session_gone, Attempt, Step},
     with_timeout, Client, Error,
 };
@@ -324,11 +325,11 @@ impl PooledResource {
         self.hold.session_id()
     }
 
-    /// Waits until this checkout is lost with its session, and returns why;
-    /// see [`super::LockGuard::lost`]. Never returns while the checkout is
+    /// Waits until this checkout is lost, alone or with its session, and
+    /// returns why; see [`super::LockGuard::lost`]. Never returns while the checkout is
     /// safe. Stop using the resource when it returns: the server has taken
     /// it back.
-    pub async fn lost(&self) -> SessionLoss {
+    pub async fn lost(&self) -> HoldLoss {
         self.hold.lost().await
     }
 

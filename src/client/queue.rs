@@ -84,6 +84,11 @@ pub struct QueueItem {
     /// How many times the item has been delivered, this time included: more
     /// than 1 when an earlier delivery was not acked.
     pub deliveries: u32,
+    /// The fencing token of this delivery; 0 for [`Queue::get_no_ack`].
+    /// Pass it on to whatever the item's work writes to; with
+    /// [`super::Client::hold_lost`] it tells when the delivery is over (its
+    /// visibility timeout passed: the item went back to the queue).
+    pub fencing_token: u64,
 }
 
 impl From<Item> for QueueItem {
@@ -93,6 +98,7 @@ impl From<Item> for QueueItem {
             value: item.value,
             priority: item.priority,
             deliveries: item.deliveries,
+            fencing_token: item.fencing_token,
         }
     }
 }
@@ -444,6 +450,7 @@ mod tests {
             value: b"job".to_vec(),
             priority: 2,
             deliveries: 3,
+            fencing_token: 9,
         };
         assert_eq!(
             QueueItem::from(item),
@@ -452,6 +459,7 @@ mod tests {
                 value: b"job".to_vec(),
                 priority: 2,
                 deliveries: 3,
+                fencing_token: 9,
             }
         );
     }

@@ -21,7 +21,8 @@ use tonic::{transport::Channel, Status, Streaming};
 
 use super::{
     hold::{Held, Hold, HoldKind, HoldRequest},
-    session::{LeaseDanger, SessionLoss},
+    loss::HoldLoss,
+    session::LeaseDanger,
     wait::{Attempt, Step},
     with_timeout, Client, Error,
 };
@@ -205,9 +206,10 @@ impl SemaphoreGuard {
         self.hold.session_id()
     }
 
-    /// Waits until this hold is lost with its session, and returns why; see
+    /// Waits until this hold is lost, alone or with its session, and returns
+    /// why; see
     /// [`super::LockGuard::lost`]. Never returns while the hold is safe.
-    pub async fn lost(&self) -> SessionLoss {
+    pub async fn lost(&self) -> HoldLoss {
         self.hold.lost().await
     }
 

@@ -36,12 +36,13 @@ use tonic::{transport::Channel, Code, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use super::{
+    loss::{HoldLoss, LostHold, TakenHolds},
     retry::{Backoff, ATTEMPT_TIMEOUT},
     with_timeout,
 };
 use crate::proto::v1::{
-    sessions_client::SessionsClient, CloseSessionRequest, CreateSessionRequest, KeepAliveRequest,
-    KeepAliveResponse,
+    self as pb, sessions_client::SessionsClient, CloseSessionRequest, CreateSessionRequest,
+    KeepAliveRequest, KeepAliveResponse,
 };
 
 /// The shortest keep-alive period, whatever the TTL.
@@ -131,6 +132,8 @@ struct State {
     closed: bool,
     /// Set while the current session's lease is in danger.
     danger: Option<LeaseDanger>,
+    /// Holds the server took from the current session, which lives on.
+    taken: TakenHolds,
 }
 
 impl State {
@@ -145,6 +148,18 @@ impl State {
             }),
             _ => None,
         }
+    }
+
+    /// Why hold `fencing_token` of `session_id` is lost, or `None` while it
+    /// is not (as far as the client knows). A notice for the hold itself
+    /// says more than the loss of its session, so it comes first.
+    fn hold_loss(&self, session_id: u64, fencing_token: u64) -> Option<HoldLoss> {
+        if self.id == session_id {
+            if let Some(taken) = self.taken.get(fencing_token) {
+                return Some(HoldLoss::Taken(taken.clone()));
+            }
+        }
+        self.loss_of(session_id).map(HoldLoss::Session)
     }
 
     /// Records that the current session is lost, unless it already is.
@@ -177,6 +192,7 @@ impl SessionShared {
             loss: None,
             closed: false,
             danger: None,
+            taken: TakenHolds::default(),
         };
         SessionShared {
             state: watch::Sender::new(state),
@@ -224,6 +240,56 @@ impl SessionShared {
         })
     }
 
+    /// Waits until hold `fencing_token` of `session_id` is lost, alone or
+    /// with its session; returns why.
+    pub(crate) async fn hold_lost(&self, session_id: u64, fencing_token: u64) -> HoldLoss {
+        let mut states = self.state.subscribe();
+        let mut found = None;
+        let _ = states
+            .wait_for(|state| {
+                found = state.hold_loss(session_id, fencing_token);
+                found.is_some()
+            })
+            .await;
+        found.unwrap_or(HoldLoss::Session(SessionLoss {
+            session_id,
+            reason: LossReason::Closed,
+        }))
+    }
+
+    /// The holds the server took from the current session, oldest first
+    /// (the latest 1,000).
+    pub(crate) fn taken_holds(&self) -> Vec<LostHold> {
+        self.state.borrow().taken.all().cloned().collect()
+    }
+
+    /// The highest lost-hold notice of `session_id` seen, for the server to
+    /// forget; 0 if it is not the current session.
+    fn notices_seen_through(&self, session_id: u64) -> u64 {
+        let state = self.state.borrow();
+        if state.id == session_id {
+            state.taken.seen_through()
+        } else {
+            0
+        }
+    }
+
+    /// Takes in a keep-alive reply's notices of holds taken from
+    /// `session_id`; returns the new ones.
+    fn note_taken(&self, session_id: u64, notices: Vec<pb::LostHold>) -> Vec<LostHold> {
+        if notices.is_empty() {
+            return Vec::new();
+        }
+        let mut new = Vec::new();
+        self.state.send_if_modified(|state| {
+            if state.id == session_id {
+                new = state.taken.note(notices);
+            }
+            !new.is_empty()
+        });
+        new
+    }
+
     /// Waits, at most `limit`, until the session id is no longer `old`.
     /// Returns true when it changed. Asks the keep-alive task to check the
     /// session at once, so a lost session is noticed quickly.
@@ -251,6 +317,7 @@ impl SessionShared {
             state.lose_current(LossReason::Expired);
             state.id = session_id;
             state.danger = None;
+            state.taken = TakenHolds::default();
         });
     }
 
@@ -478,7 +545,11 @@ impl KeepAlive {
     ) -> StreamEnd {
         let (requests, receiver) = mpsc::channel(IN_FLIGHT_MAX);
         let mut in_flight = VecDeque::new();
-        if requests.try_send(KeepAliveRequest { session_id }).is_err() {
+        let first = KeepAliveRequest {
+            session_id,
+            notices_seen_through: self.shared.notices_seen_through(session_id),
+        };
+        if requests.try_send(first).is_err() {
             return StreamEnd::Broken(Status::internal("keep-alive queue is full"));
         }
         in_flight.push_back(Instant::now());
@@ -523,7 +594,8 @@ impl KeepAlive {
                     continue;
                 }
                 reply = replies.message() => match reply {
-                    Ok(Some(_)) => {
+                    Ok(Some(reply)) => {
+                        self.note_taken(session_id, reply.lost_holds);
                         if let Some(asked) = stream.in_flight.pop_front() {
                             self.lease.renewed(asked);
                         }
@@ -540,7 +612,8 @@ impl KeepAlive {
                     Err(status) => return classify(status),
                 },
             }
-            if let Err(end) = stream.send() {
+            let seen_through = self.shared.notices_seen_through(session_id);
+            if let Err(end) = stream.send(seen_through) {
                 return end;
             }
         }
@@ -626,6 +699,17 @@ impl KeepAlive {
         }
     }
 
+    /// Publishes the holds a keep-alive reply says the server took from
+    /// `session_id`, and logs each once.
+    fn note_taken(&self, session_id: u64, notices: Vec<pb::LostHold>) {
+        for hold in self.shared.note_taken(session_id, notices) {
+            self.log_news(&format!(
+                "session {session_id} at {} lost a hold: {hold}",
+                self.addr
+            ));
+        }
+    }
+
     /// Publishes that the lease of `session_id` is in danger, and logs it
     /// once: a warning, unless someone waits for news of the session (and
     /// so reports it).
@@ -669,9 +753,10 @@ struct Stream {
 impl Stream {
     /// Queues one renewal. A full queue means the server is not reading: the
     /// request is skipped and the lease deadline decides.
-    fn send(&mut self) -> Result<(), StreamEnd> {
+    fn send(&mut self, notices_seen_through: u64) -> Result<(), StreamEnd> {
         let request = KeepAliveRequest {
             session_id: self.session_id,
+            notices_seen_through,
         };
         match self.requests.try_send(request) {
             Ok(()) => {

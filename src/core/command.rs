@@ -7,7 +7,7 @@ use std::fmt;
 pub use super::rwlock::RwMode;
 use super::{
     barrier, breaker, condition, event, lock, pool, queue, rwlock, semaphore, token_bucket, Change,
-    FencingToken, Kind, SessionId, WaiterId,
+    FencingToken, Kind, LostHold, SessionId, WaiterId,
 };
 
 /// Everything a client (or the engine) can ask of the state machine.
@@ -19,6 +19,14 @@ pub enum Command {
     },
     KeepAlive {
         session_id: SessionId,
+        /// The highest lost-hold notice the client has seen (0: none).
+        notices_seen_through: u64,
+    },
+    /// An operator takes a hold away from its session (see `core::lost`).
+    Revoke {
+        fencing_token: FencingToken,
+        /// Who asked and why; passed on to the holder.
+        detail: String,
     },
     CloseSession {
         session_id: SessionId,
@@ -263,6 +271,13 @@ pub enum Reply {
     },
     SessionRenewed {
         ttl_ms: u64,
+        /// Holds the session lost while it lived on, not yet confirmed.
+        lost: Vec<LostHold>,
+    },
+    Revoked {
+        session_id: SessionId,
+        kind: Kind,
+        name: String,
     },
     SessionClosed {
         released: u32,

@@ -25,6 +25,7 @@ pub mod condition;
 pub mod event;
 mod holds;
 pub mod lock;
+pub mod lost;
 pub mod pool;
 pub mod queue;
 pub mod records;
@@ -40,6 +41,7 @@ use command::Demand;
 pub use command::{Code, Command, Outcome, Rejection, Reply, Result, RwMode, Summary};
 pub use holds::{Hold, HolderInfo, WaiterInfo};
 use holds::{HoldRef, WaiterRef};
+pub use lost::{LossCause, LostHold};
 pub use records::{Change, RestoreError};
 use session::{SessionEnd, Sessions};
 
@@ -249,7 +251,14 @@ impl State {
                 ttl_ms,
                 client_name,
             } => self.create_session(ttl_ms, client_name, out),
-            Command::KeepAlive { session_id } => self.keep_alive(session_id),
+            Command::KeepAlive {
+                session_id,
+                notices_seen_through,
+            } => self.keep_alive(session_id, notices_seen_through, out),
+            Command::Revoke {
+                fencing_token,
+                detail,
+            } => self.revoke(fencing_token, detail, out),
             Command::CloseSession { session_id } => {
                 self.require_session(session_id)?;
                 let released = self.end_session(session_id, SessionEnd::Closed, out);
@@ -486,7 +495,9 @@ impl State {
             }
             self.alarms.remove(&(at, alarm.clone()));
             match alarm {
-                Alarm::HoldExpires(token) => self.release_hold(token, out),
+                Alarm::HoldExpires(token) => {
+                    self.lose_hold(token, LossCause::VisibilityExpired, out)
+                }
                 Alarm::Primitive(kind, name) => self.alarm_rang(kind, &name, out),
             }
         }

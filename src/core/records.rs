@@ -20,6 +20,7 @@ use super::barrier::Barrier;
 use super::event::Event;
 use super::holds::Hold;
 use super::lock::Lock;
+use super::lost::{LossCause, LostHold, LostNotices};
 use super::rwlock::RwMode;
 use super::semaphore::SemaphoreHold;
 use super::session::Session;
@@ -58,10 +59,25 @@ fn session_key(id: SessionId) -> Vec<u8> {
 }
 
 pub(super) fn session_put(session: &Session) -> Change {
+    let lost_holds = session
+        .lost
+        .unconfirmed()
+        .map(|notice| pb::LostHoldRecord {
+            seq: notice.seq,
+            fencing_token: notice.fencing_token,
+            kind: notice.kind.as_str().to_owned(),
+            name: notice.name.clone(),
+            reason: notice.cause.code(),
+            detail: notice.cause.detail().to_owned(),
+            lost_at_ms: notice.lost_at_ms,
+        })
+        .collect();
     let record = pb::SessionRecord {
         id: session.id,
         ttl_ms: session.ttl_ms,
         client_name: session.client_name.clone(),
+        lost_holds,
+        last_notice_seq: session.lost.last_seq(),
     };
     Change::Put {
         key: session_key(session.id),
@@ -198,6 +214,36 @@ pub(super) fn decode<M: Message + Default>(key: &[u8], value: &[u8]) -> Result<M
     M::decode(value).map_err(|e| corrupt(key, e))
 }
 
+/// A session's stored lost-hold notices: known kinds and causes, `seq`
+/// rising, none above `last_notice_seq`.
+fn restore_notices(record: &pb::SessionRecord) -> Result<LostNotices, RestoreError> {
+    let bad = |why: String| RestoreError(format!("session {}: {why}", record.id));
+    let mut notices = Vec::with_capacity(record.lost_holds.len());
+    let mut previous_seq = 0;
+    for r in &record.lost_holds {
+        let kind = Kind::parse(&r.kind)
+            .ok_or_else(|| bad(format!("lost-hold notice of unknown kind {:?}", r.kind)))?;
+        let cause = LossCause::from_code(r.reason, r.detail.clone())
+            .ok_or_else(|| bad(format!("lost-hold notice with unknown reason {}", r.reason)))?;
+        if r.seq <= previous_seq || r.seq > record.last_notice_seq {
+            return Err(bad(format!(
+                "lost-hold notice {} out of order (after {previous_seq}, last {})",
+                r.seq, record.last_notice_seq
+            )));
+        }
+        previous_seq = r.seq;
+        notices.push(LostHold {
+            seq: r.seq,
+            fencing_token: r.fencing_token,
+            kind,
+            name: r.name.clone(),
+            cause,
+            lost_at_ms: r.lost_at_ms,
+        });
+    }
+    Ok(LostNotices::restored(record.last_notice_seq, notices))
+}
+
 impl State {
     /// Rebuilds the state from stored records. Every session gets a full TTL
     /// from the restored clock: time the server was down never counts
@@ -264,6 +310,7 @@ impl State {
                     record.id
                 )));
             }
+            let lost = restore_notices(&record)?;
             state.sessions.insert(Session {
                 id: record.id,
                 ttl_ms: record.ttl_ms,
@@ -271,6 +318,7 @@ impl State {
                 expires_at_ms: state.now_ms.saturating_add(record.ttl_ms),
                 holds: BTreeSet::new(),
                 waiters: BTreeSet::new(),
+                lost,
             });
         }
         for (name, record) in locks {

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::lost::LostNotices;
 use super::records;
 use super::{Code, FencingToken, Outcome, Rejection, Reply, Result, SessionId, State, WaiterId};
 
@@ -26,6 +27,8 @@ pub struct Session {
     pub holds: BTreeSet<FencingToken>,
     /// Waiters this session has queued anywhere.
     pub waiters: BTreeSet<WaiterId>,
+    /// Holds it lost while it lived on, not yet confirmed by its client.
+    pub lost: LostNotices,
 }
 
 impl Session {
@@ -145,6 +148,7 @@ impl State {
             expires_at_ms: self.now_ms.saturating_add(ttl_ms),
             holds: BTreeSet::new(),
             waiters: BTreeSet::new(),
+            lost: LostNotices::default(),
         };
         out.changes.push(records::session_put(&session));
         out.changes.push(self.checkpoint());
@@ -154,13 +158,6 @@ impl State {
         };
         self.sessions.insert(session);
         Ok(reply)
-    }
-
-    pub(super) fn keep_alive(&mut self, session_id: SessionId) -> Result<Reply> {
-        match self.sessions.renew(session_id, self.now_ms) {
-            Some(ttl_ms) => Ok(Reply::SessionRenewed { ttl_ms }),
-            None => Err(unknown_session(session_id)),
-        }
     }
 
     pub(super) fn require_session(&self, session_id: SessionId) -> Result<&Session> {
@@ -252,6 +249,7 @@ mod tests {
             expires_at_ms: now_ms + ttl_ms,
             holds: BTreeSet::new(),
             waiters: BTreeSet::new(),
+            lost: LostNotices::default(),
         }
     }
 

@@ -1,13 +1,13 @@
 //! Conversions that several services share: the events of waiting streams,
 //! holders and waiters for Describe, the read-write mode, a pool
 //! resource's freshness, and a circuit breaker's state, settings and call
-//! outcomes.
+//! outcomes; lost-hold notices.
 
 use tonic::Status;
 
 use super::status::unexpected;
 use crate::core::breaker::{BreakerSettings, BreakerState};
-use crate::core::{pool::Freshness, HolderInfo, Reply, RwMode, WaiterInfo};
+use crate::core::{pool::Freshness, HolderInfo, LossCause, LostHold, Reply, RwMode, WaiterInfo};
 use crate::proto::v1 as pb;
 
 /// A message of a waiting RPC's stream: `queued` while it waits, then one
@@ -166,6 +166,24 @@ pub(super) fn call_failed(outcome: i32) -> Result<bool, Status> {
     Err(Status::invalid_argument(format!(
         "outcome must be CALL_OUTCOME_SUCCESS or CALL_OUTCOME_FAILURE, not {given}"
     )))
+}
+
+/// A lost-hold notice as the keep-alive reply carries it.
+pub(super) fn lost_hold(notice: LostHold) -> pb::LostHold {
+    let reason = match notice.cause {
+        LossCause::VisibilityExpired => pb::HoldLossReason::VisibilityExpired,
+        LossCause::Revoked { .. } => pb::HoldLossReason::Revoked,
+        LossCause::Deleted => pb::HoldLossReason::Deleted,
+    };
+    pb::LostHold {
+        seq: notice.seq,
+        fencing_token: notice.fencing_token,
+        kind: notice.kind.as_str().to_owned(),
+        name: notice.name,
+        reason: reason as i32,
+        detail: notice.cause.detail().to_owned(),
+        lost_at_ms: notice.lost_at_ms,
+    }
 }
 
 #[cfg(test)]

@@ -139,14 +139,15 @@ fn describe_response(info: QueueInfo) -> pb::DescribeQueueResponse {
     }
 }
 
-/// A delivered item; its in-flight fencing token stays on the server (ack
-/// and nack name the item id).
+/// A delivered item, with the fencing token of its delivery (ack and nack
+/// name the item id).
 fn item(delivery: &Delivery) -> pb::Item {
     pb::Item {
         id: delivery.id,
         value: delivery.value.clone(),
         priority: delivery.priority,
         deliveries: delivery.deliveries,
+        fencing_token: delivery.fencing_token.unwrap_or(0),
     }
 }
 
@@ -214,6 +215,7 @@ mod tests {
             value: b"job".to_vec(),
             priority: 2,
             deliveries: 3,
+            fencing_token: 11,
         };
         assert_eq!(got.event, Some(get_response::Event::Item(expected)));
         let stored: pb::PutResponse = wait_event(Reply::Stored { item_id: 4 }).unwrap();

@@ -7,6 +7,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::convert;
 use super::status::unexpected;
 use crate::core::{Command, Reply};
 use crate::engine::EngineHandle;
@@ -77,6 +78,45 @@ impl Sessions for SessionService {
             other => Err(unexpected(&other)),
         }
     }
+
+    async fn revoke(
+        &self,
+        request: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown peer".to_owned(), |addr| addr.to_string());
+        let request = request.into_inner();
+        let fencing_token = request.fencing_token;
+        let command = Command::Revoke {
+            fencing_token,
+            detail: request.reason.clone(),
+        };
+        match self.engine.call(command).await? {
+            Reply::Revoked {
+                session_id,
+                kind,
+                name,
+            } => {
+                // Operators want this in the log: who took what from whom.
+                tracing::info!(
+                    %peer,
+                    fencing_token,
+                    session_id,
+                    kind = kind.as_str(),
+                    name = %name,
+                    reason = %request.reason,
+                    "hold revoked"
+                );
+                Ok(Response::new(pb::RevokeResponse {
+                    session_id,
+                    kind: kind.as_str().to_owned(),
+                    name,
+                }))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
 }
 
 /// Answers each keep-alive request of one stream until the client stops,
@@ -103,10 +143,16 @@ async fn renew_loop(
             },
         };
         let session_id = request.session_id;
-        let reply = match engine.call(Command::KeepAlive { session_id }).await {
-            Ok(Reply::SessionRenewed { ttl_ms }) => {
-                Ok(pb::KeepAliveResponse { session_id, ttl_ms })
-            }
+        let command = Command::KeepAlive {
+            session_id,
+            notices_seen_through: request.notices_seen_through,
+        };
+        let reply = match engine.call(command).await {
+            Ok(Reply::SessionRenewed { ttl_ms, lost }) => Ok(pb::KeepAliveResponse {
+                session_id,
+                ttl_ms,
+                lost_holds: lost.into_iter().map(convert::lost_hold).collect(),
+            }),
             Ok(other) => Err(unexpected(&other)),
             Err(rejection) => Err(Status::from(rejection)),
         };

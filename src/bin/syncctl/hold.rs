@@ -141,7 +141,7 @@ impl Guard for LockGuard {
     }
 
     async fn lost(&self) -> String {
-        LockGuard::lost(self).await.to_string()
+        LockGuard::lost(self).await.why()
     }
 
     async fn release(self, _succeeded: bool) -> Result<(), Error> {
@@ -179,7 +179,7 @@ impl Guard for SemaphoreGuard {
     }
 
     async fn lost(&self) -> String {
-        SemaphoreGuard::lost(self).await.to_string()
+        SemaphoreGuard::lost(self).await.why()
     }
 
     async fn release(self, _succeeded: bool) -> Result<(), Error> {
@@ -226,7 +226,7 @@ impl Guard for RwLockGuard {
     }
 
     async fn lost(&self) -> String {
-        RwLockGuard::lost(self).await.to_string()
+        RwLockGuard::lost(self).await.why()
     }
 
     async fn release(self, _succeeded: bool) -> Result<(), Error> {

@@ -89,7 +89,7 @@ use queue::QueueCommand;
 use ratelimit::RateLimitCommand;
 use rwlock::RwLockCommand;
 use sem::SemCommand;
-use system::LsArgs;
+use system::{LsArgs, RevokeArgs};
 
 const AFTER_HELP: &str = "\
 Exit codes:
@@ -188,6 +188,13 @@ enum Command {
     /// Check that the server answers, and how fast.
     #[command(after_help = AFTER_HELP)]
     Ping,
+    /// Take a hold (of any kind) away from its holder, by fencing token:
+    /// for a stuck holder. Whoever waits next is granted at once; the
+    /// holder's session lives on, and is told at its next keep-alive (a
+    /// `syncctl ... -- CMD` holder stops CMD and exits 7). The server logs
+    /// the reason.
+    #[command(after_help = AFTER_HELP)]
+    Revoke(RevokeArgs),
 }
 
 fn main() {
@@ -225,6 +232,7 @@ async fn run(cli: &Cli) -> Result<i32, Failure> {
         Command::Breaker(command) => breaker::run(cli, command).await,
         Command::Ls(args) => system::list(cli, args).await,
         Command::Ping => system::ping(cli).await,
+        Command::Revoke(args) => system::revoke(cli, args).await,
     }
 }
 

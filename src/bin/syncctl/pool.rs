@@ -208,7 +208,7 @@ impl Guard for PooledResource {
     }
 
     async fn lost(&self) -> String {
-        PooledResource::lost(self).await.to_string()
+        PooledResource::lost(self).await.why()
     }
 
     async fn release(self, succeeded: bool) -> Result<(), Error> {

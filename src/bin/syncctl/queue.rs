@@ -148,8 +148,9 @@ pub enum QueueCommand {
     /// max deliveries it goes to the dead-letter queue NAME.dlq instead.
     ///
     /// With `-- CMD [ARGS...]`: runs CMD with the item's value on its stdin
-    /// and SYNCD_QUEUE_NAME, SYNCD_ITEM_ID, SYNCD_ITEM_PRIORITY and
-    /// SYNCD_ITEM_DELIVERIES (1 on the first delivery) in its environment.
+    /// and SYNCD_QUEUE_NAME, SYNCD_ITEM_ID, SYNCD_ITEM_PRIORITY,
+    /// SYNCD_ITEM_DELIVERIES (1 on the first delivery) and
+    /// SYNCD_FENCING_TOKEN (of this delivery) in its environment.
     /// When CMD exits 0 the item is acked, otherwise nacked (back in the
     /// queue, or dead-lettered: said on stderr); syncctl exits with CMD's
     /// code. CMD must finish within --visibility-timeout: when it passes,
@@ -513,6 +514,7 @@ impl Guard for ItemHold {
             ("SYNCD_ITEM_ID", self.item.id.to_string()),
             ("SYNCD_ITEM_PRIORITY", self.item.priority.to_string()),
             ("SYNCD_ITEM_DELIVERIES", self.item.deliveries.to_string()),
+            ("SYNCD_FENCING_TOKEN", self.item.fencing_token.to_string()),
         ]
     }
 
@@ -535,8 +537,10 @@ impl Guard for ItemHold {
         if flight.client.session_id() != flight.session_id {
             return format!("session {} was lost", flight.session_id);
         }
+        // The server tells of a revoke, or of the visibility timeout if it
+        // passes before syncctl's own reckoning does.
         tokio::select! {
-            loss = flight.client.session_lost() => loss.to_string(),
+            loss = flight.client.hold_lost(self.item.fencing_token) => loss.why(),
             () = tokio::time::sleep_until(flight.deadline) => format!(
                 "its visibility timeout of {} is over, the server puts it back in the queue \
                  (raise --visibility-timeout)",

@@ -1,4 +1,4 @@
-//! `syncctl ls` and `syncctl ping`.
+//! `syncctl ls`, `syncctl ping` and `syncctl revoke`.
 
 use std::time::Instant;
 
@@ -24,6 +24,47 @@ pub struct LsArgs {
     /// Only names that start with this prefix. Default: every name.
     #[arg(long, value_name = "PREFIX")]
     prefix: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RevokeArgs {
+    /// The fencing token of the hold to take away (`describe` shows each
+    /// holder's).
+    #[arg(value_name = "TOKEN")]
+    fencing_token: u64,
+
+    /// Who asks and why, e.g. "alice: deploy stuck on host-3" (at most 256
+    /// bytes). Logged by the server and passed on to the holder.
+    #[arg(
+        long,
+        value_name = "TEXT",
+        default_value = "",
+        hide_default_value = true
+    )]
+    reason: String,
+}
+
+pub async fn revoke(cli: &Cli, args: &RevokeArgs) -> Result<i32, Failure> {
+    let token = args.fencing_token;
+    let reason = args.reason.as_str();
+    let revoked =
+        crate::session::one_call(
+            cli,
+            |client| async move { client.revoke(token, reason).await },
+        )
+        .await?;
+    let text = format!(
+        "revoked {} {:?} (token {token}) from session {}",
+        revoked.kind, revoked.name, revoked.session_id
+    );
+    let json = json!({
+        "fencing_token": token,
+        "kind": revoked.kind,
+        "name": revoked.name,
+        "session_id": revoked.session_id,
+    });
+    cli.output.print(text, json)?;
+    Ok(0)
 }
 
 pub async fn ping(cli: &Cli) -> Result<i32, Failure> {

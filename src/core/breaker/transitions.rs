@@ -4,7 +4,7 @@
 
 use super::super::records as hold_records;
 use super::super::{
-    Code, Kind, Outcome, Rejection, Reply, Result, SessionId, State, Summary, WaiterId,
+    Code, Kind, LossCause, Outcome, Rejection, Reply, Result, SessionId, State, Summary, WaiterId,
 };
 use super::records::{breaker_delete, breaker_put};
 use super::{alarm, Breaker, BreakerAction, BreakerInfo, BreakerSettings, BreakerState};
@@ -171,6 +171,7 @@ impl State {
             self.clear_alarm(breaker.open_until_ms, alarm(name));
         }
         for token in breaker.permits.keys() {
+            self.note_lost_hold(*token, LossCause::Deleted, out);
             self.unregister_hold(*token);
             out.changes.push(hold_records::hold_delete(*token));
         }

@@ -58,6 +58,10 @@ enum Op {
         pick: usize,
         by_owner: bool,
     },
+    /// An operator takes a hold (any kind with holds) away.
+    Revoke {
+        pick: usize,
+    },
     Undelivered {
         pick: usize,
     },
@@ -139,6 +143,7 @@ fn arb_op() -> impl Strategy<Value = Op> {
         ),
         (any::<usize>(), any::<bool>()).prop_map(|(pick, by_owner)| Op::Release { pick, by_owner }),
         any::<usize>().prop_map(|pick| Op::Undelivered { pick }),
+        any::<usize>().prop_map(|pick| Op::Revoke { pick }),
         any::<usize>().prop_map(|pick| Op::Cancel { pick }),
         name.clone().prop_map(|name| Op::EventSet { name }),
         name.clone().prop_map(|name| Op::EventClear { name }),
@@ -289,6 +294,21 @@ impl Mixed {
                     waiter,
                 )?;
                 prop_assert_eq!(reply.is_ok(), by_owner, "release by owner: {:?}", reply);
+                return self.check();
+            }
+            Op::Revoke { pick } => {
+                let all = [Kind::Lock, Kind::Semaphore, Kind::RwLock, Kind::Queue];
+                let Some((token, ..)) = self.token_pick(pick, &all) else {
+                    return self.check();
+                };
+                let reply = self.run(
+                    Command::Revoke {
+                        fencing_token: token,
+                        detail: "test".into(),
+                    },
+                    waiter,
+                )?;
+                prop_assert!(reply.is_ok(), "revoke of a live hold: {:?}", reply);
                 return self.check();
             }
             Op::Undelivered { pick } => {

@@ -174,7 +174,10 @@ impl Sim {
     }
 
     fn keep_alive(&mut self, session_id: SessionId) -> Result<Reply> {
-        self.apply(Command::KeepAlive { session_id })
+        self.apply(Command::KeepAlive {
+            session_id,
+            notices_seen_through: 0,
+        })
     }
 
     fn close(&mut self, session_id: SessionId) -> (Result<Reply>, Events) {
@@ -409,7 +412,10 @@ fn keep_alive_postpones_expiry() {
     sim.at(800);
     assert_eq!(
         sim.keep_alive(a),
-        Ok(Reply::SessionRenewed { ttl_ms: 1_000 })
+        Ok(Reply::SessionRenewed {
+            ttl_ms: 1_000,
+            lost: vec![]
+        })
     );
     assert_eq!(sim.state.next_deadline_ms(), Some(1_800));
     assert_eq!(sim.tick_at(1_000), vec![]);
@@ -963,7 +969,14 @@ fn restore_rebuilds_holders_sessions_and_counters() {
     for id in 1..=6 {
         let live = sim.keep_alive(id);
         let mut out = Outcome::default();
-        let back = restored.apply(now, Command::KeepAlive { session_id: id }, &mut out);
+        let back = restored.apply(
+            now,
+            Command::KeepAlive {
+                session_id: id,
+                notices_seen_through: 0,
+            },
+            &mut out,
+        );
         assert_eq!(back, live, "session {id}");
     }
     // The next grant's token is larger than every earlier one.
@@ -1109,6 +1122,7 @@ fn session_record(id: u64) -> Vec<u8> {
         id,
         ttl_ms: 1_000,
         client_name: String::new(),
+        ..Default::default()
     }
     .encode_to_vec()
 }
@@ -1252,6 +1266,7 @@ fn arb_value() -> impl Strategy<Value = Vec<u8>> {
             id,
             ttl_ms,
             client_name: "x".to_owned(),
+            ..Default::default()
         }
         .encode_to_vec()),
         (small.clone(), small.clone(), small).prop_map(|(s, t, at)| pb::LockRecord {
@@ -1453,7 +1468,10 @@ impl Model {
         match self.sessions.get_mut(&session_id) {
             Some(s) => {
                 s.expires_at_ms = now_ms + s.ttl_ms;
-                Ok(Reply::SessionRenewed { ttl_ms: s.ttl_ms })
+                Ok(Reply::SessionRenewed {
+                    ttl_ms: s.ttl_ms,
+                    lost: vec![],
+                })
             }
             None => Err(Code::NotFound),
         }
@@ -1727,7 +1745,14 @@ impl Checker {
             Op::KeepAlive { slot } => {
                 let session_id = self.slot_session(slot);
                 let expected = self.model.keep_alive(session_id);
-                (Command::KeepAlive { session_id }, expected, None)
+                (
+                    Command::KeepAlive {
+                        session_id,
+                        notices_seen_through: 0,
+                    },
+                    expected,
+                    None,
+                )
             }
             Op::Close { slot } => {
                 let session_id = self.slot_session(slot);
@@ -1997,9 +2022,19 @@ impl Checker {
         prop_assert_eq!(restored.next_deadline_ms(), shortest.map(|t| now + t));
         let mut out = Outcome::default();
         for id in 1..=self.model.last_session_id + 1 {
-            let reply = seen(restored.apply(now, Command::KeepAlive { session_id: id }, &mut out));
+            let reply = seen(restored.apply(
+                now,
+                Command::KeepAlive {
+                    session_id: id,
+                    notices_seen_through: 0,
+                },
+                &mut out,
+            ));
             let expected = match self.model.sessions.get(&id) {
-                Some(s) => Ok(Reply::SessionRenewed { ttl_ms: s.ttl_ms }),
+                Some(s) => Ok(Reply::SessionRenewed {
+                    ttl_ms: s.ttl_ms,
+                    lost: vec![],
+                }),
                 None => Err(Code::NotFound),
             };
             prop_assert_eq!(reply, expected, "session {} after restore", id);
@@ -2115,6 +2150,7 @@ proptest! {
 
 mod breaker;
 mod limits;
+mod lost;
 mod mixed;
 mod pool;
 mod primitives;

@@ -135,7 +135,7 @@ impl Sim {
         }
     }
 
-    fn restored(&self) -> State {
+    pub(super) fn restored(&self) -> State {
         let records = self.store.clone().into_iter();
         State::restore(Limits::default(), records).expect("restore")
     }
