@@ -265,7 +265,14 @@ fn main() {
             }
             .encode_to_vec(),
         ),
-        (3, pb::KeepAliveRequest { session_id: 1 }.encode_to_vec()),
+        (
+            3,
+            pb::KeepAliveRequest {
+                session_id: 1,
+                notices_seen_through: 0,
+            }
+            .encode_to_vec(),
+        ),
         (4, pb::CloseSessionRequest { session_id: 1 }.encode_to_vec()),
         (
             5,
