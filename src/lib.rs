@@ -33,6 +33,7 @@
 //! - [`duration`]: parsing of durations such as `500ms`, `30s`, `2m`.
 
 pub mod client;
+pub mod config;
 pub mod core;
 pub mod duration;
 pub mod engine;

@@ -422,6 +422,7 @@ impl Sim {
             Create { ttl } => Command::CreateSession {
                 ttl_ms: u64::from(ttl) * 4,
                 client_name: "fuzz".into(),
+                host: String::new(),
             },
             KeepAlive { s, seen } => Command::KeepAlive {
                 session_id: self.s(s),

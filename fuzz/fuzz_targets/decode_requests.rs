@@ -25,6 +25,7 @@ fn base() -> State {
         Command::CreateSession {
             ttl_ms: 10_000,
             client_name: "fuzz".into(),
+            host: String::new(),
         },
         Command::LockAcquire {
             session_id: 1,
@@ -181,6 +182,7 @@ fn command(selector: u8, bytes: &[u8]) -> Option<Command> {
             Command::CreateSession {
                 ttl_ms: r.ttl_ms,
                 client_name: r.client_name,
+                host: String::new(),
             }
         }
         3 => {

@@ -815,6 +815,7 @@ mod startup {
         let session = CoreCommand::CreateSession {
             ttl_ms: 3_600_000,
             client_name: "syncd-bench".into(),
+            host: String::new(),
         };
         let Ok(Reply::SessionCreated { session_id, .. }) = engine.call(session).await else {
             return Err("cannot create a session".into());

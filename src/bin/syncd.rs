@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use syncd::core::Limits;
 use syncd::engine::{Durability, EngineConfig};
 use syncd::server::{Server, ServerConfig};
@@ -28,16 +28,56 @@ enum Commands {
     /// SIGINT/SIGTERM shut it down gracefully: waiting calls end with
     /// UNAVAILABLE, everything is flushed, exit code 0.
     ///
+    /// Every flag can also be set by its environment variable (shown with
+    /// it below) or by a key of the TOML file named by --config (or
+    /// SYNCD_CONFIG). Precedence: flag, then environment variable, then
+    /// config file, then the built-in default.
+    ///
     /// Exit codes: 0 stopped by a signal; 1 any other failure (cannot
-    /// listen, the store failed while serving); 2 bad command line; 3 the
-    /// data directory cannot be used (corrupt or truncated records, another
-    /// syncd uses it, unreadable): syncd never starts empty over existing
-    /// data.
+    /// listen, the store failed while serving); 2 bad command line or config
+    /// file; 3 the data directory cannot be used (corrupt or truncated
+    /// records, another syncd uses it, unreadable): syncd never starts empty
+    /// over existing data.
     Serve(ServeArgs),
+
+    /// Print a shell completion script (bash, zsh, fish, ...) to stdout.
+    ///
+    /// Install it with e.g. `syncd completions bash >
+    /// /etc/bash_completion.d/syncd`, `syncd completions zsh >
+    /// "${fpath[1]}/_syncd"` or `syncd completions fish >
+    /// ~/.config/fish/completions/syncd.fish`.
+    Completions(CompletionsArgs),
+}
+
+#[derive(Parser, Debug)]
+struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+impl CompletionsArgs {
+    /// Prints the script; exit 1 if stdout cannot take it.
+    fn print(&self) -> ExitCode {
+        let mut script = Vec::new();
+        clap_complete::generate(self.shell, &mut Cli::command(), "syncd", &mut script);
+        match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("cannot write the completion script: {e}")),
+        }
+    }
 }
 
 #[derive(Parser, Debug)]
 struct ServeArgs {
+    /// TOML file that sets any of the flags below: one key per flag, named
+    /// like the long flag with `-` or `_`, e.g. `max_sessions = 5000`,
+    /// `listen = "0.0.0.0:7420"`, `session_ttl_max = "1h"`. A flag or an
+    /// environment variable overrides the file. An unknown key, a bad value
+    /// or an unreadable file is an error (exit 2).
+    #[arg(long = syncd::config::FLAG, env = "SYNCD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
     /// Data directory (created if missing). Only one syncd may use it at a
     /// time.
     #[arg(long, env = "SYNCD_DATA", default_value = "./syncd-data")]
@@ -171,7 +211,17 @@ impl ServeArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_command_line() {
+        Ok(cli) => cli,
+        Err(message) => {
+            eprintln!("syncd: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let args = match cli.command {
+        Commands::Serve(args) => args,
+        Commands::Completions(completions) => return completions.print(),
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -184,7 +234,6 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
-    let Commands::Serve(args) = cli.command;
     let result = runtime.block_on(serve(args));
     // Everything that matters is flushed by now; do not wait for idle
     // helper threads.
@@ -200,6 +249,35 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Parses the command line. With `serve --config FILE` (or SYNCD_CONFIG),
+/// each setting of the file whose `SYNCD_*` variable is unset becomes that
+/// variable, and the command line is parsed again: clap then applies flag >
+/// environment > file > default, with its own checks. The file's keys are
+/// the flags that have a variable, so a new flag needs nothing here.
+fn parse_command_line() -> Result<Cli, String> {
+    let cli = Cli::parse();
+    let Commands::Serve(ServeArgs {
+        config: Some(path), ..
+    }) = &cli.command
+    else {
+        return Ok(cli);
+    };
+    let command = Cli::command();
+    let serve = command
+        .find_subcommand("serve")
+        .expect("syncd has a serve command");
+    let settings = syncd::config::read(serve, path).map_err(|e| e.0)?;
+    let is_set = |name: &std::ffi::OsStr| std::env::var_os(name).is_some();
+    for setting in syncd::config::unset_in_env(&settings, is_set) {
+        // Still the only thread: nothing reads the environment meanwhile.
+        std::env::set_var(&setting.env, &setting.value);
+    }
+    Ok(Cli::parse())
+}
+
+/// Exit code: a bad command line or config file (as clap's own errors).
+const EXIT_USAGE: u8 = 2;
 
 /// Exit code: the data directory cannot be used.
 const EXIT_DATA: u8 = 3;
@@ -260,4 +338,54 @@ fn termination_signal() -> std::io::Result<impl std::future::Future<Output = ()>
             _ = terminate.recv() => {}
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve() -> clap::Command {
+        let mut command = Cli::command();
+        command.build();
+        command.find_subcommand("serve").expect("serve").clone()
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// What keeps the config file complete: every flag of `serve` (but
+    /// --config itself, --help and --version) has a `SYNCD_*` variable, and
+    /// so is a key of the file.
+    #[test]
+    fn every_serve_flag_has_an_env_variable_and_a_config_key() {
+        let serve = serve();
+        let keys = syncd::config::keys(&serve);
+        for arg in serve.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if ["help", "version"].contains(&long) {
+                continue;
+            }
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            let want = format!("SYNCD_{}", long.replace('-', "_").to_uppercase());
+            assert_eq!(env.as_deref(), Some(want.as_str()), "--{long}");
+            if long != syncd::config::FLAG {
+                assert!(keys.contains(&long.replace('-', "_")), "--{long}");
+            }
+        }
+        assert!(!keys.contains(&"config".to_owned()));
+        assert!(keys.contains(&"max_sessions".to_owned()));
+    }
+
+    #[test]
+    fn a_config_value_is_checked_by_the_flag_s_own_parser() {
+        let serve = serve();
+        let ok = syncd::config::parse(&serve, "max_sessions = 2\ndurability = \"none\"\n");
+        assert_eq!(ok.map(|s| s.len()), Ok(2));
+        let e = syncd::config::parse(&serve, "durability = \"fast\"").unwrap_err();
+        assert!(e.contains("possible values: sync, none"), "{e}");
+        let e = syncd::config::parse(&serve, "session_ttl_min = \"soon\"").unwrap_err();
+        assert!(e.contains("`session_ttl_min`: invalid value 'soon'"), "{e}");
+    }
 }

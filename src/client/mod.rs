@@ -109,7 +109,7 @@ pub use rwlock::{RwLock, RwLockGuard, RwMode};
 pub use semaphore::{Semaphore, SemaphoreGuard};
 pub use session::{LeaseDanger, LossReason, SessionLoss};
 
-pub use crate::proto::v1::{BreakerSettings, BreakerState};
+pub use crate::proto::v1::{BreakerSettings, BreakerState, SessionHold, SessionInfo};
 
 /// What [`Client::revoke`] took away: a hold of `kind` `name`, from
 /// session `session_id` (which lives on).
@@ -122,7 +122,7 @@ pub struct Revoked {
 
 use crate::proto::v1::{
     sessions_client::SessionsClient, system_client::SystemClient, CloseSessionRequest, ListRequest,
-    PingRequest, PrimitiveSummary, RevokeRequest,
+    ListSessionsRequest, PingRequest, PrimitiveSummary, RevokeRequest,
 };
 use retry::{Backoff, ATTEMPT_TIMEOUT, RETRY_BUDGET};
 use session::{KeepAlive, Lease, SessionShared};
@@ -296,6 +296,33 @@ impl Client {
             kind: response.kind,
             name: response.name,
         })
+    }
+
+    /// Every live session on the server, in id order, each with its client
+    /// name, host, lease and holds (`Sessions.List`, a page of 1,000 at a
+    /// time).
+    pub async fn sessions(&self) -> Result<Vec<SessionInfo>, Error> {
+        const PAGE: u32 = 1_000;
+        let mut sessions: Vec<SessionInfo> = Vec::new();
+        loop {
+            let request = ListSessionsRequest {
+                after_session_id: sessions.last().map_or(0, |s| s.session_id),
+                limit: PAGE,
+            };
+            let page = self
+                .unary(|channel| async move {
+                    SessionsClient::new(channel)
+                        .list(with_timeout(request))
+                        .await
+                })
+                .await?
+                .sessions;
+            let last_page = page.len() < PAGE as usize;
+            sessions.extend(page);
+            if last_page {
+                return Ok(sessions);
+            }
+        }
     }
 
     /// Waits until the current session's lease is in danger: no keep-alive

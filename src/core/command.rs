@@ -16,6 +16,13 @@ pub enum Command {
     CreateSession {
         ttl_ms: u64,
         client_name: String,
+        /// Where the client connected from (the server fills it in).
+        host: String,
+    },
+    /// Live sessions in id order, after `after_session_id`, at most `limit`.
+    ListSessions {
+        after_session_id: SessionId,
+        limit: u32,
     },
     KeepAlive {
         session_id: SessionId,
@@ -282,6 +289,7 @@ pub enum Reply {
     SessionClosed {
         released: u32,
     },
+    SessionList(Vec<super::session::SessionInfo>),
     /// The request waits; more events follow.
     Queued {
         position: u32,

@@ -44,6 +44,8 @@ pub struct Hold {
 pub struct HolderInfo {
     pub session_id: SessionId,
     pub client_name: String,
+    /// Where the holding session's client connected from.
+    pub host: String,
     pub fencing_token: FencingToken,
     pub held_ms: u64,
     pub lease_left_ms: u64,
@@ -54,6 +56,7 @@ pub struct HolderInfo {
 pub struct WaiterInfo {
     pub session_id: SessionId,
     pub client_name: String,
+    pub host: String,
     pub waiting_ms: u64,
 }
 
@@ -354,6 +357,7 @@ impl State {
         HolderInfo {
             session_id: hold.session_id,
             client_name: self.client_name(hold.session_id),
+            host: self.host(hold.session_id),
             fencing_token: hold.fencing_token,
             held_ms: self.now_ms.saturating_sub(hold.acquired_at_ms),
             lease_left_ms: self.lease_left_ms(hold.session_id),
@@ -372,6 +376,7 @@ impl State {
         WaiterInfo {
             session_id: waiter.session_id,
             client_name: self.client_name(waiter.session_id),
+            host: self.host(waiter.session_id),
             waiting_ms: self.now_ms.saturating_sub(waiter.enqueued_at_ms),
         }
     }
@@ -501,6 +506,13 @@ impl State {
             .unwrap_or_default()
     }
 
+    pub(super) fn host(&self, session_id: SessionId) -> String {
+        self.sessions
+            .get(session_id)
+            .map(|s| s.host.clone())
+            .unwrap_or_default()
+    }
+
     pub(super) fn lease_left_ms(&self, session_id: SessionId) -> u64 {
         self.sessions
             .get(session_id)
@@ -530,6 +542,15 @@ impl State {
             )),
             None => Ok(()),
         }
+    }
+}
+
+/// `1 hold`, `3 holds`: for the one-line summaries of `List`.
+pub(super) fn count(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
     }
 }
 

@@ -250,7 +250,12 @@ impl State {
             Command::CreateSession {
                 ttl_ms,
                 client_name,
-            } => self.create_session(ttl_ms, client_name, out),
+                host,
+            } => self.create_session(ttl_ms, client_name, host, out),
+            Command::ListSessions {
+                after_session_id,
+                limit,
+            } => Ok(self.list_sessions(after_session_id, limit)),
             Command::KeepAlive {
                 session_id,
                 notices_seen_through,

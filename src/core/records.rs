@@ -76,6 +76,7 @@ pub(super) fn session_put(session: &Session) -> Change {
         id: session.id,
         ttl_ms: session.ttl_ms,
         client_name: session.client_name.clone(),
+        host: session.host.clone(),
         lost_holds,
         last_notice_seq: session.lost.last_seq(),
     };
@@ -315,6 +316,7 @@ impl State {
                 id: record.id,
                 ttl_ms: record.ttl_ms,
                 client_name: record.client_name,
+                host: record.host,
                 expires_at_ms: state.now_ms.saturating_add(record.ttl_ms),
                 holds: BTreeSet::new(),
                 waiters: BTreeSet::new(),

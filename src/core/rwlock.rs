@@ -215,7 +215,10 @@ impl State {
                         "write-held by session {} (token {})",
                         hold.session_id, hold.fencing_token
                     ),
-                    Some(_) => format!("read-held by {} holds", l.holds.len()),
+                    Some(_) => format!(
+                        "read-held by {}",
+                        super::holds::count(l.holds.len(), "hold", "holds")
+                    ),
                     None => "free".to_owned(),
                 };
                 Summary {

@@ -287,10 +287,10 @@ impl State {
                 kind: Kind::Semaphore,
                 name: name.clone(),
                 state: format!(
-                    "{} of {} permits held by {} holds, {} waiting",
+                    "{} of {} permits held by {}, {} waiting",
                     s.permits_held,
                     s.capacity,
-                    s.holds.len(),
+                    super::holds::count(s.holds.len(), "hold", "holds"),
                     s.waiters.len()
                 ),
             })

@@ -15,13 +15,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::lost::LostNotices;
 use super::records;
-use super::{Code, FencingToken, Outcome, Rejection, Reply, Result, SessionId, State, WaiterId};
+use super::{
+    Code, FencingToken, Kind, Outcome, Rejection, Reply, Result, SessionId, State, WaiterId,
+};
 
 #[derive(Clone, Debug)]
 pub struct Session {
     pub id: SessionId,
     pub ttl_ms: u64,
     pub client_name: String,
+    /// Where the client connected from when it created the session.
+    pub host: String,
     pub expires_at_ms: u64,
     /// Fencing tokens of the holds this session owns.
     pub holds: BTreeSet<FencingToken>,
@@ -108,6 +112,7 @@ impl State {
         &mut self,
         ttl_ms: u64,
         client_name: String,
+        host: String,
         out: &mut Outcome,
     ) -> Result<Reply> {
         let limits = &self.limits;
@@ -131,6 +136,16 @@ impl State {
                 ),
             ));
         }
+        if host.len() > limits.name_bytes_max {
+            return Err(Rejection::new(
+                Code::InvalidArgument,
+                format!(
+                    "host is {} bytes, the limit is {}",
+                    host.len(),
+                    limits.name_bytes_max
+                ),
+            ));
+        }
         if self.sessions.len() >= limits.sessions_max {
             return Err(Rejection::new(
                 Code::ResourceExhausted,
@@ -145,6 +160,7 @@ impl State {
             id: self.counters.last_session_id,
             ttl_ms,
             client_name,
+            host,
             expires_at_ms: self.now_ms.saturating_add(ttl_ms),
             holds: BTreeSet::new(),
             waiters: BTreeSet::new(),
@@ -158,6 +174,45 @@ impl State {
         };
         self.sessions.insert(session);
         Ok(reply)
+    }
+
+    /// Live sessions in id order after `after_session_id`: at most `limit`
+    /// (capped at [`SESSIONS_LISTED_MAX`]), each with what it holds.
+    pub(super) fn list_sessions(&self, after_session_id: SessionId, limit: u32) -> Reply {
+        let limit = (limit as usize).clamp(1, SESSIONS_LISTED_MAX);
+        let infos = self
+            .sessions
+            .by_id
+            .range(after_session_id.saturating_add(1)..)
+            .take(limit)
+            .map(|(_, session)| self.session_info(session))
+            .collect();
+        Reply::SessionList(infos)
+    }
+
+    fn session_info(&self, session: &Session) -> SessionInfo {
+        let holds = session
+            .holds
+            .iter()
+            .filter_map(|token| {
+                let hold = self.holds.get(token)?;
+                Some(HeldBy {
+                    kind: hold.kind,
+                    name: hold.name.clone(),
+                    fencing_token: *token,
+                })
+            })
+            .collect();
+        SessionInfo {
+            session_id: session.id,
+            client_name: session.client_name.clone(),
+            host: session.host.clone(),
+            ttl_ms: session.ttl_ms,
+            lease_left_ms: session.lease_left_ms(self.now_ms),
+            holds,
+            waiting: session.waiters.len() as u32,
+            lost_holds_unconfirmed: session.lost.unconfirmed().count() as u32,
+        }
     }
 
     pub(super) fn require_session(&self, session_id: SessionId) -> Result<&Session> {
@@ -214,6 +269,34 @@ impl State {
     }
 }
 
+/// The most sessions one `ListSessions` returns; page with its
+/// `after_session_id`.
+pub const SESSIONS_LISTED_MAX: usize = 1_000;
+
+/// What `ListSessions` shows of a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub session_id: SessionId,
+    pub client_name: String,
+    pub host: String,
+    pub ttl_ms: u64,
+    pub lease_left_ms: u64,
+    /// What it holds, in fencing-token order.
+    pub holds: Vec<HeldBy>,
+    /// How many waits it has queued.
+    pub waiting: u32,
+    /// Lost-hold notices its client has not confirmed yet.
+    pub lost_holds_unconfirmed: u32,
+}
+
+/// One hold of a listed session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldBy {
+    pub kind: Kind,
+    pub name: String,
+    pub fencing_token: FencingToken,
+}
+
 #[derive(Clone, Copy, Debug)]
 pub(super) enum SessionEnd {
     Closed,
@@ -246,6 +329,7 @@ mod tests {
             id,
             ttl_ms,
             client_name: String::new(),
+            host: String::new(),
             expires_at_ms: now_ms + ttl_ms,
             holds: BTreeSet::new(),
             waiters: BTreeSet::new(),

@@ -51,6 +51,7 @@ fn create_session() -> Command {
     Command::CreateSession {
         ttl_ms: 10_000,
         client_name: "test".into(),
+        host: String::new(),
     }
 }
 

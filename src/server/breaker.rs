@@ -277,6 +277,7 @@ mod tests {
         let permit = HolderInfo {
             session_id: 7,
             client_name: "w".into(),
+            host: "127.0.0.1:9".into(),
             fencing_token: 12,
             held_ms: 5,
             lease_left_ms: 9_000,

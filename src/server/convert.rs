@@ -7,6 +7,7 @@ use tonic::Status;
 
 use super::status::unexpected;
 use crate::core::breaker::{BreakerSettings, BreakerState};
+use crate::core::session::SessionInfo;
 use crate::core::{pool::Freshness, HolderInfo, LossCause, LostHold, Reply, RwMode, WaiterInfo};
 use crate::proto::v1 as pb;
 
@@ -64,6 +65,7 @@ pub(super) fn holder(info: HolderInfo) -> pb::Holder {
         lease_left_ms: info.lease_left_ms,
         permits: 0,
         mode: pb::RwMode::Unspecified.into(),
+        host: info.host,
     }
 }
 
@@ -76,6 +78,7 @@ pub(super) fn waiter(info: WaiterInfo) -> pb::Waiter {
         waiting_ms: info.waiting_ms,
         permits: 0,
         mode: pb::RwMode::Unspecified.into(),
+        host: info.host,
     }
 }
 
@@ -166,6 +169,29 @@ pub(super) fn call_failed(outcome: i32) -> Result<bool, Status> {
     Err(Status::invalid_argument(format!(
         "outcome must be CALL_OUTCOME_SUCCESS or CALL_OUTCOME_FAILURE, not {given}"
     )))
+}
+
+/// A session as `Sessions.List` shows it.
+pub(super) fn session_info(info: SessionInfo) -> pb::SessionInfo {
+    let holds = info
+        .holds
+        .into_iter()
+        .map(|hold| pb::SessionHold {
+            kind: hold.kind.as_str().to_owned(),
+            name: hold.name,
+            fencing_token: hold.fencing_token,
+        })
+        .collect();
+    pb::SessionInfo {
+        session_id: info.session_id,
+        client_name: info.client_name,
+        host: info.host,
+        ttl_ms: info.ttl_ms,
+        lease_left_ms: info.lease_left_ms,
+        holds,
+        waiting: info.waiting,
+        lost_holds_unconfirmed: info.lost_holds_unconfirmed,
+    }
 }
 
 /// A lost-hold notice as the keep-alive reply carries it.

@@ -66,6 +66,7 @@ fn describe_response(info: LockInfo) -> pb::DescribeLockResponse {
             fencing_token: h.fencing_token,
             held_ms: h.held_ms,
             lease_left_ms: h.lease_left_ms,
+            host: h.host,
         }),
         waiters: info
             .waiters
@@ -74,6 +75,7 @@ fn describe_response(info: LockInfo) -> pb::DescribeLockResponse {
                 session_id: w.session_id,
                 client_name: w.client_name,
                 waiting_ms: w.waiting_ms,
+                host: w.host,
             })
             .collect(),
     }

@@ -83,16 +83,21 @@ fn describe_response(info: PoolInfo) -> pb::DescribePoolResponse {
 
 /// A resource for Describe: session and token are 0 while it is idle.
 fn pool_resource(info: ResourceInfo) -> pb::PoolResource {
-    let (session_id, fencing_token) = info
-        .holder
-        .map_or((0, 0), |h| (h.session_id, h.fencing_token));
-    pb::PoolResource {
+    let mut resource = pb::PoolResource {
         resource_id: info.resource_id,
-        session_id,
-        fencing_token,
         age_ms: info.age_ms,
         idle_ms: info.idle_ms,
+        ..pb::PoolResource::default()
+    };
+    if let Some(holder) = info.holder {
+        resource.session_id = holder.session_id;
+        resource.fencing_token = holder.fencing_token;
+        resource.client_name = holder.client_name;
+        resource.host = holder.host;
+        resource.held_ms = holder.held_ms;
+        resource.lease_left_ms = holder.lease_left_ms;
     }
+    resource
 }
 
 fn resource(checkout: &Checkout) -> pb::Resource {
@@ -164,6 +169,7 @@ mod tests {
             holder: Some(HolderInfo {
                 session_id: 2,
                 client_name: "w".into(),
+                host: "127.0.0.1:9".into(),
                 fencing_token: 8,
                 held_ms: 1,
                 lease_left_ms: 100,

@@ -27,10 +27,15 @@ impl Sessions for SessionService {
         &self,
         request: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
+        let host = request
+            .remote_addr()
+            .map(|addr| addr.to_string())
+            .unwrap_or_default();
         let request = request.into_inner();
         let command = Command::CreateSession {
             ttl_ms: request.ttl_ms,
             client_name: request.client_name,
+            host,
         };
         match self.engine.call(command).await? {
             Reply::SessionCreated { session_id, ttl_ms } => {
@@ -75,6 +80,23 @@ impl Sessions for SessionService {
                 tracing::debug!(session_id, released, "session closed");
                 Ok(Response::new(pb::CloseSessionResponse { released }))
             }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let request = request.into_inner();
+        let command = Command::ListSessions {
+            after_session_id: request.after_session_id,
+            limit: request.limit,
+        };
+        match self.engine.call(command).await? {
+            Reply::SessionList(infos) => Ok(Response::new(pb::ListSessionsResponse {
+                sessions: infos.into_iter().map(convert::session_info).collect(),
+            })),
             other => Err(unexpected(&other)),
         }
     }

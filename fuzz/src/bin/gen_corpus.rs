@@ -32,10 +32,12 @@ fn main() {
         Command::CreateSession {
             ttl_ms: 10_000,
             client_name: s("one"),
+            host: String::new(),
         },
         Command::CreateSession {
             ttl_ms: 20_000,
             client_name: s("two"),
+            host: String::new(),
         },
         Command::LockAcquire {
             session_id: 1,

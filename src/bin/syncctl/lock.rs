@@ -175,6 +175,7 @@ mod tests {
             holder: Some(LockHolder {
                 session_id: 4,
                 client_name: "w@h:1".into(),
+                host: String::new(),
                 fencing_token: 17,
                 held_ms: 1500,
                 lease_left_ms: 8000,
@@ -182,6 +183,7 @@ mod tests {
             waiters: vec![LockWaiter {
                 session_id: 5,
                 client_name: "v@h:2".into(),
+                host: String::new(),
                 waiting_ms: 900,
             }],
         };

@@ -67,6 +67,7 @@ mod cond;
 mod event;
 mod exit;
 mod hold;
+mod inspect;
 mod lock;
 mod output;
 mod pool;
@@ -195,6 +196,40 @@ enum Command {
     /// the reason.
     #[command(after_help = AFTER_HELP)]
     Revoke(RevokeArgs),
+    /// Show who holds a primitive and who waits for it, as tables: each
+    /// holder's session, client name, host, fencing token, time held and
+    /// lease left; each waiter's place in line, session, client, host, time
+    /// waited and what it asks for.
+    #[command(after_help = AFTER_HELP)]
+    Inspect(inspect::InspectArgs),
+    /// List every live session: client name, host, TTL, lease left, how
+    /// many waits it has queued, and what it holds (with fencing tokens).
+    #[command(after_help = AFTER_HELP)]
+    Sessions,
+    /// Print a shell completion script (bash, zsh, fish, ...) to stdout.
+    ///
+    /// Install it with e.g. `syncctl completions bash >
+    /// /etc/bash_completion.d/syncctl`, `syncctl completions zsh >
+    /// "${fpath[1]}/_syncctl"` or `syncctl completions fish >
+    /// ~/.config/fish/completions/syncctl.fish`.
+    Completions(CompletionsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+/// Prints the completion script for `shell`: exit 0, or 1 if stdout cannot
+/// take it.
+fn print_completions(shell: clap_complete::Shell) -> Result<i32, Failure> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "syncctl", &mut script);
+    std::io::Write::write_all(&mut std::io::stdout().lock(), &script)
+        .map_err(|e| Failure::other(format!("cannot write the completion script: {e}")))?;
+    Ok(0)
 }
 
 fn main() {
@@ -233,6 +268,9 @@ async fn run(cli: &Cli) -> Result<i32, Failure> {
         Command::Ls(args) => system::list(cli, args).await,
         Command::Ping => system::ping(cli).await,
         Command::Revoke(args) => system::revoke(cli, args).await,
+        Command::Inspect(args) => inspect::inspect(cli, args).await,
+        Command::Sessions => inspect::sessions(cli).await,
+        Command::Completions(args) => print_completions(args.shell),
     }
 }
 

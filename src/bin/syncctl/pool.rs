@@ -344,6 +344,7 @@ mod tests {
                     fencing_token: 12,
                     age_ms: 3000,
                     idle_ms: 0,
+                    ..PoolResource::default()
                 },
                 PoolResource {
                     resource_id: 5,
@@ -351,6 +352,7 @@ mod tests {
                     fencing_token: 9,
                     age_ms: 60_000,
                     idle_ms: 2000,
+                    ..PoolResource::default()
                 },
             ],
             waiters: vec![Waiter {

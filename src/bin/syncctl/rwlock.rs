@@ -170,6 +170,7 @@ mod tests {
         Holder {
             session_id,
             client_name: "c".into(),
+            host: String::new(),
             fencing_token: session_id + 10,
             held_ms: 0,
             lease_left_ms: 1000,
@@ -191,6 +192,7 @@ mod tests {
             waiters: vec![Waiter {
                 session_id: 3,
                 client_name: "w".into(),
+                host: String::new(),
                 waiting_ms: 5,
                 permits: 0,
                 mode: RwMode::Write as i32,

@@ -196,6 +196,7 @@ mod tests {
             holders: vec![Holder {
                 session_id: 4,
                 client_name: "w@h:1".into(),
+                host: String::new(),
                 fencing_token: 17,
                 held_ms: 1500,
                 lease_left_ms: 8000,
@@ -205,6 +206,7 @@ mod tests {
             waiters: vec![Waiter {
                 session_id: 5,
                 client_name: "v@h:2".into(),
+                host: String::new(),
                 waiting_ms: 900,
                 permits: 3,
                 mode: 0,

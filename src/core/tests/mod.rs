@@ -96,6 +96,7 @@ impl Sim {
         let command = Command::CreateSession {
             ttl_ms,
             client_name: format!("client-{}", self.state.session_count()),
+            host: "127.0.0.1:1".into(),
         };
         match self.apply(command) {
             Ok(Reply::SessionCreated {
@@ -626,12 +627,14 @@ fn session_ttl_and_name_outside_the_limits_are_invalid_argument() {
         let reply = sim.apply(Command::CreateSession {
             ttl_ms,
             client_name: String::new(),
+            host: String::new(),
         });
         assert_eq!(code(&reply), Some(Code::InvalidArgument), "ttl {ttl_ms}");
     }
     let reply = sim.apply(Command::CreateSession {
         ttl_ms: 10_000,
         client_name: "n".repeat(257),
+        host: String::new(),
     });
     assert_eq!(code(&reply), Some(Code::InvalidArgument));
     assert_eq!(sim.state.session_count(), 0);
@@ -652,6 +655,7 @@ fn the_session_limit_is_resource_exhausted() {
     let reply = sim.apply(Command::CreateSession {
         ttl_ms: 10_000,
         client_name: String::new(),
+        host: String::new(),
     });
     assert_eq!(code(&reply), Some(Code::ResourceExhausted));
     sim.close(a).0.unwrap();
@@ -1000,6 +1004,7 @@ fn restore_rebuilds_holders_sessions_and_counters() {
         Command::CreateSession {
             ttl_ms: 1_000,
             client_name: String::new(),
+            host: String::new(),
         },
         &mut out,
     );
@@ -1041,6 +1046,7 @@ fn an_empty_store_restores_an_empty_state() {
         Command::CreateSession {
             ttl_ms: 1_000,
             client_name: String::new(),
+            host: String::new(),
         },
         &mut out,
     );
@@ -1739,6 +1745,7 @@ impl Checker {
                 let command = Command::CreateSession {
                     ttl_ms,
                     client_name,
+                    host: String::new(),
                 };
                 (command, expected, None)
             }
@@ -2047,6 +2054,7 @@ impl Checker {
                 Command::CreateSession {
                     ttl_ms: 1_000,
                     client_name: String::new(),
+                    host: String::new(),
                 },
                 &mut out,
             ) {
