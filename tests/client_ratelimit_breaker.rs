@@ -421,6 +421,7 @@ async fn a_watch_goes_on_in_the_new_session_when_its_session_ends() {
     SessionsClient::new(channel)
         .close(CloseSessionRequest {
             session_id: old_session,
+            reason: String::new(),
         })
         .await
         .unwrap();

@@ -547,7 +547,7 @@ async fn a_probe_whose_session_ends_frees_its_slot() {
     assert_eq!((busy.state(), rejected(&busy)), (BreakerState::HalfOpen, 0));
 
     SessionsClient::new(channel.clone())
-        .close(CloseSessionRequest { session_id: dying })
+        .close(CloseSessionRequest { session_id: dying, reason: String::new() })
         .await
         .expect("close");
     let described = describe_breaker(&mut breakers, "api").await;
@@ -772,6 +772,7 @@ async fn a_watch_ends_with_its_session() {
     SessionsClient::new(channel.clone())
         .close(CloseSessionRequest {
             session_id: watcher,
+            reason: String::new(),
         })
         .await
         .expect("close");

@@ -131,3 +131,43 @@ fn inspect_of_something_absent_says_so_and_a_wrong_kind_is_a_usage_error() {
     let wrong = run_bounded(syncctl(&syncd.addr).args(["inspect", "mutex", "x"]));
     assert_eq!(wrong.status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_closes_a_whole_session_and_what_it_held_goes_on() {
+    let syncd = Syncd::start();
+    let stuck = connect(&syncd, "stuck").await;
+    let _guard = stuck.lock("a").acquire().await.expect("a");
+    let _other = stuck.lock("b").acquire().await.expect("b");
+    let session = stuck.session_id().to_string();
+    let addr = syncd.addr.clone();
+    let closed = tokio::task::spawn_blocking(move || {
+        run_bounded(syncctl(&addr).args(["revoke", "--session", &session, "--reason", "ops"]))
+    })
+    .await
+    .unwrap();
+    assert_eq!(closed.status.code(), Some(0), "{closed:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&closed.stdout),
+        format!("closed session {}: 2 holds released\n", stuck.session_id())
+    );
+    let next = connect(&syncd, "next").await;
+    let taken = next.lock("a").try_acquire().await.expect("try");
+    assert!(taken.is_some(), "the lock was freed");
+    let loss = tokio::time::timeout(common::HANG_GUARD, stuck.session_lost())
+        .await
+        .expect("the stuck client finds out");
+    assert_eq!(loss.session_id.to_string(), closed_session_id(&closed));
+
+    // Neither a token nor --session: a usage error.
+    let neither = run_bounded(syncctl(&syncd.addr).args(["revoke"]));
+    assert_eq!(neither.status.code(), Some(2));
+}
+
+fn closed_session_id(output: &std::process::Output) -> String {
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.trim_start_matches("closed session ")
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned()
+}

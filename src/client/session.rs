@@ -644,7 +644,10 @@ impl KeepAlive {
     /// still knows it: what it holds is released now rather than when its
     /// lease runs out. One attempt; failing is harmless.
     async fn close_abandoned(&self, session_id: u64) {
-        let request = with_timeout(CloseSessionRequest { session_id });
+        let request = with_timeout(CloseSessionRequest {
+            session_id,
+            reason: String::new(),
+        });
         let closed = timeout(
             ATTEMPT_TIMEOUT,
             SessionsClient::new(self.channel.clone()).close(request),

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
 use super::status::unexpected;
+use crate::core::lost::REVOKE_DETAIL_BYTES_MAX;
 use crate::core::{Command, Reply};
 use crate::engine::EngineHandle;
 use crate::proto::v1::{self as pb, sessions_server::Sessions};
@@ -70,14 +71,27 @@ impl Sessions for SessionService {
         &self,
         request: Request<pb::CloseSessionRequest>,
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
-        let session_id = request.into_inner().session_id;
+        let peer = peer_of(&request);
+        let request = request.into_inner();
+        let (session_id, reason) = (request.session_id, request.reason);
+        if reason.len() > REVOKE_DETAIL_BYTES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "reason is {} bytes, the limit is {REVOKE_DETAIL_BYTES_MAX}",
+                reason.len()
+            )));
+        }
         match self
             .engine
             .call(Command::CloseSession { session_id })
             .await?
         {
-            Reply::SessionClosed { released } => {
+            Reply::SessionClosed { released } if reason.is_empty() => {
                 tracing::debug!(session_id, released, "session closed");
+                Ok(Response::new(pb::CloseSessionResponse { released }))
+            }
+            Reply::SessionClosed { released } => {
+                // An operator ended someone's session: worth the log.
+                tracing::info!(%peer, session_id, released, reason = %reason, "session closed");
                 Ok(Response::new(pb::CloseSessionResponse { released }))
             }
             other => Err(unexpected(&other)),
@@ -105,9 +119,7 @@ impl Sessions for SessionService {
         &self,
         request: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
-        let peer = request
-            .remote_addr()
-            .map_or_else(|| "unknown peer".to_owned(), |addr| addr.to_string());
+        let peer = peer_of(&request);
         let request = request.into_inner();
         let fencing_token = request.fencing_token;
         let command = Command::Revoke {
@@ -139,6 +151,13 @@ impl Sessions for SessionService {
             other => Err(unexpected(&other)),
         }
     }
+}
+
+/// The caller's address, for the log.
+fn peer_of<T>(request: &Request<T>) -> String {
+    request
+        .remote_addr()
+        .map_or_else(|| "unknown peer".to_owned(), |addr| addr.to_string())
 }
 
 /// Answers each keep-alive request of one stream until the client stops,

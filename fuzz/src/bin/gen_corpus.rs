@@ -275,7 +275,7 @@ fn main() {
             }
             .encode_to_vec(),
         ),
-        (4, pb::CloseSessionRequest { session_id: 1 }.encode_to_vec()),
+        (4, pb::CloseSessionRequest { session_id: 1, reason: String::new() }.encode_to_vec()),
         (
             5,
             pb::AcquireLockRequest {

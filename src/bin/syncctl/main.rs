@@ -192,8 +192,8 @@ enum Command {
     /// Take a hold (of any kind) away from its holder, by fencing token:
     /// for a stuck holder. Whoever waits next is granted at once; the
     /// holder's session lives on, and is told at its next keep-alive (a
-    /// `syncctl ... -- CMD` holder stops CMD and exits 7). The server logs
-    /// the reason.
+    /// `syncctl ... -- CMD` holder stops CMD and exits 7). With --session
+    /// ID, end a whole session instead. The server logs the reason.
     #[command(after_help = AFTER_HELP)]
     Revoke(RevokeArgs),
     /// Show who holds a primitive and who waits for it, as tables: each

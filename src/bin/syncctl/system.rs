@@ -27,11 +27,17 @@ pub struct LsArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["fencing_token", "session"])))]
 pub struct RevokeArgs {
-    /// The fencing token of the hold to take away (`describe` shows each
+    /// The fencing token of the hold to take away (`inspect` shows each
     /// holder's).
     #[arg(value_name = "TOKEN")]
-    fencing_token: u64,
+    fencing_token: Option<u64>,
+
+    /// Instead of one hold, end this whole session (`syncctl sessions`
+    /// lists them): everything it holds is released, its waits end.
+    #[arg(long, value_name = "ID", conflicts_with = "fencing_token")]
+    session: Option<u64>,
 
     /// Who asks and why, e.g. "alice: deploy stuck on host-3" (at most 256
     /// bytes). Logged by the server and passed on to the holder.
@@ -45,8 +51,12 @@ pub struct RevokeArgs {
 }
 
 pub async fn revoke(cli: &Cli, args: &RevokeArgs) -> Result<i32, Failure> {
-    let token = args.fencing_token;
     let reason = args.reason.as_str();
+    let token = match (args.fencing_token, args.session) {
+        (Some(token), _) => token,
+        (None, Some(session_id)) => return close_session(cli, session_id, reason).await,
+        (None, None) => unreachable!("clap requires a token or --session"),
+    };
     let revoked =
         crate::session::one_call(
             cli,
@@ -63,6 +73,18 @@ pub async fn revoke(cli: &Cli, args: &RevokeArgs) -> Result<i32, Failure> {
         "name": revoked.name,
         "session_id": revoked.session_id,
     });
+    cli.output.print(text, json)?;
+    Ok(0)
+}
+
+async fn close_session(cli: &Cli, session_id: u64, reason: &str) -> Result<i32, Failure> {
+    let released = crate::session::one_call(cli, |client| async move {
+        client.close_session(session_id, reason).await
+    })
+    .await?;
+    let holds = crate::output::plural(u64::from(released), "hold", "holds");
+    let text = format!("closed session {session_id}: {holds} released");
+    let json = json!({ "session_id": session_id, "released": released });
     cli.output.print(text, json)?;
     Ok(0)
 }
