@@ -39,7 +39,10 @@ use std::time::Duration;
 use clap::Parser;
 use history::{now_us, Writer};
 use rng::Rng;
-use syncd::client::{Allowed, BreakerSettings, Client, ClientOptions, Error as SyncdError, RwMode};
+use syncd::client::{
+    Allowed, BreakerSettings, Client, ClientOptions, Error as SyncdError, LockGuard, RwLockGuard,
+    RwMode, SemaphoreGuard,
+};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -131,6 +134,39 @@ impl Worker {
         let mut all: Vec<(&str, &dyn Display)> = keys.to_vec();
         all.push(("sess", &session));
         self.history.ok(seq, &all);
+    }
+
+    /// Ends acquire op `seq`: records the grant's fencing token and returns
+    /// the guard, or records the failure.
+    fn granted<G>(
+        &mut self,
+        seq: u64,
+        acquired: Result<G, SyncdError>,
+        token_of: fn(&G) -> u64,
+    ) -> Option<G> {
+        match acquired {
+            Ok(guard) => {
+                self.ok(seq, &[("token", &token_of(&guard))]);
+                Some(guard)
+            }
+            Err(error) => {
+                self.fail(seq, &error);
+                None
+            }
+        }
+    }
+
+    /// Releases a hold as op `release` with `keys`, recording the answer.
+    async fn release(
+        &mut self,
+        keys: &[(&str, &dyn Display)],
+        release: impl std::future::Future<Output = Result<(), SyncdError>>,
+    ) {
+        let seq = self.begin("release", keys);
+        match release.await {
+            Ok(()) => self.ok(seq, &[]),
+            Err(error) => self.fail(seq, &error),
+        }
     }
 
     fn fail(&mut self, seq: u64, error: &SyncdError) {
@@ -290,15 +326,9 @@ async fn lock_role(w: &mut Worker, fenced_addr: &str) -> Result<(), Error> {
     let lock = w.client.lock(LOCK);
     while w.before_deadline() {
         let seq = w.begin("acquire", &[("prim", &"lock"), ("name", &LOCK)]);
-        let guard = match lock.acquire_timeout(w.wait_limit()).await {
-            Ok(guard) => {
-                w.ok(seq, &[("token", &guard.fencing_token())]);
-                guard
-            }
-            Err(error) => {
-                w.fail(seq, &error);
-                continue;
-            }
+        let acquired = lock.acquire_timeout(w.wait_limit()).await;
+        let Some(guard) = w.granted(seq, acquired, LockGuard::fencing_token) else {
+            continue;
         };
         let token = guard.fencing_token();
         // A naive holder: it never asks whether it still holds the lock.
@@ -314,14 +344,9 @@ async fn lock_role(w: &mut Worker, fenced_addr: &str) -> Result<(), Error> {
                 &[("accepted", &u8::from(accepted)), ("highest", &highest)],
             );
         }
-        let seq = w.begin(
-            "release",
-            &[("prim", &"lock"), ("name", &LOCK), ("token", &token)],
-        );
-        match guard.release().await {
-            Ok(()) => w.ok(seq, &[]),
-            Err(error) => w.fail(seq, &error),
-        }
+        let keys: [(&str, &dyn Display); 3] =
+            [("prim", &"lock"), ("name", &LOCK), ("token", &token)];
+        w.release(&keys, guard.release()).await;
         announce("released");
         w.sleep_ms(0, 30).await;
     }
@@ -340,26 +365,15 @@ async fn semaphore_role(w: &mut Worker) {
                 ("permits", &permits),
             ],
         );
-        let guard = match semaphore.acquire_timeout(permits, w.wait_limit()).await {
-            Ok(guard) => {
-                w.ok(seq, &[("token", &guard.fencing_token())]);
-                guard
-            }
-            Err(error) => {
-                w.fail(seq, &error);
-                continue;
-            }
+        let acquired = semaphore.acquire_timeout(permits, w.wait_limit()).await;
+        let Some(guard) = w.granted(seq, acquired, SemaphoreGuard::fencing_token) else {
+            continue;
         };
         w.sleep_ms(30, 150).await;
         let token = guard.fencing_token();
-        let seq = w.begin(
-            "release",
-            &[("prim", &"sem"), ("name", &SEMAPHORE), ("token", &token)],
-        );
-        match guard.release().await {
-            Ok(()) => w.ok(seq, &[]),
-            Err(error) => w.fail(seq, &error),
-        }
+        let keys: [(&str, &dyn Display); 3] =
+            [("prim", &"sem"), ("name", &SEMAPHORE), ("token", &token)];
+        w.release(&keys, guard.release()).await;
         w.sleep_ms(0, 50).await;
     }
 }
@@ -385,31 +399,18 @@ async fn rwlock_role(w: &mut Worker) {
             RwMode::Read => rwlock.read_timeout(limit).await,
             RwMode::Write => rwlock.write_timeout(limit).await,
         };
-        let guard = match acquired {
-            Ok(guard) => {
-                w.ok(seq, &[("token", &guard.fencing_token())]);
-                guard
-            }
-            Err(error) => {
-                w.fail(seq, &error);
-                continue;
-            }
+        let Some(guard) = w.granted(seq, acquired, RwLockGuard::fencing_token) else {
+            continue;
         };
         w.sleep_ms(30, 150).await;
         let token = guard.fencing_token();
-        let seq = w.begin(
-            "release",
-            &[
-                ("prim", &"rw"),
-                ("name", &RWLOCK),
-                ("mode", &mode_name),
-                ("token", &token),
-            ],
-        );
-        match guard.release().await {
-            Ok(()) => w.ok(seq, &[]),
-            Err(error) => w.fail(seq, &error),
-        }
+        let keys: [(&str, &dyn Display); 4] = [
+            ("prim", &"rw"),
+            ("name", &RWLOCK),
+            ("mode", &mode_name),
+            ("token", &token),
+        ];
+        w.release(&keys, guard.release()).await;
         w.sleep_ms(0, 50).await;
     }
 }
@@ -537,15 +538,9 @@ async fn misc_condition(w: &mut Worker) {
         "acquire",
         &[("prim", &"condlock"), ("name", &CONDITION_LOCK)],
     );
-    let mut guard = match lock.acquire_timeout(w.wait_limit()).await {
-        Ok(guard) => {
-            w.ok(seq, &[("token", &guard.fencing_token())]);
-            guard
-        }
-        Err(error) => {
-            w.fail(seq, &error);
-            return;
-        }
+    let acquired = lock.acquire_timeout(w.wait_limit()).await;
+    let Some(mut guard) = w.granted(seq, acquired, LockGuard::fencing_token) else {
+        return;
     };
     let given_up = guard.fencing_token();
     let seq = w.begin("cond_wait", &[("name", &CONDITION), ("token", &given_up)]);
@@ -563,18 +558,12 @@ async fn misc_condition(w: &mut Worker) {
         Err(error) => w.fail(seq, &error),
     }
     let token = guard.fencing_token();
-    let seq = w.begin(
-        "release",
-        &[
-            ("prim", &"condlock"),
-            ("name", &CONDITION_LOCK),
-            ("token", &token),
-        ],
-    );
-    match guard.release().await {
-        Ok(()) => w.ok(seq, &[]),
-        Err(error) => w.fail(seq, &error),
-    }
+    let keys: [(&str, &dyn Display); 3] = [
+        ("prim", &"condlock"),
+        ("name", &CONDITION_LOCK),
+        ("token", &token),
+    ];
+    w.release(&keys, guard.release()).await;
 }
 
 async fn misc_barrier(w: &mut Worker) {
