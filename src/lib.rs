@@ -29,6 +29,8 @@
 //!   persists their changes (group commit) and only then replies.
 //! - [`store`]: the [`store::Store`] trait, sled and in-memory backends.
 //! - [`server`]: tonic services translating protobuf ⇄ commands.
+//! - [`metrics`]: Prometheus metrics (`--metrics-listen`), fed by the
+//!   server, the engine and the writer; the core only reports plain data.
 //! - [`client`]: the Rust client library (sessions, keep-alive, guards).
 //! - [`duration`]: parsing of durations such as `500ms`, `30s`, `2m`.
 
@@ -37,6 +39,7 @@ pub mod config;
 pub mod core;
 pub mod duration;
 pub mod engine;
+pub mod metrics;
 pub mod server;
 pub mod store;
 

@@ -512,7 +512,10 @@ fn generate(rng: &mut Rng, fx: &Fixtures) -> Case {
         2 => {
             let session_id = rng.unknown_session();
             case("session.close unknown session", NF, move |c| async move {
-                let request = pb::CloseSessionRequest { session_id, reason: String::new() };
+                let request = pb::CloseSessionRequest {
+                    session_id,
+                    reason: String::new(),
+                };
                 unary(SessionsClient::new(c).close(request).await)
             })
         }

@@ -547,7 +547,10 @@ async fn a_probe_whose_session_ends_frees_its_slot() {
     assert_eq!((busy.state(), rejected(&busy)), (BreakerState::HalfOpen, 0));
 
     SessionsClient::new(channel.clone())
-        .close(CloseSessionRequest { session_id: dying, reason: String::new() })
+        .close(CloseSessionRequest {
+            session_id: dying,
+            reason: String::new(),
+        })
         .await
         .expect("close");
     let described = describe_breaker(&mut breakers, "api").await;

@@ -171,3 +171,86 @@ fn closed_session_id(output: &std::process::Output) -> String {
         .unwrap()
         .to_owned()
 }
+
+/// The next change, within the hang guard.
+async fn next_change(watch: &mut syncd::client::StateWatch) -> syncd::client::StateChange {
+    let change = tokio::time::timeout(common::HANG_GUARD, watch.next())
+        .await
+        .expect("a change within the hang guard")
+        .expect("the watch goes on");
+    eprintln!("watch: {change}");
+    change
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_sees_each_change_and_goes_on_across_a_restart() {
+    let syncd = Syncd::start();
+    let client = connect(&syncd, "watcher").await;
+    let mut exact = client.watch_state("lock", "w-db").await.expect("watch");
+    let absent = next_change(&mut exact).await;
+    assert!(absent.gone, "{absent:?}");
+    let mut prefixed = client.watch_prefix("", "w-").await.expect("watch");
+
+    let guard = client.lock("w-db").acquire().await.expect("acquire");
+    let held = next_change(&mut exact).await;
+    assert_eq!((held.kind.as_str(), held.name.as_str()), ("lock", "w-db"));
+    assert!(
+        held.state
+            .starts_with(&format!("held by session {}", guard.session_id())),
+        "{held:?}"
+    );
+    let same = next_change(&mut prefixed).await;
+    assert_eq!(
+        (&same.name, &same.state, same.gone),
+        (&held.name, &held.state, false)
+    );
+    client.event("w-ready").set().await.expect("set");
+    let set = next_change(&mut prefixed).await;
+    assert_eq!((set.kind.as_str(), set.state.as_str()), ("event", "set"));
+
+    // Across a kill -9: the lock is held still (its session lives on), so
+    // the watch repeats nothing; the next change comes through.
+    let syncd = rpc::kill9_and_restart(syncd).await;
+    guard.release().await.expect("release after the restart");
+    let released = next_change(&mut exact).await;
+    assert!(released.gone, "a free lock is not listed: {released:?}");
+    client.event("w-ready").clear().await.expect("clear");
+    let mut seen = vec![next_change(&mut prefixed).await];
+    seen.push(next_change(&mut prefixed).await);
+    seen.sort_by(|a, b| a.kind.cmp(&b.kind));
+    assert_eq!(
+        seen.iter()
+            .map(|c| (c.kind.as_str(), c.gone))
+            .collect::<Vec<_>>(),
+        vec![("event", true), ("lock", true)]
+    );
+    drop(syncd);
+}
+
+#[test]
+fn syncctl_watch_prints_a_line_per_change_and_stops_at_count() {
+    use std::io::{BufRead, BufReader};
+    let syncd = Syncd::start();
+    let mut holder = common::cli::spawn(&syncd.addr, &["lock", "acquire", "cli-db"]);
+    common::read_token(&mut holder);
+    let mut watcher = common::cli::spawn(
+        &syncd.addr,
+        &[
+            "watch", "lock", "cli-db", "--count", "2", "--output", "json",
+        ],
+    );
+    let mut lines = BufReader::new(watcher.stdout.take().expect("piped")).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(first["state"]
+        .as_str()
+        .unwrap()
+        .starts_with("held by session"));
+    assert_eq!(first["gone"], false);
+    // SIGTERM: the holder releases the lock and leaves.
+    common::send_signal(holder.id(), "TERM");
+    let second: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(second["gone"], true, "{second}");
+    let status = common::wait_bounded(&mut watcher, common::HANG_GUARD).expect("watch ends");
+    assert_eq!(status.code(), Some(0), "--count 2 ends it");
+    common::wait_bounded(&mut holder, common::HANG_GUARD).expect("holder ends");
+}

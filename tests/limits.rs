@@ -163,7 +163,10 @@ async fn sessions_past_max_sessions_are_refused_and_closing_one_makes_room() {
     take(&channel, first, "still-served").await;
     // Closing one makes room for exactly one.
     SessionsClient::new(channel.clone())
-        .close(CloseSessionRequest { session_id: second, reason: String::new() })
+        .close(CloseSessionRequest {
+            session_id: second,
+            reason: String::new(),
+        })
         .await
         .expect("close");
     session(&channel).await;

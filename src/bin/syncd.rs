@@ -1,13 +1,16 @@
 //! `syncd`: the coordination server. Flags and process plumbing only; the
 //! server itself is `syncd::server`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use syncd::core::Limits;
 use syncd::engine::{Durability, EngineConfig};
+use syncd::metrics::Metrics;
 use syncd::server::{Server, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -21,6 +24,8 @@ struct Cli {
     command: Commands,
 }
 
+// Parsed once per process: the size of `Serve` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Commands {
     /// Start the server. Prints `listening on HOST:PORT` on stdout once it
@@ -153,6 +158,23 @@ struct ServeArgs {
     /// How long a graceful shutdown may take before syncd exits anyway.
     #[arg(long, env = "SYNCD_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
     shutdown_grace: Duration,
+
+    /// Serve Prometheus metrics over HTTP at http://ADDR/metrics (HOST:PORT;
+    /// port 0 picks a free port, printed as a second stdout line `metrics on
+    /// HOST:PORT`). Off when not set.
+    #[arg(long, env = "SYNCD_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<String>,
+
+    /// Log line format on stderr: `text` for people, `json` (one object per
+    /// line) for log collectors. RUST_LOG sets the level (default info).
+    #[arg(long, env = "SYNCD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -195,12 +217,14 @@ impl ServeArgs {
             DurabilityArg::Sync => Durability::Sync,
             DurabilityArg::None => Durability::None,
         };
+        let metrics = (self.metrics_listen.as_ref()).map(|_| Arc::new(Metrics::for_server()));
         ServerConfig {
             data_dir: self.data.clone(),
             engine: EngineConfig {
                 durability,
                 batch_max: self.batch_max,
                 limits,
+                metrics,
                 ..EngineConfig::default()
             },
             message_bytes_max: self.max_message_bytes,
@@ -222,14 +246,7 @@ fn main() -> ExitCode {
         Commands::Serve(args) => args,
         Commands::Completions(completions) => return completions.print(),
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    init_logs(args.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
@@ -247,6 +264,21 @@ fn main() -> ExitCode {
             eprintln!("syncd: {message}");
             ExitCode::from(code)
         }
+    }
+}
+
+/// Logs go to stderr, filtered by RUST_LOG (default info).
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().with_ansi(false).init(),
     }
 }
 
@@ -320,12 +352,34 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let metrics_local = match &args.metrics_listen {
+        Some(addr) => Some(bind_metrics(&server, addr).await?),
+        None => None,
+    };
     tracing::info!(data = %args.data.display(), durability = ?args.durability, "syncd ready");
     // Scripts and tests wait for exactly this line.
     println!("listening on {local}");
+    if let Some(metrics_local) = metrics_local {
+        tracing::info!("metrics at http://{metrics_local}/metrics");
+        // Best effort: a caller that read only the first line may have
+        // closed the pipe already.
+        let _ = writeln!(std::io::stdout(), "metrics on {metrics_local}");
+    }
     let shutdown =
         termination_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     Ok(server.serve(listener, shutdown).await.map_err(|e| e.0)?)
+}
+
+/// Binds the metrics endpoint and starts serving it; returns its address.
+async fn bind_metrics(server: &Server, addr: &str) -> Result<std::net::SocketAddr, Failure> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the metrics address: {e}"))?;
+    server.spawn_metrics_endpoint(listener).map_err(|e| e.0)?;
+    Ok(local)
 }
 
 /// Completes on the first SIGINT or SIGTERM.

@@ -78,6 +78,7 @@ mod rwlock;
 mod semaphore;
 mod session;
 mod wait;
+mod watch;
 
 use std::{
     future::Future,
@@ -108,6 +109,7 @@ pub use ratelimit::{ManyTaken, RateLimit, Taken};
 pub use rwlock::{RwLock, RwLockGuard, RwMode};
 pub use semaphore::{Semaphore, SemaphoreGuard};
 pub use session::{LeaseDanger, LossReason, SessionLoss};
+pub use watch::{StateChange, StateWatch};
 
 pub use crate::proto::v1::{BreakerSettings, BreakerState, SessionHold, SessionInfo};
 

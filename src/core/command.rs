@@ -464,6 +464,12 @@ pub struct Outcome {
     pub events: Vec<(WaiterId, Result<Reply>)>,
     /// Records to persist before any reply or event of this outcome is sent.
     pub changes: Vec<Change>,
+    /// Holds granted in this step (each a new fencing token), in order.
+    /// Plain data for the engine's metrics; nothing in the core reads it.
+    pub holds_granted: Vec<(Kind, FencingToken)>,
+    /// Holds that ended in this step, however (released, checked in,
+    /// acked, expired with their session, revoked, deleted); as above.
+    pub holds_ended: Vec<(Kind, FencingToken)>,
 }
 
 /// What a command may add to the state: checked against the limits once,

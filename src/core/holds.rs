@@ -112,6 +112,7 @@ impl State {
     ) -> Hold {
         let fencing_token = self.next_fencing_token(out);
         self.register_hold(fencing_token, session_id, kind, name, acquire_id);
+        out.holds_granted.push((kind, fencing_token));
         Hold {
             session_id,
             fencing_token,
@@ -218,17 +219,22 @@ impl State {
 
     /// Forgets a hold in the indexes (the primitive itself is updated by
     /// the caller).
-    pub(super) fn unregister_hold(&mut self, token: FencingToken) -> Option<HoldRef> {
+    pub(super) fn unregister_hold(
+        &mut self,
+        token: FencingToken,
+        out: &mut Outcome,
+    ) -> Option<HoldRef> {
         let hold = self.holds.remove(&token)?;
         if let Some(session) = self.sessions.get_mut(hold.session_id) {
             session.holds.remove(&token);
         }
+        out.holds_ended.push((hold.kind, token));
         Some(hold)
     }
 
     /// Releases a hold whoever owns it, and wakes whoever can go next.
     pub(super) fn release_hold(&mut self, token: FencingToken, out: &mut Outcome) {
-        let Some(hold) = self.unregister_hold(token) else {
+        let Some(hold) = self.unregister_hold(token, out) else {
             return;
         };
         let name = hold.name.as_str();

@@ -242,6 +242,12 @@ impl State {
         self.holds.len()
     }
 
+    /// Queue items ready for a get, over every queue. O(queues): for a
+    /// metrics scrape, not for every command.
+    pub fn queue_items_ready(&self) -> usize {
+        self.queues.values().map(queue::Queue::ready_len).sum()
+    }
+
     /// Runs one command. See the module doc for the contract.
     pub fn apply(&mut self, now_ms: u64, command: Command, out: &mut Outcome) -> Result<Reply> {
         self.advance(now_ms);
@@ -597,7 +603,7 @@ impl State {
     }
 
     /// Primitives of every kind that exist now.
-    fn primitive_count(&self) -> usize {
+    pub fn primitive_count(&self) -> usize {
         self.locks.len()
             + self.semaphores.len()
             + self.rwlocks.len()

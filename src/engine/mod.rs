@@ -26,6 +26,7 @@
 //! there, which covers a waiter dropped before the engine saw it.
 
 mod clock;
+mod metrics;
 mod writer;
 
 use std::collections::{HashMap, VecDeque};
@@ -34,13 +35,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::Stream;
 
 pub use self::clock::Clock;
+use self::metrics::Tracker;
 use self::writer::{Job, Progress, Writer};
 use crate::core::{self, Code, Command, Limits, Outcome, Rejection, Reply, State, WaiterId};
+use crate::metrics::{Metrics, StateSizes};
 use crate::store::{Store, StoreError};
 
 /// An event for a waiter: a reply, or the reason its wait ended.
@@ -65,6 +68,9 @@ pub struct EngineConfig {
     /// Commands queued for the engine at most; callers wait beyond it.
     pub queue_capacity: usize,
     pub limits: Limits,
+    /// Where to record grants, waits, holds and the store's work (`None`:
+    /// nothing is recorded).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Default for EngineConfig {
@@ -74,6 +80,7 @@ impl Default for EngineConfig {
             batch_max: 1024,
             queue_capacity: 16 * 1024,
             limits: Limits::default(),
+            metrics: None,
         }
     }
 }
@@ -91,6 +98,10 @@ enum Envelope {
     Shutdown {
         done: oneshot::Sender<()>,
     },
+    /// A metrics scrape asks how big the state is.
+    Sizes {
+        reply: oneshot::Sender<StateSizes>,
+    },
 }
 
 /// The way into the engine. Cheap to clone.
@@ -102,6 +113,8 @@ pub struct EngineHandle {
     internal: mpsc::UnboundedSender<Command>,
     next_waiter: Arc<AtomicU64>,
     clock: Clock,
+    /// Counts the turns that changed the state, once they are durable.
+    changes: Arc<watch::Sender<u64>>,
 }
 
 /// Events a watcher may leave unread before it is cut off.
@@ -176,9 +189,26 @@ impl EngineHandle {
         }
     }
 
+    /// How big the state is now (for a metrics scrape); `None` once the
+    /// engine stopped. Answered between commands, without waiting for the
+    /// disk.
+    pub async fn state_sizes(&self) -> Option<StateSizes> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Envelope::Sizes { reply }).await.ok()?;
+        answer.await.ok()
+    }
+
     /// The engine's clock, in milliseconds; never runs backwards.
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
+    }
+
+    /// Tells when the state changed: the value counts the turns that changed
+    /// something (a hold, a waiter, a record), bumped once their changes are
+    /// durable. A new receiver has seen the current count; `changed()`
+    /// fails once the engine stopped.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 }
 
@@ -262,18 +292,28 @@ pub fn start<S: Store>(
         .map_err(|e| StoreError(format!("the data directory holds invalid state: {e}")))?;
     let clock = Clock::resume_from(state.now_ms());
     let (progress_tx, progress) = mpsc::unbounded_channel();
-    let writer = Writer::start(store, config.durability, WRITER_QUEUE_MAX, progress_tx)
-        .map_err(|e| StoreError(format!("cannot start the writer thread: {e}")))?;
+    let writer_metrics = config.metrics.clone();
+    let writer = Writer::start(
+        store,
+        config.durability,
+        WRITER_QUEUE_MAX,
+        progress_tx,
+        writer_metrics,
+    )
+    .map_err(|e| StoreError(format!("cannot start the writer thread: {e}")))?;
     let (commands, command_rx) = mpsc::channel(config.queue_capacity);
     let (internal, internal_rx) = mpsc::unbounded_channel();
+    let changes = Arc::new(watch::Sender::new(0));
     let handle = EngineHandle {
         commands,
         internal: internal.clone(),
         next_waiter: Arc::new(AtomicU64::new(1)),
         clock: clock.clone(),
+        changes: changes.clone(),
     };
     let engine = Engine {
         state,
+        tracker: config.metrics.clone().map(Tracker::new),
         config,
         clock,
         command_rx,
@@ -285,6 +325,7 @@ pub fn start<S: Store>(
         submitted_seq: 0,
         durable_seq: 0,
         held: VecDeque::new(),
+        changes,
     };
     Ok((handle, tokio::spawn(engine.run())))
 }
@@ -295,6 +336,8 @@ const WRITER_QUEUE_MAX: usize = 4096;
 
 struct Engine {
     state: State,
+    /// Records grants, waits and holds (with `--metrics-listen`).
+    tracker: Option<Tracker>,
     config: EngineConfig,
     clock: Clock,
     command_rx: mpsc::Receiver<Envelope>,
@@ -312,6 +355,8 @@ struct Engine {
     /// Replies and events waiting for their turn's changes to be durable,
     /// in turn order.
     held: VecDeque<(u64, Deliveries)>,
+    /// Bumped when a turn that changed the state is delivered.
+    changes: Arc<watch::Sender<u64>>,
 }
 
 /// What one turn sends once its changes (and all earlier ones) are durable.
@@ -320,6 +365,8 @@ struct Deliveries {
     replies: Vec<(oneshot::Sender<Event>, Event)>,
     first_events: Vec<(WaiterId, mpsc::Sender<Event>, Event)>,
     events: Vec<(WaiterId, Event)>,
+    /// The turn changed the state (what `List` and `Describe` show).
+    changed: bool,
 }
 
 /// What woke the engine up.
@@ -405,8 +452,18 @@ impl Engine {
         let mut outcome = Outcome::default();
         let mut deliveries = Deliveries::default();
         let now_ms = self.clock.now_ms();
+        if let Some(tracker) = &mut self.tracker {
+            tracker.start_turn(internal.len() + batch.len());
+        }
+        // A wait queues (or leaves) a waiter without a record: that changes
+        // what `List` shows too.
+        let waiters_moved =
+            !internal.is_empty() || batch.iter().any(|e| matches!(e, Envelope::Wait { .. }));
         self.state.tick(now_ms, &mut outcome);
         for command in internal.drain(..) {
+            if let (Some(tracker), Command::Cancel { waiter }) = (&mut self.tracker, &command) {
+                tracker.cancelled(*waiter);
+            }
             let _ = self.state.apply(now_ms, command, &mut outcome);
         }
         for envelope in batch.drain(..) {
@@ -423,9 +480,17 @@ impl Engine {
                     let result = self.state.apply(now_ms, command, &mut outcome);
                     deliveries.first_events.push((waiter, events, result));
                 }
+                Envelope::Sizes { reply } => {
+                    let _ = reply.send(self.state_sizes());
+                }
                 Envelope::Shutdown { .. } => unreachable!("next_batch stops at a shutdown"),
             }
         }
+        if let Some(tracker) = &mut self.tracker {
+            tracker.track(now_ms, &outcome, &deliveries);
+        }
+        deliveries.changed =
+            waiters_moved || !outcome.changes.is_empty() || !outcome.events.is_empty();
         deliveries.events = outcome.events;
         if !outcome.changes.is_empty() {
             outcome.changes.push(self.state.checkpoint());
@@ -438,6 +503,16 @@ impl Engine {
         self.held.push_back((needs_seq, deliveries));
         self.deliver_durable();
         Ok(())
+    }
+
+    fn state_sizes(&self) -> StateSizes {
+        StateSizes {
+            sessions: self.state.session_count(),
+            waiters: self.state.waiter_count(),
+            holds: self.state.hold_count(),
+            primitives: self.state.primitive_count(),
+            queue_items_ready: self.state.queue_items_ready(),
+        }
     }
 
     async fn submit(&mut self, changes: Vec<core::Change>) -> Result<(), StoreError> {
@@ -474,6 +549,9 @@ impl Engine {
     }
 
     fn deliver(&mut self, deliveries: Deliveries) {
+        if deliveries.changed {
+            self.changes.send_modify(|count| *count += 1);
+        }
         for (reply, result) in deliveries.replies {
             let _ = reply.send(result);
         }

@@ -8,13 +8,15 @@
 //! more turns share one flush.
 
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use super::Durability;
 use crate::core::Change;
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
 /// The changes of one engine turn.
@@ -35,16 +37,19 @@ pub struct Writer {
 impl Writer {
     /// Starts the thread. `queue_max` bounds the jobs waiting for it; the
     /// engine blocks beyond that (backpressure instead of memory growth).
+    /// With `metrics`, it records each group commit and the store's size.
     pub fn start<S: Store>(
         store: S,
         durability: Durability,
         queue_max: usize,
         progress: mpsc::UnboundedSender<Progress>,
+        metrics: Option<Arc<Metrics>>,
     ) -> std::io::Result<Writer> {
         let (jobs, queue) = std_mpsc::sync_channel(queue_max);
+        let metrics = metrics.map(StoreMetrics::new);
         let thread = std::thread::Builder::new()
             .name("syncd-writer".into())
-            .spawn(move || write_loop(store, durability, queue, progress))?;
+            .spawn(move || write_loop(store, durability, queue, progress, metrics))?;
         Ok(Writer { jobs, thread })
     }
 
@@ -66,14 +71,84 @@ impl Writer {
 /// With `Durability::None`, how long the writer lets jobs gather.
 const UNSYNCED_GATHER: Duration = Duration::from_millis(5);
 
+/// How often the store's size on disk is measured, at most.
+const SIZE_EVERY: Duration = Duration::from_secs(1);
+
+struct StoreMetrics {
+    metrics: Arc<Metrics>,
+    /// When the size was last measured.
+    sized_at: Option<Instant>,
+    /// Written since the size was last measured.
+    dirty: bool,
+}
+
+impl StoreMetrics {
+    fn new(metrics: Arc<Metrics>) -> StoreMetrics {
+        StoreMetrics {
+            metrics,
+            sized_at: None,
+            dirty: false,
+        }
+    }
+
+    /// One group commit of `changes` took `elapsed`.
+    fn committed<S: Store>(&mut self, store: &S, changes: usize, elapsed: Duration) {
+        self.metrics
+            .store_flush_seconds
+            .observe(elapsed.as_secs_f64());
+        self.metrics.store_batch_changes.observe(changes as f64);
+        self.dirty = true;
+        self.measure(store);
+    }
+
+    /// The next job; while none comes, measures the size once more after
+    /// the last writes (the store also writes by itself after a flush).
+    /// `None` once the engine stopped.
+    fn next_job<S: Store>(&mut self, store: &S, queue: &std_mpsc::Receiver<Job>) -> Option<Job> {
+        loop {
+            match queue.recv_timeout(SIZE_EVERY) {
+                Ok(job) => return Some(job),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                    if self.dirty {
+                        self.measure(store);
+                    }
+                }
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// Measures the size on disk, at most every `SIZE_EVERY`.
+    fn measure<S: Store>(&mut self, store: &S) {
+        if self.sized_at.is_some_and(|at| at.elapsed() < SIZE_EVERY) {
+            return;
+        }
+        self.sized_at = Some(Instant::now());
+        self.dirty = false;
+        if let Some(bytes) = store.size_on_disk_bytes() {
+            let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+            self.metrics.store_size_bytes.set(bytes);
+        }
+    }
+}
+
 fn write_loop<S: Store>(
     mut store: S,
     durability: Durability,
     queue: std_mpsc::Receiver<Job>,
     progress: mpsc::UnboundedSender<Progress>,
+    mut metrics: Option<StoreMetrics>,
 ) {
+    if let Some(metrics) = &mut metrics {
+        metrics.measure(&store);
+    }
     let mut changes = Vec::new();
-    while let Ok(first) = queue.recv() {
+    loop {
+        let next = match &mut metrics {
+            Some(metrics) => metrics.next_job(&store, &queue),
+            None => queue.recv().ok(),
+        };
+        let Some(first) = next else { break };
         if durability == Durability::None {
             // Nobody waits for these writes: gather a few milliseconds' worth
             // into one batch instead of paying sled's per-batch cost per turn.
@@ -85,16 +160,22 @@ fn write_loop<S: Store>(
             seq = job.seq;
             changes.extend(job.changes);
         }
+        let started = metrics.as_ref().map(|_| Instant::now());
         let result = store.write(&changes).and_then(|()| match durability {
             Durability::Sync => store.flush(),
             Durability::None => Ok(()),
         });
-        changes.clear();
+        let elapsed = started.map(|started| started.elapsed());
         let failed = result.is_err();
         let _ = progress.send(result.map(|()| seq));
         if failed {
             return;
         }
+        // After the progress went out: measuring must not delay replies.
+        if let (Some(metrics), Some(elapsed)) = (&mut metrics, elapsed) {
+            metrics.committed(&store, changes.len(), elapsed);
+        }
+        changes.clear();
     }
     // The engine is stopping: whatever the durability, leave nothing unflushed.
     if let Err(e) = store.flush() {

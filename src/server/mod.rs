@@ -18,6 +18,7 @@ mod convert;
 mod deadline;
 mod event;
 mod lock;
+pub mod metrics;
 mod pool;
 mod queue;
 mod ratelimit;
@@ -155,6 +156,22 @@ impl Server {
         })
     }
 
+    /// Serves the metrics (`GET /metrics`) on `listener`, in a task of its
+    /// own, until the runtime stops. Needs `config.engine.metrics`.
+    pub fn spawn_metrics_endpoint(&self, listener: TcpListener) -> Result<(), ServeError> {
+        let Some(metrics) = self.config.engine.metrics.clone() else {
+            return Err(ServeError(
+                "the server was configured without metrics".into(),
+            ));
+        };
+        tokio::spawn(metrics::serve_endpoint(
+            listener,
+            metrics,
+            self.engine.clone(),
+        ));
+        Ok(())
+    }
+
     /// Serves on `listener` until `shutdown` completes, then shuts down
     /// gracefully (bounded by `shutdown_grace`). Returns an error if the
     /// store failed while serving.
@@ -262,7 +279,7 @@ const SERVICE_NAMES: &[&str] = &[
 type Router = tonic::transport::server::Router<
     tower::layer::util::Stack<
         MapResponseLayer<fn(status::HttpResponse) -> status::HttpResponse>,
-        tower::layer::util::Identity,
+        tower::layer::util::Stack<metrics::RpcMetricsLayer, tower::layer::util::Identity>,
     >,
 >;
 
@@ -285,10 +302,8 @@ fn build_router(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| ServeError(format!("reflection: {e}")))?;
-    let system = SystemServer::new(system::SystemService {
-        engine: engine.clone(),
-    })
-    .max_decoding_message_size(limit);
+    let system = SystemServer::new(system::SystemService::new(engine.clone()))
+        .max_decoding_message_size(limit);
     let sessions = SessionsServer::new(session::SessionService {
         engine: engine.clone(),
         stopping,
@@ -336,7 +351,10 @@ fn build_router(
     .max_decoding_message_size(limit);
     let oversized: fn(status::HttpResponse) -> status::HttpResponse =
         status::oversized_is_resource_exhausted;
+    // The first layer is the outermost: the metrics see the final status.
+    let rpc_metrics = metrics::RpcMetricsLayer::new(config.engine.metrics.clone());
     Ok(tonic::transport::Server::builder()
+        .layer(rpc_metrics)
         .layer(MapResponseLayer::new(oversized))
         .tcp_nodelay(true)
         .max_concurrent_streams(config.streams_per_connection_max)

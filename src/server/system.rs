@@ -1,15 +1,49 @@
-//! `syncd.v1.System`: Ping and List.
+//! `syncd.v1.System`: Ping, List, and Watch.
+//!
+//! A watch lists what it matches, then waits for the engine to say that its
+//! state changed (a turn that changed something), lists again and sends
+//! the lines that differ. Listing is one engine call, so a watcher costs
+//! the engine one read per change it sees; a busy server's changes are
+//! coalesced over [`WATCH_COALESCE`] so that cost stays bounded.
 
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::status::unexpected;
-use crate::core::{Command, Kind, Reply};
+use crate::core::{Command, Kind, Reply, Summary};
 use crate::engine::EngineHandle;
 use crate::proto::v1::{self as pb, system_server::System};
 
+/// Watches open at once, server-wide.
+pub const WATCHES_MAX: usize = 1_000;
+/// Primitives one watch may match.
+pub const WATCH_MATCHES_MAX: usize = 10_000;
+/// The least time between two listings of one watch.
+const WATCH_COALESCE: Duration = Duration::from_millis(20);
+
 pub struct SystemService {
     pub engine: EngineHandle,
+    /// One permit per open watch.
+    watches: Arc<Semaphore>,
 }
+
+impl SystemService {
+    pub fn new(engine: EngineHandle) -> SystemService {
+        SystemService {
+            engine,
+            watches: Arc::new(Semaphore::new(WATCHES_MAX)),
+        }
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl System for SystemService {
@@ -29,32 +63,194 @@ impl System for SystemService {
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
         let request = request.into_inner();
-        let kind = match request.kind.as_str() {
-            "" => None,
-            text => Some(Kind::parse(text).ok_or_else(|| {
-                let known: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
-                Status::invalid_argument(format!(
-                    "unknown kind {text:?}; known kinds: {}",
-                    known.join(", ")
-                ))
-            })?),
-        };
-        let command = Command::List {
-            kind,
+        let kind = parse_kind(&request.kind)?;
+        let summaries = list(&self.engine, kind, request.prefix).await?;
+        Ok(Response::new(pb::ListResponse {
+            primitives: summaries.into_iter().map(summary).collect(),
+        }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let request = request.into_inner();
+        let filter = Filter {
+            kind: parse_kind(&request.kind)?,
+            name: request.name,
             prefix: request.prefix,
         };
-        match self.engine.call(command).await? {
-            Reply::Listing(summaries) => Ok(Response::new(pb::ListResponse {
-                primitives: summaries
-                    .into_iter()
-                    .map(|s| pb::PrimitiveSummary {
-                        kind: s.kind.as_str().to_owned(),
-                        name: s.name,
-                        state: s.state,
-                    })
-                    .collect(),
-            })),
-            other => Err(unexpected(&other)),
+        let permit = self.watches.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "watches_max: {WATCHES_MAX} watches are open already"
+            ))
+        })?;
+        // The engine's change counter is read before the first listing, so
+        // that no change between the two is missed.
+        let changes = self.engine.changes();
+        let first = filter.matching(&self.engine).await?;
+        let (sender, receiver) = mpsc::channel(64);
+        let watcher = Watcher {
+            engine: self.engine.clone(),
+            filter,
+            sender,
+            seen: BTreeMap::new(),
+            _permit: permit,
+        };
+        tokio::spawn(watcher.run(first, changes));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+/// `""` is every kind; an unknown kind is INVALID_ARGUMENT.
+fn parse_kind(text: &str) -> Result<Option<Kind>, Status> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let kind = Kind::parse(text).ok_or_else(|| {
+        let known: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+        Status::invalid_argument(format!(
+            "unknown kind {text:?}; known kinds: {}",
+            known.join(", ")
+        ))
+    })?;
+    Ok(Some(kind))
+}
+
+async fn list(
+    engine: &EngineHandle,
+    kind: Option<Kind>,
+    prefix: String,
+) -> Result<Vec<Summary>, Status> {
+    match engine.call(Command::List { kind, prefix }).await? {
+        Reply::Listing(summaries) => Ok(summaries),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn summary(s: Summary) -> pb::PrimitiveSummary {
+    pb::PrimitiveSummary {
+        kind: s.kind.as_str().to_owned(),
+        name: s.name,
+        state: s.state,
+    }
+}
+
+/// What one watch matches.
+struct Filter {
+    kind: Option<Kind>,
+    name: String,
+    prefix: bool,
+}
+
+impl Filter {
+    /// The matching primitives now, at most [`WATCH_MATCHES_MAX`].
+    async fn matching(&self, engine: &EngineHandle) -> Result<Vec<Summary>, Status> {
+        let mut found = list(engine, self.kind, self.name.clone()).await?;
+        if !self.prefix {
+            found.retain(|s| s.name == self.name);
         }
+        if found.len() > WATCH_MATCHES_MAX {
+            return Err(Status::resource_exhausted(format!(
+                "watch_matches_max: the watch matches {} primitives, more than \
+                 {WATCH_MATCHES_MAX}; narrow its kind or prefix",
+                found.len()
+            )));
+        }
+        Ok(found)
+    }
+}
+
+/// One open watch: what it has sent, and where to.
+struct Watcher {
+    engine: EngineHandle,
+    filter: Filter,
+    sender: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    /// The last state sent of each primitive that exists.
+    seen: BTreeMap<(Kind, String), String>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Watcher {
+    async fn run(mut self, first: Vec<Summary>, mut changes: tokio::sync::watch::Receiver<u64>) {
+        if !self.filter.prefix && first.is_empty() {
+            let kind = self.filter.kind.unwrap_or(Kind::Lock);
+            let absent = Summary {
+                kind,
+                name: self.filter.name.clone(),
+                state: "does not exist".to_owned(),
+            };
+            if !self.send(absent, true).await {
+                return;
+            }
+        }
+        if !self.update(first).await || !self.synced().await {
+            return;
+        }
+        loop {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() {
+                    let _ = self.sender.send(Err(Status::unavailable("the server is shutting down"))).await;
+                    return;
+                },
+                () = self.sender.closed() => return,
+            }
+            tokio::time::sleep(WATCH_COALESCE).await;
+            changes.borrow_and_update();
+            let now = match self.filter.matching(&self.engine).await {
+                Ok(now) => now,
+                Err(status) => {
+                    let _ = self.sender.send(Err(status)).await;
+                    return;
+                }
+            };
+            if !self.update(now).await {
+                return;
+            }
+        }
+    }
+
+    /// Sends what changed since the last listing; false once the client is
+    /// gone.
+    async fn update(&mut self, now: Vec<Summary>) -> bool {
+        let mut gone = std::mem::take(&mut self.seen);
+        for s in now {
+            let key = (s.kind, s.name.clone());
+            let before = gone.remove(&key);
+            let changed = before.as_deref() != Some(s.state.as_str());
+            self.seen.insert(key, s.state.clone());
+            if changed && !self.send(s, false).await {
+                return false;
+            }
+        }
+        for ((kind, name), state) in gone {
+            if !self.send(Summary { kind, name, state }, true).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn send(&self, s: Summary, gone: bool) -> bool {
+        let response = pb::WatchResponse {
+            primitive: Some(summary(s)),
+            gone,
+            server_time_ms: self.engine.now_ms(),
+            synced: false,
+        };
+        self.sender.send(Ok(response)).await.is_ok()
+    }
+
+    /// Marks the end of the first listing.
+    async fn synced(&self) -> bool {
+        let response = pb::WatchResponse {
+            primitive: None,
+            gone: false,
+            server_time_ms: self.engine.now_ms(),
+            synced: true,
+        };
+        self.sender.send(Ok(response)).await.is_ok()
     }
 }

@@ -42,4 +42,8 @@ pub trait Store: Send + 'static {
     fn write(&mut self, changes: &[Change]) -> Result<(), StoreError>;
     /// Makes every earlier write durable.
     fn flush(&mut self) -> Result<(), StoreError>;
+    /// Bytes the store takes on disk, if it knows (for the metrics).
+    fn size_on_disk_bytes(&self) -> Option<u64> {
+        None
+    }
 }

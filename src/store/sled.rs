@@ -233,6 +233,10 @@ impl Store for SledStore {
         }
         self.mark(false)
     }
+
+    fn size_on_disk_bytes(&self) -> Option<u64> {
+        self.db.size_on_disk().ok()
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
-//! `syncctl inspect KIND NAME` and `syncctl sessions`: who holds what, who
-//! waits, and every session, as tables for people (`--output json` for
-//! programs). Answers "who holds this lock?" for every kind in one shape:
+//! `syncctl inspect KIND NAME`, `syncctl sessions` and `syncctl watch`:
+//! who holds what, who waits, every session, as tables for people
+//! (`--output json` for programs); and state changes as they happen. Answers "who holds this lock?" for every kind in one shape:
 //! holders (session, client, host, fencing token, held for, lease left)
 //! and waiters in line order (session, client, host, waiting for, what
 //! they ask).
@@ -13,12 +13,14 @@ use syncd::proto::v1::{Holder, RwMode, Waiter};
 use crate::{
     exit::Failure,
     output::{format_ms, write_stdout, Output},
-    session::one_call,
+    session::{close, connect, interruptible, one_call, Signals, Waited},
     Cli,
 };
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KindArg {
+    /// Every kind (`watch` only).
+    All,
     Lock,
     #[value(alias = "sem")]
     Semaphore,
@@ -37,6 +39,7 @@ impl KindArg {
     /// The kind's name on the wire (`System.List`, lost-hold notices).
     fn as_str(self) -> &'static str {
         match self {
+            KindArg::All => "",
             KindArg::Lock => "lock",
             KindArg::Semaphore => "semaphore",
             KindArg::Rwlock => "rwlock",
@@ -58,6 +61,24 @@ pub struct InspectArgs {
     kind: KindArg,
     /// Its name.
     name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// The kind of primitive, or `all`.
+    #[arg(value_enum)]
+    kind: KindArg,
+    /// Its name; with --prefix, the start of the names to watch (may be
+    /// empty: every name).
+    name: String,
+    /// Watch every primitive whose name starts with NAME, as they come
+    /// and go.
+    #[arg(long)]
+    prefix: bool,
+    /// Stop after printing this many lines (the first ones are the states
+    /// now). Default: until interrupted.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
 }
 
 /// One holder, whatever the kind.
@@ -106,6 +127,41 @@ pub async fn inspect(cli: &Cli, args: &InspectArgs) -> Result<i32, Failure> {
         .describe(format_inspection(&inspection), inspection_json(&inspection))
 }
 
+pub async fn watch(cli: &Cli, args: &WatchArgs) -> Result<i32, Failure> {
+    let mut signals = Signals::catch()?;
+    let client = connect(cli, None).await?;
+    let (output, count) = (cli.output, args.count);
+    let kind = args.kind.as_str();
+    let watched = interruptible(&mut signals, async {
+        let mut changes = if args.prefix {
+            client.watch_prefix(kind, &args.name).await?
+        } else {
+            client.watch_state(kind, &args.name).await?
+        };
+        let mut printed = 0;
+        while count.is_none_or(|count| printed < count) {
+            let change = changes.next().await?;
+            let json = json!({
+                "kind": change.kind,
+                "name": change.name,
+                "state": change.state,
+                "gone": change.gone,
+                "server_time_ms": change.server_time_ms,
+            });
+            output.print(&change, json)?;
+            printed += 1;
+        }
+        Ok::<(), Failure>(())
+    })
+    .await;
+    close(client).await;
+    match watched {
+        Waited::Done(done) => done.map(|()| 0),
+        // Watching until interrupted is the normal way.
+        Waited::Interrupted(_) => Ok(0),
+    }
+}
+
 pub async fn sessions(cli: &Cli) -> Result<i32, Failure> {
     let sessions = one_call(cli, |client| async move { client.sessions().await }).await?;
     match cli.output {
@@ -130,6 +186,10 @@ async fn state_line(client: &Client, kind: KindArg, name: &str) -> Result<String
 /// The holders and waiters from the kind's own `Describe`.
 async fn describe(client: &Client, kind: KindArg, name: &str) -> Result<Inspection, Error> {
     let (holders, waiters) = match kind {
+        KindArg::All => {
+            let status = tonic::Status::invalid_argument("inspect needs one kind, not `all`");
+            return Err(Error::Status(status));
+        }
         KindArg::Lock => {
             let lock = client.lock(name).describe().await?;
             let holders = lock.holder.into_iter().map(|h| HolderRow {

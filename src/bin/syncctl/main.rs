@@ -206,6 +206,12 @@ enum Command {
     /// many waits it has queued, and what it holds (with fencing tokens).
     #[command(after_help = AFTER_HELP)]
     Sessions,
+    /// Print the one-line state of a primitive (as `ls` shows it) now and
+    /// at every change: `watch lock deploy`, or every name with a prefix,
+    /// as they come and go: `watch all build- --prefix`. Changes made
+    /// within one step of the server show as their result.
+    #[command(after_help = AFTER_HELP)]
+    Watch(inspect::WatchArgs),
     /// Print a shell completion script (bash, zsh, fish, ...) to stdout.
     ///
     /// Install it with e.g. `syncctl completions bash >
@@ -270,6 +276,7 @@ async fn run(cli: &Cli) -> Result<i32, Failure> {
         Command::Revoke(args) => system::revoke(cli, args).await,
         Command::Inspect(args) => inspect::inspect(cli, args).await,
         Command::Sessions => inspect::sessions(cli).await,
+        Command::Watch(args) => inspect::watch(cli, args).await,
         Command::Completions(args) => print_completions(args.shell),
     }
 }

@@ -374,7 +374,7 @@ impl State {
         self.validate_name(Kind::Breaker, name)?;
         self.require_session(session_id)?;
         self.check_permit(session_id, name, token)?;
-        self.unregister_hold(token);
+        self.unregister_hold(token, out);
         let era = self.breaker_drop_hold(name, token, out);
         let breaker = self
             .breakers

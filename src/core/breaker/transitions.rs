@@ -172,7 +172,7 @@ impl State {
         }
         for token in breaker.permits.keys() {
             self.note_lost_hold(*token, LossCause::Deleted, out);
-            self.unregister_hold(*token);
+            self.unregister_hold(*token, out);
             out.changes.push(hold_records::hold_delete(*token));
         }
         let why = format!("breaker {name:?} was deleted");

@@ -32,7 +32,7 @@ impl State {
             ));
         }
         let id = self.pool_checked_out(session_id, &name, fencing_token)?;
-        self.unregister_hold(fencing_token);
+        self.unregister_hold(fencing_token, out);
         let now_ms = self.now_ms;
         let pool = self.pools.get_mut(&name).expect("a held pool exists");
         let resource = pool.resources.get_mut(&id).expect("held");

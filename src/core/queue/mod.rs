@@ -163,6 +163,11 @@ impl Queue {
         self.pending.len()
     }
 
+    /// Items ready for a get (not in flight).
+    pub(in crate::core) fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
     fn has_room(&self, items_max: usize) -> bool {
         let limit = match self.capacity {
             0 => items_max,

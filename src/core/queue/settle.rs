@@ -24,7 +24,7 @@ impl State {
         out: &mut Outcome,
     ) -> Result<Reply> {
         let token = self.in_flight_of(session_id, &name, item_id)?;
-        self.unregister_hold(token);
+        self.unregister_hold(token, out);
         let queue = self.queues.get_mut(&name).expect("checked above");
         let flight = queue.in_flight.remove(&item_id).expect("checked above");
         queue.pending.remove(&item_id);
