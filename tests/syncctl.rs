@@ -358,13 +358,15 @@ async fn a_wait_keeps_its_deadline_while_the_server_is_down() {
 // --- 6. https --------------------------------------------------------------
 
 #[test]
-fn https_addresses_are_refused() {
+fn https_addresses_mean_tls() {
+    // Nothing listens there: the TLS client gets as far as the connection.
+    // (tests/tls.rs covers working TLS.)
     let output = run_bounded(syncctl("https://127.0.0.1:9").arg("ping"));
-    assert_eq!(output.status.code(), Some(1));
-    assert_eq!(
-        stderr_of(&output),
-        "syncctl: https:// needs TLS, which this syncd version does not support yet; \
-         use http://\n"
+    assert_eq!(output.status.code(), Some(4));
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.starts_with("syncctl: cannot reach syncd at https://127.0.0.1:9"),
+        "{stderr}"
     );
 }
 

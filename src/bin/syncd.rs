@@ -11,6 +11,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use syncd::core::Limits;
 use syncd::engine::{Durability, EngineConfig};
 use syncd::metrics::Metrics;
+use syncd::server::tls::TlsFiles;
 use syncd::server::{Server, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -161,9 +162,41 @@ struct ServeArgs {
 
     /// Serve Prometheus metrics over HTTP at http://ADDR/metrics (HOST:PORT;
     /// port 0 picks a free port, printed as a second stdout line `metrics on
-    /// HOST:PORT`). Off when not set.
+    /// HOST:PORT`). Off when not set. Always plain HTTP, also when the gRPC
+    /// port uses TLS (--tls-cert): keep it on a trusted network.
     #[arg(long, env = "SYNCD_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<String>,
+
+    /// Serve gRPC over TLS with this certificate (PEM; the chain, leaf
+    /// first). Needs --tls-key. Clients then connect to `https://HOST:PORT`.
+    /// Without it syncd speaks plain HTTP/2.
+    #[arg(
+        long,
+        env = "SYNCD_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1). Needs
+    /// --tls-cert.
+    #[arg(
+        long,
+        env = "SYNCD_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: accept only clients that present a certificate signed by
+    /// this CA (PEM). Needs --tls-cert and --tls-key.
+    #[arg(
+        long,
+        env = "SYNCD_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_client_ca: Option<PathBuf>,
 
     /// Log line format on stderr: `text` for people, `json` (one object per
     /// line) for log collectors. RUST_LOG sets the level (default info).
@@ -230,7 +263,17 @@ impl ServeArgs {
             message_bytes_max: self.max_message_bytes,
             streams_per_connection_max: self.max_streams_per_connection,
             shutdown_grace: self.shutdown_grace,
+            tls: None,
         }
+    }
+
+    /// The TLS files, when --tls-cert (and so --tls-key) is given.
+    fn tls_files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
     }
 }
 
@@ -338,9 +381,13 @@ fn fail(message: &str) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
-    let config = args.config();
+    let mut config = args.config();
     if config.engine.limits.session_ttl_ms_min > config.engine.limits.session_ttl_ms_max {
         return Err("--session-ttl-min is larger than --session-ttl-max".into());
+    }
+    // Before the data directory is opened: a bad file changes nothing.
+    if let Some(files) = args.tls_files() {
+        config.tls = Some(files.load().map_err(|e| e.0)?);
     }
     let server = Server::open(config).map_err(|e| Failure {
         message: e.0,
@@ -359,6 +406,13 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     tracing::info!(data = %args.data.display(), durability = ?args.durability, "syncd ready");
     // Scripts and tests wait for exactly this line.
     println!("listening on {local}");
+    if let Some(files) = args.tls_files() {
+        let mutual = match &files.client_ca {
+            Some(ca) => format!(", client certificates signed by {}", ca.display()),
+            None => String::new(),
+        };
+        tracing::info!("TLS with {}{mutual}", files.cert.display());
+    }
     if let Some(metrics_local) = metrics_local {
         tracing::info!("metrics at http://{metrics_local}/metrics");
         // Best effort: a caller that read only the first line may have

@@ -20,7 +20,9 @@ pub enum Error {
     /// the holds it had are released.
     SessionLost(String),
     /// The server address cannot be used (empty, malformed, or a scheme
-    /// this client does not speak, such as `https://`). Nothing was sent.
+    /// this client does not speak), or the TLS settings that go with an
+    /// `https://` address cannot (an unreadable or invalid PEM file, a
+    /// client certificate without its key). Nothing was sent.
     InvalidAddress(String),
     /// Any other status from the server, message kept (bad input,
     /// releasing what is not held, limits, ...).
@@ -175,6 +177,9 @@ fn transport_reason(status: &Status) -> String {
     let mut deepest: Option<&(dyn StdError + 'static)> = None;
     let mut source = status.source();
     while let Some(err) = source {
+        if let Some(tls) = tls_error(err) {
+            return format!("tls handshake failed: {tls}");
+        }
         if let Some(io) = err.downcast_ref::<io::Error>() {
             return tidy_io_message(&io.to_string());
         }
@@ -185,6 +190,20 @@ fn transport_reason(status: &Status) -> String {
         Some(err) => err.to_string(),
         None => status.message().to_string(),
     }
+}
+
+/// The TLS error behind `err`, also when I/O errors wrap it (their
+/// `source` skips what they wrap).
+fn tls_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
+    let mut current: &(dyn StdError + 'static) = err;
+    for _ in 0..8 {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        let io = current.downcast_ref::<io::Error>()?;
+        current = io.get_ref()?;
+    }
+    None
 }
 
 /// `Connection refused (os error 111)` → `connection refused`.

@@ -60,7 +60,10 @@
 //! - [`LockGuard`], [`SemaphoreGuard`] and [`RwLockGuard`] release on
 //!   `release`, or, best effort, when dropped; a [`PooledResource`] dropped
 //!   without [`PooledResource::checkin`] is checked in as unhealthy.
-//! - Only `http://` addresses work: this version speaks no TLS.
+//! - An `https://` address means TLS; [`ClientOptions::tls`] says which CA
+//!   to trust (default: the well-known public CAs) and, for mutual TLS,
+//!   which client certificate to present. A failed handshake is an
+//!   [`Error::Unavailable`] that says `tls handshake failed: ...`.
 
 mod barrier;
 mod breaker;
@@ -77,6 +80,7 @@ mod retry;
 mod rwlock;
 mod semaphore;
 mod session;
+mod tls;
 mod wait;
 mod watch;
 
@@ -109,6 +113,7 @@ pub use ratelimit::{ManyTaken, RateLimit, Taken};
 pub use rwlock::{RwLock, RwLockGuard, RwMode};
 pub use semaphore::{Semaphore, SemaphoreGuard};
 pub use session::{LeaseDanger, LossReason, SessionLoss};
+pub use tls::TlsOptions;
 pub use watch::{StateChange, StateWatch};
 
 pub use crate::proto::v1::{BreakerSettings, BreakerState, SessionHold, SessionInfo};
@@ -146,8 +151,13 @@ pub struct ClientOptions {
     /// A label shown by `describe`. Default `<exe-name>@<hostname>:<pid>`.
     pub client_name: String,
     /// How long to wait for a TCP connection to the server, and for the
-    /// session to be created by `connect`. Default 5 s.
+    /// session to be created by `connect` (the TLS handshake included).
+    /// Default 5 s.
     pub connect_timeout: Duration,
+    /// TLS settings for an `https://` address (ignored for `http://`): the
+    /// CA to trust, a client certificate for mutual TLS. Default: trust the
+    /// public CAs, present no certificate.
+    pub tls: TlsOptions,
 }
 
 impl Default for ClientOptions {
@@ -156,6 +166,7 @@ impl Default for ClientOptions {
             session_ttl: Duration::from_secs(10),
             client_name: default_client_name(),
             connect_timeout: Duration::from_secs(5),
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -192,8 +203,8 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Connects to the server at `addr` (`http://127.0.0.1:7420`, or
-    /// `127.0.0.1:7420` without a scheme) with default options and opens a
-    /// session. `https://` is refused: this version speaks no TLS.
+    /// `127.0.0.1:7420` without a scheme; `https://` for TLS, trusting the
+    /// public CAs) with default options and opens a session.
     pub async fn connect(addr: impl Into<String>) -> Result<Client, Error> {
         Client::connect_with(addr, ClientOptions::default()).await
     }
@@ -214,7 +225,8 @@ impl Client {
         )
         .await
         .unwrap_or_else(|_| Err(no_answer(options.connect_timeout)));
-        let session_id = created.map_err(|status| Error::from_status(status, &addr))?;
+        let session_id = created
+            .map_err(|status| with_tls_hint(Error::from_status(status, &addr), &addr, &options))?;
         debug!("session {session_id} opened at {addr}");
         let session = Arc::new(SessionShared::new(session_id));
         let keep_alive = KeepAlive {
@@ -665,7 +677,7 @@ fn no_answer(waited: Duration) -> Status {
 }
 
 /// Adds `http://` when the address has no scheme; refuses an empty one and
-/// any scheme but `http`.
+/// any scheme but `http` and `https`.
 fn normalize_addr(addr: &str) -> Result<String, Error> {
     let addr = addr.trim().trim_end_matches('/');
     if addr.is_empty() {
@@ -675,26 +687,69 @@ fn normalize_addr(addr: &str) -> Result<String, Error> {
     }
     match addr.split_once("://") {
         None => Ok(format!("http://{addr}")),
-        Some(("http", _)) => Ok(addr.to_string()),
-        Some(("https", _)) => Err(Error::InvalidAddress(
-            "https:// needs TLS, which this syncd version does not support yet; use http://"
-                .to_string(),
-        )),
+        Some(("http" | "https", _)) => Ok(addr.to_string()),
         Some((scheme, _)) => Err(Error::InvalidAddress(format!(
-            "unsupported scheme {scheme:?} in server address {addr:?}; use http://HOST:PORT"
+            "unsupported scheme {scheme:?} in server address {addr:?}; use http://HOST:PORT \
+             (or https://HOST:PORT for TLS)"
         ))),
     }
+}
+
+/// A failed first contact whose cause is likely TLS, said so: a plaintext
+/// client talking to a TLS server reads the TLS alert as a broken HTTP/2
+/// frame, and a server that requires a client certificate drops a client
+/// without one only after the handshake.
+fn with_tls_hint(error: Error, addr: &str, options: &ClientOptions) -> Error {
+    let Error::Unavailable(message) = error else {
+        return error;
+    };
+    let tls = addr.starts_with("https://");
+    let dropped = [
+        "frame with invalid size",
+        "broken pipe",
+        "reset",
+        "connection closed",
+    ]
+    .iter()
+    .any(|sign| message.contains(sign));
+    let hint = if !tls && dropped {
+        " (is the server using TLS? then use an https:// address)"
+    } else if tls
+        && options.tls.client_certificate_pem.is_none()
+        && (dropped || message.contains("CertificateRequired"))
+    {
+        " (does the server require a client certificate? mutual TLS needs one)"
+    } else {
+        ""
+    };
+    Error::Unavailable(format!("{message}{hint}"))
 }
 
 fn endpoint(addr: &str, options: &ClientOptions) -> Result<Endpoint, Error> {
     let endpoint = Endpoint::from_shared(addr.to_string())
         .map_err(|e| Error::InvalidAddress(format!("invalid server address {addr:?}: {e}")))?;
-    Ok(endpoint
+    let endpoint = endpoint
         .connect_timeout(options.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(HTTP2_KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(HTTP2_KEEP_ALIVE_TIMEOUT)
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true);
+    if !addr.starts_with("https://") {
+        return Ok(endpoint);
+    }
+    let tls = options
+        .tls
+        .client_config()?
+        .timeout(options.connect_timeout);
+    endpoint.tls_config(tls).map_err(|e| {
+        let mut reason = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            reason = format!("{reason}: {cause}");
+            source = cause.source();
+        }
+        Error::InvalidAddress(format!("the TLS settings cannot be used: {reason}"))
+    })
 }
 
 /// `<exe-name>@<hostname>:<pid>`.
@@ -739,20 +794,29 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_http_is_accepted() {
-        let https = normalize_addr("https://h:2").unwrap_err().to_string();
-        assert_eq!(
-            https,
-            "https:// needs TLS, which this syncd version does not support yet; use http://"
-        );
+    fn only_http_and_https_are_accepted() {
+        assert_eq!(normalize_addr("https://h:2/").unwrap(), "https://h:2");
         let other = normalize_addr("ftp://h:2").unwrap_err().to_string();
         assert!(other.contains("unsupported scheme \"ftp\""), "{other}");
     }
 
-    #[tokio::test]
-    async fn connect_refuses_https() {
-        let error = Client::connect("https://127.0.0.1:1").await.unwrap_err();
-        assert!(error.to_string().contains("needs TLS"), "{error}");
+    #[test]
+    fn https_gets_tls_settings_checked() {
+        let options = ClientOptions::default();
+        assert!(endpoint("https://127.0.0.1:7420", &options).is_ok());
+        let options = ClientOptions {
+            tls: TlsOptions {
+                ca_certificate_pem: Some(b"junk".to_vec()),
+                ..TlsOptions::default()
+            },
+            ..ClientOptions::default()
+        };
+        assert!(matches!(
+            endpoint("https://127.0.0.1:7420", &options),
+            Err(Error::InvalidAddress(_))
+        ));
+        // Not looked at for plain HTTP.
+        assert!(endpoint("http://127.0.0.1:7420", &options).is_ok());
     }
 
     #[test]

@@ -27,6 +27,7 @@ mod semaphore;
 mod session;
 pub mod status;
 mod system;
+pub mod tls;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -65,6 +66,9 @@ pub struct ServerConfig {
     pub streams_per_connection_max: u32,
     /// How long shutdown may take before the process exits anyway.
     pub shutdown_grace: Duration,
+    /// TLS for the gRPC listener (see [`tls::TlsFiles::load`]); plain
+    /// HTTP/2 when `None`. The metrics endpoint is always plain HTTP.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 /// A stream of events for a waiting RPC.
@@ -353,7 +357,13 @@ fn build_router(
         status::oversized_is_resource_exhausted;
     // The first layer is the outermost: the metrics see the final status.
     let rpc_metrics = metrics::RpcMetricsLayer::new(config.engine.metrics.clone());
-    Ok(tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(tls.clone())
+            .map_err(|e| ServeError(format!("TLS: {e}")))?;
+    }
+    Ok(builder
         .layer(rpc_metrics)
         .layer(MapResponseLayer::new(oversized))
         .tcp_nodelay(true)

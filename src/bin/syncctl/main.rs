@@ -10,7 +10,7 @@
 //! leaves and lets signals end waits; `exit` and `output` are exit codes,
 //! errors and what is printed.
 
-use std::{ffi::OsString, io::IsTerminal};
+use std::{ffi::OsString, io::IsTerminal, path::PathBuf};
 
 use clap::{error::ErrorKind, CommandFactory, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -127,8 +127,8 @@ default, RUST_LOG overrides (e.g. RUST_LOG=syncd=debug).";
 #[derive(Parser, Debug)]
 #[command(name = "syncctl", version, after_help = AFTER_HELP)]
 pub struct Cli {
-    /// The server's address: `http://HOST:PORT` (the scheme may be left out;
-    /// `https://` is refused: this version speaks no TLS).
+    /// The server's address: `http://HOST:PORT` (the scheme may be left
+    /// out), or `https://HOST:PORT` for a server with TLS (see --cacert).
     #[arg(
         long,
         global = true,
@@ -137,6 +137,33 @@ pub struct Cli {
         value_name = "URL"
     )]
     pub addr: String,
+
+    /// With an `https://` --addr: trust the CA certificate(s) in this PEM
+    /// file for the server's certificate (e.g. a private CA). Without it the
+    /// well-known public CAs are trusted.
+    #[arg(long, global = true, env = "SYNCD_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+
+    /// With an `https://` --addr: present this client certificate (PEM), for
+    /// a server that requires mutual TLS. Needs --key.
+    #[arg(
+        long,
+        global = true,
+        env = "SYNCD_CERT",
+        value_name = "FILE",
+        requires = "key"
+    )]
+    pub cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --cert. Needs --cert.
+    #[arg(
+        long,
+        global = true,
+        env = "SYNCD_KEY",
+        value_name = "FILE",
+        requires = "cert"
+    )]
+    pub key: Option<PathBuf>,
 
     /// Output format: `text` for people, `json` (one JSON value on one line)
     /// for programs.

@@ -3,7 +3,7 @@
 
 use std::{future::Future, time::Duration};
 
-use syncd::client::{Client, ClientOptions, Error};
+use syncd::client::{Client, ClientOptions, Error, TlsOptions};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::{exit::Failure, Cli};
@@ -18,6 +18,13 @@ pub async fn connect(cli: &Cli, ttl: Option<Duration>) -> Result<Client, Failure
     let mut options = ClientOptions::default();
     if let Some(ttl) = ttl {
         options.session_ttl = ttl;
+    }
+    if cli.addr.trim().starts_with("https://") {
+        options.tls = TlsOptions::from_files(
+            cli.cacert.as_deref(),
+            cli.cert.as_deref(),
+            cli.key.as_deref(),
+        )?;
     }
     Ok(Client::connect_with(cli.addr.as_str(), options).await?)
 }
