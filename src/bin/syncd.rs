@@ -403,6 +403,10 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         Some(addr) => Some(bind_metrics(&server, addr).await?),
         None => None,
     };
+    // Before anyone is told we are ready: a SIGTERM right after the line
+    // below must stop syncd cleanly, not kill it.
+    let shutdown =
+        termination_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     tracing::info!(data = %args.data.display(), durability = ?args.durability, "syncd ready");
     // Scripts and tests wait for exactly this line.
     println!("listening on {local}");
@@ -419,8 +423,6 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         // closed the pipe already.
         let _ = writeln!(std::io::stdout(), "metrics on {metrics_local}");
     }
-    let shutdown =
-        termination_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     Ok(server.serve(listener, shutdown).await.map_err(|e| e.0)?)
 }
 
