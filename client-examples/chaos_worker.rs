@@ -199,6 +199,8 @@ fn kind(error: &SyncdError) -> &'static str {
         SyncdError::SessionLost(_) => "session_lost",
         SyncdError::Unavailable(_) => "unavailable",
         SyncdError::InvalidAddress(_) => "invalid_address",
+        SyncdError::Unauthenticated(_) => "unauthenticated",
+        SyncdError::PermissionDenied(_) => "permission_denied",
         SyncdError::Status(status) => code_name(status.code()),
     }
 }

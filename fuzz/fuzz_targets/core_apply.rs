@@ -423,6 +423,7 @@ impl Sim {
                 ttl_ms: u64::from(ttl) * 4,
                 client_name: "fuzz".into(),
                 host: String::new(),
+                owner: String::new(),
             },
             KeepAlive { s, seen } => Command::KeepAlive {
                 session_id: self.s(s),

@@ -26,6 +26,7 @@ fn base() -> State {
             ttl_ms: 10_000,
             client_name: "fuzz".into(),
             host: String::new(),
+            owner: String::new(),
         },
         Command::LockAcquire {
             session_id: 1,
@@ -183,6 +184,7 @@ fn command(selector: u8, bytes: &[u8]) -> Option<Command> {
                 ttl_ms: r.ttl_ms,
                 client_name: r.client_name,
                 host: String::new(),
+                owner: String::new(),
             }
         }
         3 => {

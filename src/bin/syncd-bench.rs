@@ -3,7 +3,10 @@
 //! noise; ratios are what to compare).
 //!
 //! Without `--addr` it starts its own `syncd` (the binary next to this one)
-//! for each `--durability`, on port 0 with a temporary data directory.
+//! for each `--durability`, on port 0 with a temporary data directory (with
+//! `--auth`, also with a token file of one admin token that every client
+//! sends: compare a run with and one without to see what checking tokens
+//! costs).
 //!
 //! Scenarios:
 //! - `ping`: the floor: a unary RPC that does nothing;
@@ -92,6 +95,15 @@ struct Args {
     /// queued items (0: skip).
     #[arg(long, default_value_t = 0)]
     startup_items: u64,
+
+    /// Start syncd with --auth-tokens (one admin token) and send the token
+    /// with every call: the cost of checking tokens.
+    #[arg(long, conflicts_with = "addr")]
+    auth: bool,
+
+    /// With --addr: the token to send (`authorization: Bearer SECRET`).
+    #[arg(long, env = "SYNCD_TOKEN", requires = "addr", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -225,14 +237,14 @@ async fn run(args: Args) -> Result<(), Error> {
     );
     let mut servers = Vec::new();
     for durability in &args.durability {
-        let (addr, server) = match &args.addr {
-            Some(addr) => (addr.clone(), None),
+        let (addr, token, server) = match &args.addr {
+            Some(addr) => (addr.clone(), args.token.clone(), None),
             None => {
-                let server = StartedSyncd::start(args.syncd.clone(), *durability)?;
-                (server.addr.clone(), Some(server))
+                let server = StartedSyncd::start(args.syncd.clone(), *durability, args.auth)?;
+                (server.addr.clone(), server.token.clone(), Some(server))
             }
         };
-        servers.push((*durability, addr, server));
+        servers.push((*durability, addr, token, server));
     }
     let mut scenarios = args.scenarios.clone();
     // Ratios need the floor, measured right before the others.
@@ -245,14 +257,15 @@ async fn run(args: Args) -> Result<(), Error> {
     // on this shared machine hits one round, not one row.
     let mut rows: Vec<Row> = Vec::new();
     for _ in 0..args.rounds {
-        for (durability, addr, _) in &servers {
+        for (durability, addr, token, _) in &servers {
             let mut ping = None;
             for scenario in &scenarios {
                 let clients = match scenario {
                     Scenario::QueueSingle => 1,
                     _ => args.clients,
                 };
-                let measured = measure(addr, *scenario, clients, args.duration).await?;
+                let measured =
+                    measure(addr, token.as_deref(), *scenario, clients, args.duration).await?;
                 if *scenario == Scenario::Ping {
                     ping = Some(measured.summary(false));
                 }
@@ -271,7 +284,7 @@ async fn run(args: Args) -> Result<(), Error> {
     if args.startup_items > 0 {
         startup::report(args.syncd.clone(), args.startup_items).await?;
     }
-    for (_, _, server) in servers.iter_mut() {
+    for (_, _, _, server) in servers.iter_mut() {
         if let Some(server) = server.as_mut() {
             server.stop();
         }
@@ -392,6 +405,7 @@ const CONTENDED_HANDOFF: &str = "lock-contended (handoff)";
 
 async fn measure(
     addr: &str,
+    token: Option<&str>,
     scenario: Scenario,
     clients: usize,
     duration: Duration,
@@ -401,6 +415,7 @@ async fn measure(
         let options = ClientOptions {
             session_ttl: Duration::from_secs(30),
             client_name: "syncd-bench".into(),
+            token: token.map(str::to_owned),
             ..ClientOptions::default()
         };
         connected.push(Client::connect_with(addr.to_owned(), options).await?);
@@ -720,21 +735,44 @@ async fn barrier_rounds(clients: Vec<Client>, times: Times) -> Samples {
 struct StartedSyncd {
     child: Child,
     addr: String,
+    /// The admin token's secret, with `--auth`.
+    token: Option<String>,
     _dir: tempfile::TempDir,
 }
 
 impl StartedSyncd {
-    fn start(binary: Option<PathBuf>, durability: DurabilityArg) -> Result<StartedSyncd, Error> {
+    fn start(
+        binary: Option<PathBuf>,
+        durability: DurabilityArg,
+        auth: bool,
+    ) -> Result<StartedSyncd, Error> {
         let binary = match binary {
             Some(path) => path,
             None => std::env::current_exe()?.with_file_name("syncd"),
         };
         let dir = tempfile::tempdir()?;
-        let mut child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--durability"])
             .arg(durability.as_str())
             .arg("--data")
-            .arg(dir.path().join("data"))
+            .arg(dir.path().join("data"));
+        let token = if auth {
+            let secret = format!("bench-{}-{}", std::process::id(), durability.as_str());
+            let tokens = dir.path().join("tokens.toml");
+            std::fs::write(
+                &tokens,
+                format!(
+                    "[[token]]\nname = \"bench\"\nsecret = \"{secret}\"\nrole = \"admin\"\n\
+                     prefixes = [\"\"]\n"
+                ),
+            )?;
+            command.arg("--auth-tokens").arg(tokens);
+            Some(secret)
+        } else {
+            None
+        };
+        let mut child = command
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
@@ -749,6 +787,7 @@ impl StartedSyncd {
         Ok(StartedSyncd {
             child,
             addr: format!("http://{addr}"),
+            token,
             _dir: dir,
         })
     }
@@ -816,6 +855,7 @@ mod startup {
             ttl_ms: 3_600_000,
             client_name: "syncd-bench".into(),
             host: String::new(),
+            owner: String::new(),
         };
         let Ok(Reply::SessionCreated { session_id, .. }) = engine.call(session).await else {
             return Err("cannot create a session".into());

@@ -11,10 +11,11 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use syncd::core::Limits;
 use syncd::engine::{Durability, EngineConfig};
 use syncd::metrics::Metrics;
+use syncd::server::auth::Auth;
 use syncd::server::tls::TlsFiles;
 use syncd::server::{Server, ServerConfig};
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// syncd hosts named, durable synchronization primitives (locks with leases
 /// and fencing tokens, ...) for processes on many machines, over gRPC.
@@ -198,6 +199,16 @@ struct ServeArgs {
     )]
     tls_client_ca: Option<PathBuf>,
 
+    /// Require a token from every caller: a TOML file of `[[token]]` tables,
+    /// each with `name` (shown in logs and inspection), `secret`, `role`
+    /// (`read`: describe, list, watch; `use`: also acquire, put, get, wait
+    /// and the like; `admin`: also revoke, reset, delete) and `prefixes`
+    /// (the names it may touch; `[""]` = all). Clients send
+    /// `authorization: Bearer SECRET`. Re-read on SIGHUP (a bad file keeps
+    /// the old tokens). Without TLS the secrets cross the network in clear.
+    #[arg(long, env = "SYNCD_AUTH_TOKENS", value_name = "FILE")]
+    auth_tokens: Option<PathBuf>,
+
     /// Log line format on stderr: `text` for people, `json` (one object per
     /// line) for log collectors. RUST_LOG sets the level (default info).
     #[arg(long, env = "SYNCD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -264,6 +275,7 @@ impl ServeArgs {
             streams_per_connection_max: self.max_streams_per_connection,
             shutdown_grace: self.shutdown_grace,
             tls: None,
+            auth: None,
         }
     }
 
@@ -389,6 +401,10 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     if let Some(files) = args.tls_files() {
         config.tls = Some(files.load().map_err(|e| e.0)?);
     }
+    if let Some(path) = &args.auth_tokens {
+        config.auth = Some(Arc::new(Auth::load(path).map_err(|e| e.0)?));
+    }
+    let auth = config.auth.clone();
     let server = Server::open(config).map_err(|e| Failure {
         message: e.0,
         code: EXIT_DATA,
@@ -407,6 +423,9 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     // below must stop syncd cleanly, not kill it.
     let shutdown =
         termination_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let hangups =
+        signal(SignalKind::hangup()).map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    tokio::spawn(reload_on_hangup(hangups, auth.clone()));
     tracing::info!(data = %args.data.display(), durability = ?args.durability, "syncd ready");
     // Scripts and tests wait for exactly this line.
     println!("listening on {local}");
@@ -416,6 +435,18 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             None => String::new(),
         };
         tracing::info!("TLS with {}{mutual}", files.cert.display());
+    }
+    if let Some(auth) = &auth {
+        tracing::info!(
+            tokens = auth.token_count(),
+            "callers need a token from {}",
+            auth.path().display()
+        );
+        if args.tls_files().is_none() && !local.ip().is_loopback() {
+            tracing::warn!(
+                "tokens without TLS: secrets cross the network in clear (see --tls-cert)"
+            );
+        }
     }
     if let Some(metrics_local) = metrics_local {
         tracing::info!("metrics at http://{metrics_local}/metrics");
@@ -436,6 +467,24 @@ async fn bind_metrics(server: &Server, addr: &str) -> Result<std::net::SocketAdd
         .map_err(|e| format!("cannot read the metrics address: {e}"))?;
     server.spawn_metrics_endpoint(listener).map_err(|e| e.0)?;
     Ok(local)
+}
+
+/// Re-reads the token file at each SIGHUP. Installed also without tokens,
+/// so that a stray SIGHUP does not kill the server.
+async fn reload_on_hangup(mut hangups: Signal, auth: Option<Arc<Auth>>) {
+    while hangups.recv().await.is_some() {
+        let Some(auth) = &auth else {
+            tracing::info!("SIGHUP: nothing to reload (no --auth-tokens)");
+            continue;
+        };
+        match auth.reload() {
+            Ok(tokens) => tracing::info!(tokens, "SIGHUP: reloaded {}", auth.path().display()),
+            Err(e) => tracing::error!(
+                tokens = auth.token_count(),
+                "SIGHUP: {e}; the tokens loaded before stay in force"
+            ),
+        }
+    }
 }
 
 /// Completes on the first SIGINT or SIGTERM.

@@ -158,7 +158,7 @@ impl Barrier {
             parties: self.parties,
             timeout_ms: attempt.timeout_ms(),
         });
-        let stream = BarriersClient::new(self.client.channel())
+        let stream = BarriersClient::new(self.client.transport())
             .wait(request)
             .await?
             .into_inner();

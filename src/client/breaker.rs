@@ -329,7 +329,7 @@ impl CircuitBreaker {
             settings: self.settings,
             acquire_id,
         });
-        let response = CircuitBreakersClient::new(self.client.channel())
+        let response = CircuitBreakersClient::new(self.client.transport())
             .allow(request)
             .await?;
         Ok(response.into_inner())
@@ -359,7 +359,7 @@ impl CircuitBreaker {
             session_id: attempt.session_id,
             name: self.name.clone(),
         };
-        let mut stream = CircuitBreakersClient::new(self.client.channel())
+        let mut stream = CircuitBreakersClient::new(self.client.transport())
             .watch(request)
             .await?
             .into_inner();

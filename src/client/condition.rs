@@ -204,7 +204,7 @@ impl Condition {
         queued: &mut bool,
     ) -> Result<Reacquired, Status> {
         let what = format!("condition {:?}", self.name);
-        let stream = ConditionsClient::new(client.channel())
+        let stream = ConditionsClient::new(client.transport())
             .wait(request)
             .await?
             .into_inner();

@@ -22,8 +22,22 @@ pub enum Error {
     /// The server address cannot be used (empty, malformed, or a scheme
     /// this client does not speak), or the TLS settings that go with an
     /// `https://` address cannot (an unreadable or invalid PEM file, a
-    /// client certificate without its key). Nothing was sent.
+    /// client certificate without its key), or the token cannot be sent
+    /// (empty, or not printable ASCII without spaces; the message never
+    /// quotes it). Nothing was sent.
     InvalidAddress(String),
+    /// The server checks tokens (`syncd serve --auth-tokens`) and did not
+    /// accept this client's (`UNAUTHENTICATED`): none was given
+    /// ([`super::ClientOptions::token`]), or the server does not know it
+    /// (never did, or it was removed). Reads like `not authenticated: the
+    /// token is not known to this server`. Never retried.
+    Unauthenticated(String),
+    /// The server knows the token, but it may not make this call
+    /// (`PERMISSION_DENIED`): its role is too low, the name is outside its
+    /// prefixes, or the session belongs to another token. Reads like
+    /// `permission denied: token "ci" may not touch "deploy": its names
+    /// start with "build-"`. Never retried.
+    PermissionDenied(String),
     /// Any other status from the server, message kept (bad input,
     /// releasing what is not held, limits, ...).
     Status(Status),
@@ -36,6 +50,8 @@ impl Error {
         match status.code() {
             Code::DeadlineExceeded => return Error::Timeout(status.message().to_string()),
             Code::Aborted => return Error::Broken(status.message().to_string()),
+            Code::Unauthenticated => return Error::Unauthenticated(status.message().to_string()),
+            Code::PermissionDenied => return Error::PermissionDenied(status.message().to_string()),
             _ => {}
         }
         if !is_transient(&status) {
@@ -63,17 +79,24 @@ impl fmt::Display for Error {
             | Error::Broken(message)
             | Error::SessionLost(message)
             | Error::InvalidAddress(message) => f.write_str(message),
+            Error::Unauthenticated(message) => with_code(f, Code::Unauthenticated, message),
+            Error::PermissionDenied(message) => with_code(f, Code::PermissionDenied, message),
             Error::Status(status) => write_status(f, status),
         }
     }
 }
 
 fn write_status(f: &mut fmt::Formatter<'_>, status: &Status) -> fmt::Result {
-    let code = code_name(status.code());
-    if status.message().is_empty() {
+    with_code(f, status.code(), status.message())
+}
+
+/// `code: message`, or the code alone without a message.
+fn with_code(f: &mut fmt::Formatter<'_>, code: Code, message: &str) -> fmt::Result {
+    let code = code_name(code);
+    if message.is_empty() {
         f.write_str(code)
     } else {
-        write!(f, "{code}: {}", status.message())
+        write!(f, "{code}: {message}")
     }
 }
 
@@ -96,7 +119,7 @@ fn code_name(code: Code) -> &'static str {
         Code::Internal => "internal error",
         Code::Unavailable => "unavailable",
         Code::DataLoss => "data loss",
-        Code::Unauthenticated => "unauthenticated",
+        Code::Unauthenticated => "not authenticated",
     }
 }
 
@@ -116,6 +139,8 @@ impl From<Status> for Error {
         match status.code() {
             Code::DeadlineExceeded => Error::Timeout(status.message().to_string()),
             Code::Aborted => Error::Broken(status.message().to_string()),
+            Code::Unauthenticated => Error::Unauthenticated(status.message().to_string()),
+            Code::PermissionDenied => Error::PermissionDenied(status.message().to_string()),
             _ if is_transient(&status) => Error::Unavailable(reason(&status)),
             _ => Error::Status(status),
         }
@@ -124,6 +149,9 @@ impl From<Status> for Error {
 
 /// True when a call failed because the server could not be reached or is
 /// restarting: the same call may succeed after a pause.
+///
+/// `UNAUTHENTICATED` and `PERMISSION_DENIED` never count (see
+/// [`is_refused`]): the same token gets the same answer.
 ///
 /// `UNAVAILABLE` always counts. `UNKNOWN`, `INTERNAL` and `CANCELLED` count
 /// only when the client produced them from a transport failure (a broken
@@ -135,6 +163,17 @@ pub(crate) fn is_transient(status: &Status) -> bool {
         Code::Unknown | Code::Internal | Code::Cancelled => is_local(status),
         _ => false,
     }
+}
+
+/// True when the server refused the caller's token: `UNAUTHENTICATED` (no
+/// token, or one it does not know) or `PERMISSION_DENIED` (the token may
+/// not make this call). Such a call is never retried, and a keep-alive
+/// refused so ends the session.
+pub(crate) fn is_refused(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unauthenticated | Code::PermissionDenied
+    )
 }
 
 /// True when a failed call surely did not take effect: the connection could
@@ -286,6 +325,48 @@ mod tests {
             error.to_string(),
             "cannot reach syncd at http://h:1: connection reset by peer"
         );
+    }
+
+    #[test]
+    fn refused_tokens_have_their_own_variants() {
+        let addr = "http://127.0.0.1:1";
+        let unknown = Status::unauthenticated("the token is not known to this server");
+        assert!(is_refused(&unknown));
+        let error = Error::from_status(unknown.clone(), addr);
+        assert!(
+            matches!(error, Error::Unauthenticated(ref m) if m == "the token is not known to this server")
+        );
+        assert_eq!(
+            error.to_string(),
+            "not authenticated: the token is not known to this server"
+        );
+        assert!(matches!(Error::from(unknown), Error::Unauthenticated(_)));
+
+        let message = "token \"ci\" may not touch \"deploy\": its names start with \"build-\"";
+        let denied = Status::permission_denied(message);
+        assert!(is_refused(&denied));
+        let error = Error::from_status(denied.clone(), addr);
+        assert!(matches!(error, Error::PermissionDenied(ref m) if m == message));
+        assert_eq!(error.to_string(), format!("permission denied: {message}"));
+        assert!(matches!(Error::from(denied), Error::PermissionDenied(_)));
+
+        assert_eq!(
+            Error::Unauthenticated(String::new()).to_string(),
+            "not authenticated"
+        );
+        assert!(!is_refused(&Status::unavailable("down")));
+        assert!(!is_refused(&Status::not_found("session 1 not found")));
+    }
+
+    #[test]
+    fn refusals_are_never_retried() {
+        for status in [
+            Status::unauthenticated("the token is not known to this server"),
+            Status::permission_denied("token \"ci\" has role read; this call needs role use"),
+        ] {
+            assert!(!is_transient(&status), "{status:?}");
+            assert!(!surely_not_applied(&status), "{status:?}");
+        }
     }
 
     #[test]

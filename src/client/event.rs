@@ -122,7 +122,7 @@ impl Event {
             name: self.name.clone(),
             timeout_ms: attempt.timeout_ms(),
         });
-        let stream = EventsClient::new(self.client.channel())
+        let stream = EventsClient::new(self.client.transport())
             .wait(request)
             .await?
             .into_inner();

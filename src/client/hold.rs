@@ -23,7 +23,7 @@ use std::{
 };
 
 use prost::Message;
-use tonic::{transport::Channel, Code, Status, Streaming};
+use tonic::{Code, Status, Streaming};
 use tracing::{debug, warn};
 
 use super::{
@@ -31,7 +31,7 @@ use super::{
     retry,
     session::LeaseDanger,
     wait::{read_to_end, Attempt, Step, Wait},
-    Client, Error,
+    Client, Error, Transport,
 };
 
 /// What differs between the kinds of hold: how to open the `Acquire`
@@ -48,7 +48,7 @@ pub(crate) trait HoldKind: Clone + Debug + Send + Sync + 'static {
     /// (see [`Attempt::request`]).
     fn acquire(
         &self,
-        channel: Channel,
+        channel: Transport,
         name: &str,
         attempt: &Attempt,
         acquire_id: u64,
@@ -60,7 +60,7 @@ pub(crate) trait HoldKind: Clone + Debug + Send + Sync + 'static {
     /// One `Release` call.
     fn release(
         &self,
-        channel: Channel,
+        channel: Transport,
         held: &Held,
     ) -> impl Future<Output = Result<(), Status>> + Send;
 }
@@ -169,7 +169,7 @@ impl<K: HoldKind> HoldRequest<K> {
     ) -> Result<G, Status> {
         let stream = self
             .kind
-            .acquire(self.client.channel(), &self.name, &attempt, acquire_id)
+            .acquire(self.client.transport(), &self.name, &attempt, acquire_id)
             .await?;
         read_to_end(stream, what, step).await
     }

@@ -9,14 +9,14 @@
 
 use std::time::Duration;
 
-use tonic::{transport::Channel, Status, Streaming};
+use tonic::{Status, Streaming};
 
 use super::{
     hold::{Held, Hold, HoldKind, HoldRequest},
     loss::HoldLoss,
     session::LeaseDanger,
     wait::{Attempt, Step},
-    with_timeout, Client, Error,
+    with_timeout, Client, Error, Transport,
 };
 use crate::proto::v1::{
     acquire_lock_response::Event, locks_client::LocksClient, AcquireLockRequest,
@@ -43,7 +43,7 @@ impl HoldKind for LockKind {
 
     async fn acquire(
         &self,
-        channel: Channel,
+        channel: Transport,
         name: &str,
         attempt: &Attempt,
         acquire_id: u64,
@@ -68,7 +68,7 @@ impl HoldKind for LockKind {
         }
     }
 
-    async fn release(&self, channel: Channel, held: &Held) -> Result<(), Status> {
+    async fn release(&self, channel: Transport, held: &Held) -> Result<(), Status> {
         let request = ReleaseLockRequest {
             session_id: held.session_id,
             name: held.name.clone(),

@@ -64,7 +64,15 @@
 //!   to trust (default: the well-known public CAs) and, for mutual TLS,
 //!   which client certificate to present. A failed handshake is an
 //!   [`Error::Unavailable`] that says `tls handshake failed: ...`.
+//! - [`ClientOptions::token`] is sent with every call (session, keep-alive,
+//!   every primitive, watches, inspection) as `authorization: Bearer
+//!   SECRET`, for a server started with `--auth-tokens`. A server that does
+//!   not know the token answers [`Error::Unauthenticated`]; one whose token
+//!   may not do a call (its role, or a name outside its prefixes) answers
+//!   [`Error::PermissionDenied`]. Neither is ever retried, and a keep-alive
+//!   refused so ends the session at once ([`LossReason::Refused`]).
 
+mod auth;
 mod barrier;
 mod breaker;
 mod condition;
@@ -100,6 +108,7 @@ use tonic::{
 };
 use tracing::debug;
 
+pub use auth::{check_token, Bearer, Transport, TOKEN_BYTES_MAX};
 pub use barrier::{Barrier, BarrierPassed};
 pub use breaker::{Allowed, BreakerChange, BreakerPermit, BreakerWatch, CallError, CircuitBreaker};
 pub use condition::Condition;
@@ -141,7 +150,7 @@ const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a [`Client`] connects and what its session looks like.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientOptions {
     /// The session's lease: if the client cannot renew it for this long
     /// (crash, partition), the server releases everything it holds, and the
@@ -158,6 +167,38 @@ pub struct ClientOptions {
     /// CA to trust, a client certificate for mutual TLS. Default: trust the
     /// public CAs, present no certificate.
     pub tls: TlsOptions,
+    /// The secret of a token from the server's `--auth-tokens` file, for a
+    /// server that checks tokens. Sent with every call, the session's
+    /// keep-alives included, as the metadata `authorization: Bearer
+    /// SECRET`; over `http://` it travels in clear, so use `https://`
+    /// beyond a trusted network. It must be printable ASCII without spaces
+    /// (see [`check_token`]), or `connect` fails with
+    /// [`Error::InvalidAddress`] before sending anything. Default: none
+    /// (no header is sent).
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    /// Like a derived `Debug`, but the token's secret is not shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("session_ttl", &self.session_ttl)
+            .field("client_name", &self.client_name)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
+            .field(
+                "token",
+                &format_args!(
+                    "{}",
+                    if self.token.is_some() {
+                        "Some(<secret>)"
+                    } else {
+                        "None"
+                    }
+                ),
+            )
+            .finish()
+    }
 }
 
 impl Default for ClientOptions {
@@ -167,6 +208,7 @@ impl Default for ClientOptions {
             client_name: default_client_name(),
             connect_timeout: Duration::from_secs(5),
             tls: TlsOptions::default(),
+            token: None,
         }
     }
 }
@@ -182,6 +224,9 @@ pub struct Client {
 struct Inner {
     addr: String,
     channel: Channel,
+    /// `channel` with the token added to every request: what every call
+    /// uses.
+    transport: Transport,
     session: Arc<SessionShared>,
     keep_alive: AbortHandle,
 }
@@ -211,17 +256,20 @@ impl Client {
 
     /// Connects with the given options and opens a session. Fails with
     /// [`Error::Unavailable`] when the server cannot be reached; it does not
-    /// retry.
+    /// retry. A server that checks tokens refuses a missing or unknown
+    /// token with [`Error::Unauthenticated`].
     pub async fn connect_with(
         addr: impl Into<String>,
         options: ClientOptions,
     ) -> Result<Client, Error> {
         let addr = normalize_addr(&addr.into())?;
+        let bearer = Bearer::new(options.token.as_deref())?;
         let channel = endpoint(&addr, &options)?.connect_lazy();
+        let transport = auth::transport(channel.clone(), bearer);
         let asked = tokio::time::Instant::now();
         let created = tokio::time::timeout(
             options.connect_timeout,
-            session::create_session(&channel, options.session_ttl, &options.client_name),
+            session::create_session(&transport, options.session_ttl, &options.client_name),
         )
         .await
         .unwrap_or_else(|_| Err(no_answer(options.connect_timeout)));
@@ -230,7 +278,7 @@ impl Client {
         debug!("session {session_id} opened at {addr}");
         let session = Arc::new(SessionShared::new(session_id));
         let keep_alive = KeepAlive {
-            channel: channel.clone(),
+            transport: transport.clone(),
             shared: session.clone(),
             addr: addr.clone(),
             ttl: options.session_ttl,
@@ -241,6 +289,7 @@ impl Client {
         let inner = Inner {
             addr,
             channel,
+            transport,
             session,
             keep_alive,
         };
@@ -387,9 +436,20 @@ impl Client {
     }
 
     /// The gRPC channel all of this client's calls share: raw access for
-    /// tests and tools.
+    /// tests and tools. It carries no token: calls made on it send no
+    /// `authorization` header (see [`Client::transport`] for one that
+    /// does).
     pub fn channel(&self) -> Channel {
         self.inner.channel.clone()
+    }
+
+    /// The channel with this client's token ([`ClientOptions::token`])
+    /// added to every request: what the client's own calls use. Build any
+    /// generated client on it, e.g.
+    /// `syncd::proto::v1::locks_client::LocksClient::new(client.transport())`.
+    /// Without a token it sends what [`Client::channel`] sends.
+    pub fn transport(&self) -> Transport {
+        self.inner.transport.clone()
     }
 
     /// The server's address, with its scheme.
@@ -526,11 +586,12 @@ impl Client {
     }
 
     /// Runs a unary call, retrying while the server cannot be reached, for
-    /// about [`RETRY_BUDGET`]. `call` gets the channel and makes one attempt.
+    /// about [`RETRY_BUDGET`]. `call` gets the transport and makes one
+    /// attempt.
     /// Only for calls that may safely be applied twice.
     pub(crate) async fn unary<T, F, Fut>(&self, call: F) -> Result<T, Error>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(Transport) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         self.unary_retrying(call, error::is_transient).await
@@ -541,7 +602,7 @@ impl Client {
     /// surely did not reach the server.
     pub(crate) async fn unary_at_most_once<T, F, Fut>(&self, call: F) -> Result<T, Error>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(Transport) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         self.unary_retrying(call, error::surely_not_applied).await
@@ -563,7 +624,7 @@ impl Client {
         done_already: impl Fn(&Status) -> bool,
     ) -> Result<Option<T>, Error>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(Transport) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let attempts = Attempts::default();
@@ -595,13 +656,13 @@ impl Client {
         retry: fn(&Status) -> bool,
     ) -> Result<T, Error>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(Transport) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let started = tokio::time::Instant::now();
         let mut backoff = Backoff::default();
         loop {
-            let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, call(self.channel())).await;
+            let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, call(self.transport())).await;
             let status = match attempt {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) => status,
@@ -873,6 +934,42 @@ mod tests {
         let pid = format!(":{}", std::process::id());
         assert!(name.ends_with(&pid), "{name}");
         assert!(name.contains('@'), "{name}");
+    }
+
+    #[tokio::test]
+    async fn a_token_that_cannot_be_sent_fails_before_connecting() {
+        // Nothing listens there: the token is refused before any attempt.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        for token in ["", "two words", "tab\t", "ünïcode"] {
+            let options = ClientOptions {
+                token: Some(token.to_string()),
+                ..ClientOptions::default()
+            };
+            let error = Client::connect_with(addr.to_string(), options)
+                .await
+                .unwrap_err();
+            assert!(matches!(error, Error::InvalidAddress(_)), "{error:?}");
+            let message = error.to_string();
+            assert!(
+                message.starts_with("the token cannot be used: "),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn options_do_not_show_the_token() {
+        let options = ClientOptions {
+            token: Some("hunter2hunter2".into()),
+            ..ClientOptions::default()
+        };
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("token: Some(<secret>)"), "{shown}");
+        let shown = format!("{:?}", ClientOptions::default());
+        assert!(shown.contains("token: None"), "{shown}");
     }
 
     #[tokio::test]

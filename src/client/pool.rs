@@ -36,14 +36,14 @@
 
 use std::time::{Duration, Instant};
 
-use tonic::{transport::Channel, Code, Status, Streaming};
+use tonic::{Code, Status, Streaming};
 
 use super::{
     hold::{Grant, Held, Hold, HoldKind, HoldRequest},
     loss::HoldLoss,
     session::LeaseDanger,
     wait::{is_session_gone, Attempt, Step},
-    with_timeout, Client, Error,
+    with_timeout, Client, Error, Transport,
 };
 use crate::proto::v1::{
     checkout_response::Event, pools_client::PoolsClient, CheckinRequest, CheckoutRequest,
@@ -125,7 +125,7 @@ impl HoldKind for PoolKind {
 
     async fn acquire(
         &self,
-        channel: Channel,
+        channel: Transport,
         name: &str,
         attempt: &Attempt,
         acquire_id: u64,
@@ -154,7 +154,7 @@ impl HoldKind for PoolKind {
     /// A checkout given back without a word from its user (dropped, or
     /// granted to a cancelled checkout): unhealthy, since nobody can say
     /// what became of it.
-    async fn release(&self, channel: Channel, held: &Held) -> Result<(), Status> {
+    async fn release(&self, channel: Transport, held: &Held) -> Result<(), Status> {
         let request = CheckinRequest {
             session_id: held.session_id,
             name: held.name.clone(),

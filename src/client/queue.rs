@@ -302,7 +302,7 @@ impl Queue {
             timeout_ms: attempt.timeout_ms(),
             put_id,
         });
-        let stream = QueuesClient::new(self.client.channel())
+        let stream = QueuesClient::new(self.client.transport())
             .put(request)
             .await?
             .into_inner();
@@ -341,7 +341,7 @@ impl Queue {
             visibility_timeout_ms: self.visibility_timeout_ms,
             no_ack,
         });
-        let stream = QueuesClient::new(self.client.channel())
+        let stream = QueuesClient::new(self.client.transport())
             .get(request)
             .await?
             .into_inner();
@@ -369,7 +369,7 @@ impl Queue {
             name: self.name.clone(),
             timeout_ms: attempt.timeout_ms(),
         });
-        let stream = QueuesClient::new(self.client.channel())
+        let stream = QueuesClient::new(self.client.transport())
             .join(request)
             .await?
             .into_inner();
@@ -392,7 +392,7 @@ impl Queue {
         call: F,
     ) -> Result<Option<T>, Error>
     where
-        F: FnMut(tonic::transport::Channel) -> Fut,
+        F: FnMut(super::Transport) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let lost = |why: &dyn std::fmt::Display| {

@@ -222,7 +222,7 @@ impl RateLimit {
             tokens,
             timeout_ms: attempt.timeout_ms(),
         });
-        let stream = RateLimitsClient::new(self.client.channel())
+        let stream = RateLimitsClient::new(self.client.transport())
             .take(request)
             .await?
             .into_inner();

@@ -11,14 +11,14 @@
 
 use std::time::Duration;
 
-use tonic::{transport::Channel, Status, Streaming};
+use tonic::{Status, Streaming};
 
 use super::{
     hold::{Held, Hold, HoldKind, HoldRequest},
     loss::HoldLoss,
     session::LeaseDanger,
     wait::{Attempt, Step},
-    with_timeout, Client, Error,
+    with_timeout, Client, Error, Transport,
 };
 use crate::proto::v1::{
     acquire_rw_lock_response::Event, rw_locks_client::RwLocksClient, AcquireRwLockRequest,
@@ -69,7 +69,7 @@ impl HoldKind for RwMode {
 
     async fn acquire(
         &self,
-        channel: Channel,
+        channel: Transport,
         name: &str,
         attempt: &Attempt,
         acquire_id: u64,
@@ -95,7 +95,7 @@ impl HoldKind for RwMode {
         }
     }
 
-    async fn release(&self, channel: Channel, held: &Held) -> Result<(), Status> {
+    async fn release(&self, channel: Transport, held: &Held) -> Result<(), Status> {
         let request = ReleaseRwLockRequest {
             session_id: held.session_id,
             name: held.name.clone(),

@@ -17,14 +17,14 @@
 
 use std::time::Duration;
 
-use tonic::{transport::Channel, Status, Streaming};
+use tonic::{Status, Streaming};
 
 use super::{
     hold::{Held, Hold, HoldKind, HoldRequest},
     loss::HoldLoss,
     session::LeaseDanger,
     wait::{Attempt, Step},
-    with_timeout, Client, Error,
+    with_timeout, Client, Error, Transport,
 };
 use crate::proto::v1::{
     acquire_semaphore_response::Event, semaphores_client::SemaphoresClient,
@@ -60,7 +60,7 @@ impl HoldKind for SemaphoreKind {
 
     async fn acquire(
         &self,
-        channel: Channel,
+        channel: Transport,
         name: &str,
         attempt: &Attempt,
         acquire_id: u64,
@@ -85,7 +85,7 @@ impl HoldKind for SemaphoreKind {
         }
     }
 
-    async fn release(&self, channel: Channel, held: &Held) -> Result<(), Status> {
+    async fn release(&self, channel: Transport, held: &Held) -> Result<(), Status> {
         let request = ReleaseSemaphoreRequest {
             session_id: held.session_id,
             name: held.name.clone(),

@@ -10,7 +10,12 @@
 //! - the server answers `NOT_FOUND`: the session is gone (it expired while
 //!   the client was cut off); or
 //! - no keep-alive has been confirmed for a full TTL: the client cannot tell
-//!   a dead server from an expired lease, so it must assume the worst.
+//!   a dead server from an expired lease, so it must assume the worst; or
+//! - the server refuses the keep-alive for the client's token
+//!   (`UNAUTHENTICATED`: the token was removed from the server's file;
+//!   `PERMISSION_DENIED`): trying again would only be refused again, and
+//!   the session cannot be renewed, so it is taken as lost at once, with
+//!   the server's reason ([`LossReason::Refused`]).
 //!
 //! Either way the task publishes the loss (see [`SessionShared::lost`]),
 //! creates a fresh session and publishes its id; a session given up for lack
@@ -32,13 +37,13 @@ use tokio::{
     time::{interval_at, sleep, sleep_until, timeout, Instant, MissedTickBehavior},
 };
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{transport::Channel, Code, Status, Streaming};
+use tonic::{Code, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use super::{
     loss::{HoldLoss, LostHold, TakenHolds},
     retry::{Backoff, ATTEMPT_TIMEOUT},
-    with_timeout,
+    with_timeout, Transport,
 };
 use crate::proto::v1::{
     self as pb, sessions_client::SessionsClient, CloseSessionRequest, CreateSessionRequest,
@@ -52,6 +57,10 @@ const PERIOD_MAX: Duration = Duration::from_secs(3600);
 /// How many keep-alive requests may wait to be sent; past that the server is
 /// not reading, and the lease deadline decides.
 const IN_FLIGHT_MAX: usize = 4;
+/// How often a client whose token the server refuses tries again to open a
+/// session (sooner when a call asks for one): the server answers the same
+/// until its token file changes.
+const REFUSED_RETRY_EVERY: Duration = Duration::from_secs(5);
 
 /// Why a session, and every hold it had, is lost.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +73,12 @@ pub enum LossReason {
     Unrenewed(Duration),
     /// The client was closed, which closes the session.
     Closed,
+    /// The server refused to renew the session for this client's token
+    /// (`UNAUTHENTICATED` or `PERMISSION_DENIED`), e.g. because the token
+    /// was removed from its `--auth-tokens` file: the session cannot be
+    /// kept alive, so everything it held must be taken as lost. Holds the
+    /// server's reason, as the error reads (`not authenticated: ...`).
+    Refused(String),
 }
 
 /// A lost session: which one, and why. It reads like `session 101 expired`.
@@ -78,14 +93,18 @@ pub struct SessionLoss {
 impl fmt::Display for SessionLoss {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let id = self.session_id;
-        match self.reason {
+        match &self.reason {
             LossReason::Expired => write!(f, "session {id} expired"),
             LossReason::Unrenewed(ttl) => write!(
                 f,
                 "session {id} could not be renewed for {} (its TTL), so it must be taken as expired",
-                crate::duration::format(ttl)
+                crate::duration::format(*ttl)
             ),
             LossReason::Closed => write!(f, "session {id} was closed"),
+            LossReason::Refused(reason) => write!(
+                f,
+                "session {id} could not be renewed, the server refused its keep-alive: {reason}"
+            ),
         }
     }
 }
@@ -464,13 +483,15 @@ enum StreamEnd {
     SessionGone,
     /// No renewal was confirmed for a full TTL.
     Unrenewed,
+    /// The server refused the keep-alive for the client's token.
+    Refused(Status),
     /// The stream broke; the session may well be fine.
     Broken(Status),
 }
 
 /// The background task that keeps one client's session alive.
 pub(crate) struct KeepAlive {
-    pub(crate) channel: Channel,
+    pub(crate) transport: Transport,
     pub(crate) shared: Arc<SessionShared>,
     pub(crate) addr: String,
     pub(crate) ttl: Duration,
@@ -517,6 +538,18 @@ impl KeepAlive {
                     self.close_abandoned(session_id).await;
                     outage = Outage::default();
                 }
+                StreamEnd::Refused(status) => {
+                    let reason = super::Error::from_status(status, &self.addr).to_string();
+                    self.log_news(&format!(
+                        "session {session_id} at {} cannot be renewed: the server refused its \
+                         keep-alive: {reason}; taking it as lost, with everything it held",
+                        self.addr
+                    ));
+                    self.shared
+                        .mark_lost(session_id, LossReason::Refused(reason));
+                    self.replace_session(&mut backoff).await;
+                    outage = Outage::default();
+                }
                 StreamEnd::Broken(status) => {
                     outage.report(&self, &status);
                     self.pause_within_lease(backoff.next_pause()).await;
@@ -553,7 +586,7 @@ impl KeepAlive {
             return StreamEnd::Broken(Status::internal("keep-alive queue is full"));
         }
         in_flight.push_back(Instant::now());
-        let mut client = SessionsClient::new(self.channel.clone());
+        let mut client = SessionsClient::new(self.transport.clone());
         let opened = client.keep_alive(ReceiverStream::new(receiver));
         let replies = match self.within_lease(session_id, opened).await {
             Some(Ok(response)) => response.into_inner(),
@@ -620,8 +653,11 @@ impl KeepAlive {
     }
 
     /// Creates a fresh session after the old one was lost, retrying until
-    /// the server answers, and publishes it.
+    /// the server answers, and publishes it. While the server refuses the
+    /// token it tries every [`REFUSED_RETRY_EVERY`] (or when probed), with
+    /// one warning: the token may be restored on the server.
     async fn replace_session(&mut self, backoff: &mut Backoff) {
+        let mut warned = false;
         loop {
             let asked = Instant::now();
             match self.create_session().await {
@@ -631,6 +667,20 @@ impl KeepAlive {
                     self.shared.replace(new);
                     backoff.reset();
                     return;
+                }
+                Err(status) if super::error::is_refused(&status) => {
+                    let error = super::Error::from_status(status, &self.addr);
+                    if warned {
+                        debug!("creating a session at {} failed: {error}", self.addr);
+                    } else {
+                        warned = true;
+                        warn!(
+                            "cannot open a new session at {}: {error}; trying again every {}",
+                            self.addr,
+                            crate::duration::format(REFUSED_RETRY_EVERY)
+                        );
+                    }
+                    self.pause(REFUSED_RETRY_EVERY).await;
                 }
                 Err(status) => {
                     debug!("creating a session at {} failed: {status}", self.addr);
@@ -650,7 +700,7 @@ impl KeepAlive {
         });
         let closed = timeout(
             ATTEMPT_TIMEOUT,
-            SessionsClient::new(self.channel.clone()).close(request),
+            SessionsClient::new(self.transport.clone()).close(request),
         )
         .await;
         match closed {
@@ -664,7 +714,7 @@ impl KeepAlive {
     }
 
     async fn create_session(&self) -> Result<u64, Status> {
-        create_session(&self.channel, self.ttl, &self.client_name).await
+        create_session(&self.transport, self.ttl, &self.client_name).await
     }
 
     /// Sleeps for `pause`, or less when someone asks for a renewal now.
@@ -776,7 +826,7 @@ impl Stream {
 
 /// Opens a session with `Sessions.Create`; returns its id.
 pub(crate) async fn create_session(
-    channel: &Channel,
+    transport: &Transport,
     ttl: Duration,
     client_name: &str,
 ) -> Result<u64, Status> {
@@ -784,7 +834,7 @@ pub(crate) async fn create_session(
         ttl_ms: ttl.as_millis().try_into().unwrap_or(u64::MAX),
         client_name: client_name.to_string(),
     };
-    let response = SessionsClient::new(channel.clone())
+    let response = SessionsClient::new(transport.clone())
         .create(with_timeout(request))
         .await?;
     Ok(response.into_inner().session_id)
@@ -793,6 +843,8 @@ pub(crate) async fn create_session(
 fn classify(status: Status) -> StreamEnd {
     if status.code() == Code::NotFound {
         StreamEnd::SessionGone
+    } else if super::error::is_refused(&status) {
+        StreamEnd::Refused(status)
     } else {
         StreamEnd::Broken(status)
     }
@@ -900,6 +952,41 @@ mod tests {
         assert_eq!(
             loss(LossReason::Unrenewed(Duration::from_secs(10))).to_string(),
             "session 101 could not be renewed for 10s (its TTL), so it must be taken as expired"
+        );
+    }
+
+    #[test]
+    fn a_refused_keep_alive_ends_the_session() {
+        let refused = [
+            Status::unauthenticated("the token is not known to this server"),
+            Status::permission_denied(
+                "session 7 belongs to token \"ops\"; token \"ci\" may not use it",
+            ),
+        ];
+        for status in refused {
+            assert!(
+                matches!(classify(status.clone()), StreamEnd::Refused(_)),
+                "{status:?}"
+            );
+        }
+        assert!(matches!(
+            classify(Status::not_found("session 7 not found")),
+            StreamEnd::SessionGone
+        ));
+        assert!(matches!(
+            classify(Status::unavailable("restarting")),
+            StreamEnd::Broken(_)
+        ));
+
+        let reason = "not authenticated: the token is not known to this server".to_string();
+        let shared = SessionShared::new(7);
+        shared.mark_lost(7, LossReason::Refused(reason.clone()));
+        let loss = shared.loss_of(7).unwrap();
+        assert_eq!(loss.reason, LossReason::Refused(reason));
+        assert_eq!(
+            loss.to_string(),
+            "session 7 could not be renewed, the server refused its keep-alive: \
+             not authenticated: the token is not known to this server"
         );
     }
 
@@ -1014,7 +1101,7 @@ mod tests {
         let ttl = Duration::from_secs(1);
         let shared = Arc::new(SessionShared::new(5));
         let task = KeepAlive {
-            channel,
+            transport: super::super::auth::transport(channel, Default::default()),
             shared: shared.clone(),
             addr,
             ttl,

@@ -14,7 +14,7 @@ use super::Error;
 /// `http://`). The default trusts the well-known public CAs (the Mozilla
 /// list built into the library, `webpki-roots`) and presents no client
 /// certificate.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct TlsOptions {
     /// CA certificate(s), PEM, that signed the server's certificate (e.g. a
     /// private CA). When set, only these are trusted; when `None`, the
@@ -29,6 +29,19 @@ pub struct TlsOptions {
     /// the host of the address (e.g. connecting by IP to a certificate
     /// issued for a DNS name).
     pub domain_name: Option<String>,
+}
+
+/// Shows which parts are set, never the PEM bytes (the key is a secret).
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |pem: &Option<Vec<u8>>| if pem.is_some() { "<set>" } else { "<none>" };
+        f.debug_struct("TlsOptions")
+            .field("ca_certificate_pem", &set(&self.ca_certificate_pem))
+            .field("client_certificate_pem", &set(&self.client_certificate_pem))
+            .field("client_key_pem", &set(&self.client_key_pem))
+            .field("domain_name", &self.domain_name)
+            .finish()
+    }
 }
 
 impl TlsOptions {

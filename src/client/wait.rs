@@ -423,5 +423,11 @@ mod tests {
             Next::Retry
         );
         assert_eq!(next_step(&Status::aborted("broken"), 7), Next::Fail);
+        // A refused token gets the same answer every time.
+        let unknown = Status::unauthenticated("the token is not known to this server");
+        assert_eq!(next_step(&unknown, 7), Next::Fail);
+        let denied =
+            Status::permission_denied("token \"ci\" has role read; this call needs role use");
+        assert_eq!(next_step(&denied, 7), Next::Fail);
     }
 }

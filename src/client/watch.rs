@@ -101,7 +101,7 @@ impl StateWatch {
     }
 
     async fn connect(&self) -> Result<Streaming<WatchResponse>, Error> {
-        let mut system = SystemClient::new(self.client.channel());
+        let mut system = SystemClient::new(self.client.transport());
         // No gRPC deadline: it would end the stream, which lives as long as
         // the watch.
         match system.watch(self.request.clone()).await {

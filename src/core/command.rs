@@ -18,6 +18,9 @@ pub enum Command {
         client_name: String,
         /// Where the client connected from (the server fills it in).
         host: String,
+        /// The identity (token name) that creates it, the only one that may
+        /// use it afterwards; empty when the server checks no tokens.
+        owner: String,
     },
     /// Live sessions in id order, after `after_session_id`, at most `limit`.
     ListSessions {
@@ -415,6 +418,8 @@ pub enum Code {
     Unavailable,
     /// A barrier is broken.
     Aborted,
+    /// The session belongs to another identity.
+    PermissionDenied,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -551,6 +556,62 @@ impl Command {
                 buckets: asks,
             },
             _ => Demand::default(),
+        }
+    }
+}
+
+impl Command {
+    /// The session the command acts for, if any: the one whose owner must
+    /// be the caller (see `State::check_session_owner`). Every variant is
+    /// listed, so that a new command has to say whether it acts for one.
+    pub fn session_id(&self) -> Option<SessionId> {
+        match self {
+            Command::KeepAlive { session_id, .. }
+            | Command::CloseSession { session_id }
+            | Command::LockAcquire { session_id, .. }
+            | Command::Release { session_id, .. }
+            | Command::SemaphoreAcquire { session_id, .. }
+            | Command::RwLockAcquire { session_id, .. }
+            | Command::EventWait { session_id, .. }
+            | Command::ConditionWait { session_id, .. }
+            | Command::BarrierWait { session_id, .. }
+            | Command::QueuePut { session_id, .. }
+            | Command::QueueGet { session_id, .. }
+            | Command::QueueAck { session_id, .. }
+            | Command::QueueNack { session_id, .. }
+            | Command::QueueJoin { session_id, .. }
+            | Command::PoolCheckout { session_id, .. }
+            | Command::PoolCheckin { session_id, .. }
+            | Command::BucketTake { session_id, .. }
+            | Command::BreakerAllow { session_id, .. }
+            | Command::BreakerRecord { session_id, .. }
+            | Command::BreakerWatch { session_id, .. } => Some(*session_id),
+            Command::CreateSession { .. }
+            | Command::ListSessions { .. }
+            | Command::Revoke { .. }
+            | Command::LockDescribe { .. }
+            | Command::SemaphoreDescribe { .. }
+            | Command::RwLockDescribe { .. }
+            | Command::EventSet { .. }
+            | Command::EventClear { .. }
+            | Command::EventDescribe { .. }
+            | Command::ConditionNotify { .. }
+            | Command::ConditionDescribe { .. }
+            | Command::BarrierReset { .. }
+            | Command::BarrierDescribe { .. }
+            | Command::BarrierDelete { .. }
+            | Command::QueueDescribe { .. }
+            | Command::PoolDescribe { .. }
+            | Command::BucketTry { .. }
+            | Command::BucketTryMany { .. }
+            | Command::BucketDescribe { .. }
+            | Command::BucketDelete { .. }
+            | Command::BreakerControl { .. }
+            | Command::BreakerDescribe { .. }
+            | Command::BreakerDelete { .. }
+            | Command::List { .. }
+            | Command::Cancel { .. }
+            | Command::ReleaseUndelivered { .. } => None,
         }
     }
 }

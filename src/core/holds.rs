@@ -46,6 +46,9 @@ pub struct HolderInfo {
     pub client_name: String,
     /// Where the holding session's client connected from.
     pub host: String,
+    /// The identity (token name) of the holding session; empty without
+    /// tokens.
+    pub identity: String,
     pub fencing_token: FencingToken,
     pub held_ms: u64,
     pub lease_left_ms: u64,
@@ -57,6 +60,7 @@ pub struct WaiterInfo {
     pub session_id: SessionId,
     pub client_name: String,
     pub host: String,
+    pub identity: String,
     pub waiting_ms: u64,
 }
 
@@ -364,6 +368,7 @@ impl State {
             session_id: hold.session_id,
             client_name: self.client_name(hold.session_id),
             host: self.host(hold.session_id),
+            identity: self.identity(hold.session_id),
             fencing_token: hold.fencing_token,
             held_ms: self.now_ms.saturating_sub(hold.acquired_at_ms),
             lease_left_ms: self.lease_left_ms(hold.session_id),
@@ -383,6 +388,7 @@ impl State {
             session_id: waiter.session_id,
             client_name: self.client_name(waiter.session_id),
             host: self.host(waiter.session_id),
+            identity: self.identity(waiter.session_id),
             waiting_ms: self.now_ms.saturating_sub(waiter.enqueued_at_ms),
         }
     }
@@ -516,6 +522,13 @@ impl State {
         self.sessions
             .get(session_id)
             .map(|s| s.host.clone())
+            .unwrap_or_default()
+    }
+
+    pub(super) fn identity(&self, session_id: SessionId) -> String {
+        self.sessions
+            .get(session_id)
+            .map(|s| s.owner.clone())
             .unwrap_or_default()
     }
 

@@ -257,7 +257,8 @@ impl State {
                 ttl_ms,
                 client_name,
                 host,
-            } => self.create_session(ttl_ms, client_name, host, out),
+                owner,
+            } => self.create_session(ttl_ms, client_name, host, owner, out),
             Command::ListSessions {
                 after_session_id,
                 limit,

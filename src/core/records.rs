@@ -77,6 +77,7 @@ pub(super) fn session_put(session: &Session) -> Change {
         ttl_ms: session.ttl_ms,
         client_name: session.client_name.clone(),
         host: session.host.clone(),
+        owner: session.owner.clone(),
         lost_holds,
         last_notice_seq: session.lost.last_seq(),
     };
@@ -317,6 +318,7 @@ impl State {
                 ttl_ms: record.ttl_ms,
                 client_name: record.client_name,
                 host: record.host,
+                owner: record.owner,
                 expires_at_ms: state.now_ms.saturating_add(record.ttl_ms),
                 holds: BTreeSet::new(),
                 waiters: BTreeSet::new(),

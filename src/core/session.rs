@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::lost::LostNotices;
 use super::records;
 use super::{
-    Code, FencingToken, Kind, Outcome, Rejection, Reply, Result, SessionId, State, WaiterId,
+    Code, Command, FencingToken, Kind, Outcome, Rejection, Reply, Result, SessionId, State,
+    WaiterId,
 };
 
 #[derive(Clone, Debug)]
@@ -26,6 +27,9 @@ pub struct Session {
     pub client_name: String,
     /// Where the client connected from when it created the session.
     pub host: String,
+    /// The identity that created it; only it may use the session (empty:
+    /// created while the server checked no tokens).
+    pub owner: String,
     pub expires_at_ms: u64,
     /// Fencing tokens of the holds this session owns.
     pub holds: BTreeSet<FencingToken>,
@@ -113,6 +117,7 @@ impl State {
         ttl_ms: u64,
         client_name: String,
         host: String,
+        owner: String,
         out: &mut Outcome,
     ) -> Result<Reply> {
         let limits = &self.limits;
@@ -136,15 +141,17 @@ impl State {
                 ),
             ));
         }
-        if host.len() > limits.name_bytes_max {
-            return Err(Rejection::new(
-                Code::InvalidArgument,
-                format!(
-                    "host is {} bytes, the limit is {}",
-                    host.len(),
-                    limits.name_bytes_max
-                ),
-            ));
+        for (field, value) in [("host", &host), ("owner", &owner)] {
+            if value.len() > limits.name_bytes_max {
+                return Err(Rejection::new(
+                    Code::InvalidArgument,
+                    format!(
+                        "{field} is {} bytes, the limit is {}",
+                        value.len(),
+                        limits.name_bytes_max
+                    ),
+                ));
+            }
         }
         if self.sessions.len() >= limits.sessions_max {
             return Err(Rejection::new(
@@ -161,6 +168,7 @@ impl State {
             ttl_ms,
             client_name,
             host,
+            owner,
             expires_at_ms: self.now_ms.saturating_add(ttl_ms),
             holds: BTreeSet::new(),
             waiters: BTreeSet::new(),
@@ -179,7 +187,11 @@ impl State {
     /// Live sessions in id order after `after_session_id`: at most `limit`
     /// (capped at [`SESSIONS_LISTED_MAX`]), each with what it holds.
     pub(super) fn list_sessions(&self, after_session_id: SessionId, limit: u32) -> Reply {
-        let limit = (limit as usize).clamp(1, SESSIONS_LISTED_MAX);
+        // 0 asks for a full page, as the proto says.
+        let limit = match limit as usize {
+            0 => SESSIONS_LISTED_MAX,
+            asked => asked.min(SESSIONS_LISTED_MAX),
+        };
         let infos = self
             .sessions
             .by_id
@@ -207,12 +219,37 @@ impl State {
             session_id: session.id,
             client_name: session.client_name.clone(),
             host: session.host.clone(),
+            identity: session.owner.clone(),
             ttl_ms: session.ttl_ms,
             lease_left_ms: session.lease_left_ms(self.now_ms),
             holds,
             waiting: session.waiters.len() as u32,
             lost_holds_unconfirmed: session.lost.unconfirmed().count() as u32,
         }
+    }
+
+    /// Refuses a command that acts for a session created by another
+    /// identity: a session is usable only by the token that created it. An
+    /// unknown session passes (the command itself answers NOT_FOUND).
+    pub fn check_session_owner(&self, command: &Command, identity: &str) -> Result<()> {
+        let Some(session) = command.session_id().and_then(|id| self.sessions.get(id)) else {
+            return Ok(());
+        };
+        if session.owner == identity {
+            return Ok(());
+        }
+        let owner = if session.owner.is_empty() {
+            "was created without a token".to_owned()
+        } else {
+            format!("belongs to token {:?}", session.owner)
+        };
+        Err(Rejection::new(
+            Code::PermissionDenied,
+            format!(
+                "session {} {owner}; token {identity:?} may not use it",
+                session.id
+            ),
+        ))
     }
 
     pub(super) fn require_session(&self, session_id: SessionId) -> Result<&Session> {
@@ -279,6 +316,8 @@ pub struct SessionInfo {
     pub session_id: SessionId,
     pub client_name: String,
     pub host: String,
+    /// The identity that created it (see `Session::owner`).
+    pub identity: String,
     pub ttl_ms: u64,
     pub lease_left_ms: u64,
     /// What it holds, in fencing-token order.
@@ -330,6 +369,7 @@ mod tests {
             ttl_ms,
             client_name: String::new(),
             host: String::new(),
+            owner: String::new(),
             expires_at_ms: now_ms + ttl_ms,
             holds: BTreeSet::new(),
             waiters: BTreeSet::new(),

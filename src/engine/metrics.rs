@@ -142,6 +142,7 @@ mod tests {
             ttl_ms: 10_000,
             client_name: "test".into(),
             host: String::new(),
+            owner: String::new(),
         };
         match engine.call(create).await {
             Ok(Reply::SessionCreated { session_id, .. }) => session_id,

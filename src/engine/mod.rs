@@ -88,10 +88,12 @@ impl Default for EngineConfig {
 enum Envelope {
     Call {
         command: Command,
+        acting_as: Option<Identity>,
         reply: oneshot::Sender<Event>,
     },
     Wait {
         command: Command,
+        acting_as: Option<Identity>,
         waiter: WaiterId,
         events: mpsc::Sender<Event>,
     },
@@ -104,10 +106,16 @@ enum Envelope {
     },
 }
 
+/// The name of the token a caller authenticated with.
+pub type Identity = Arc<str>;
+
 /// The way into the engine. Cheap to clone.
 #[derive(Clone)]
 pub struct EngineHandle {
     commands: mpsc::Sender<Envelope>,
+    /// Set on a handle made by [`EngineHandle::acting_as`]: its commands may
+    /// only act for sessions this identity created.
+    acting_as: Option<Identity>,
     /// Unbounded so that `Drop` can always send; bounded in practice by the
     /// number of waiters (at most two messages each).
     internal: mpsc::UnboundedSender<Command>,
@@ -125,10 +133,30 @@ fn shutting_down() -> Rejection {
 }
 
 impl EngineHandle {
+    /// A handle whose commands act for `identity`: a command naming a
+    /// session created by another identity is refused with
+    /// PERMISSION_DENIED, and new sessions belong to `identity`. Checked in
+    /// the engine's turn, so no other command can come in between.
+    pub fn acting_as(&self, identity: Identity) -> EngineHandle {
+        EngineHandle {
+            acting_as: Some(identity),
+            ..self.clone()
+        }
+    }
+
+    /// The identity this handle acts for (see [`EngineHandle::acting_as`]).
+    pub fn identity(&self) -> Option<&Identity> {
+        self.acting_as.as_ref()
+    }
+
     /// Runs a command that answers once.
     pub async fn call(&self, command: Command) -> Event {
         let (reply, answer) = oneshot::channel();
-        let envelope = Envelope::Call { command, reply };
+        let envelope = Envelope::Call {
+            command,
+            acting_as: self.acting_as.clone(),
+            reply,
+        };
         if self.commands.send(envelope).await.is_err() {
             return Err(shutting_down());
         }
@@ -158,6 +186,7 @@ impl EngineHandle {
         let (events, receiver) = mpsc::channel(backlog);
         let envelope = Envelope::Wait {
             command: make(waiter),
+            acting_as: self.acting_as.clone(),
             waiter,
             events,
         };
@@ -306,6 +335,7 @@ pub fn start<S: Store>(
     let changes = Arc::new(watch::Sender::new(0));
     let handle = EngineHandle {
         commands,
+        acting_as: None,
         internal: internal.clone(),
         next_waiter: Arc::new(AtomicU64::new(1)),
         clock: clock.clone(),
@@ -468,16 +498,21 @@ impl Engine {
         }
         for envelope in batch.drain(..) {
             match envelope {
-                Envelope::Call { command, reply } => {
-                    let result = self.state.apply(now_ms, command, &mut outcome);
+                Envelope::Call {
+                    command,
+                    acting_as,
+                    reply,
+                } => {
+                    let result = self.apply_as(now_ms, command, acting_as, &mut outcome);
                     deliveries.replies.push((reply, result));
                 }
                 Envelope::Wait {
                     command,
+                    acting_as,
                     waiter,
                     events,
                 } => {
-                    let result = self.state.apply(now_ms, command, &mut outcome);
+                    let result = self.apply_as(now_ms, command, acting_as, &mut outcome);
                     deliveries.first_events.push((waiter, events, result));
                 }
                 Envelope::Sizes { reply } => {
@@ -503,6 +538,21 @@ impl Engine {
         self.held.push_back((needs_seq, deliveries));
         self.deliver_durable();
         Ok(())
+    }
+
+    /// Applies a caller's command, first checking that a session it names
+    /// belongs to the caller's identity (when the server checks tokens).
+    fn apply_as(
+        &mut self,
+        now_ms: u64,
+        command: Command,
+        acting_as: Option<Identity>,
+        outcome: &mut Outcome,
+    ) -> Event {
+        if let Some(identity) = acting_as {
+            self.state.check_session_owner(&command, &identity)?;
+        }
+        self.state.apply(now_ms, command, outcome)
     }
 
     fn state_sizes(&self) -> StateSizes {

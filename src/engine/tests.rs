@@ -52,6 +52,7 @@ fn create_session() -> Command {
         ttl_ms: 10_000,
         client_name: "test".into(),
         host: String::new(),
+        owner: String::new(),
     }
 }
 
@@ -295,4 +296,43 @@ async fn a_watcher_that_falls_behind_is_told_and_cut_off() {
             Ok(Reply::BreakerDescription(info)) if info.watchers == 0)
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_handle_acting_for_an_identity_may_only_use_its_own_sessions() {
+    let (engine, _task) = start(MemoryStore::new(), EngineConfig::default()).unwrap();
+    let ci = engine.acting_as(Identity::from("ci"));
+    let ops = engine.acting_as(Identity::from("ops"));
+    let create = Command::CreateSession {
+        ttl_ms: 10_000,
+        client_name: "test".into(),
+        host: String::new(),
+        owner: "ci".into(),
+    };
+    let session_id = match ci.call(create).await {
+        Ok(Reply::SessionCreated { session_id, .. }) => session_id,
+        other => panic!("expected a session, got {other:?}"),
+    };
+
+    let mut held = ci.wait(|waiter| acquire(session_id, waiter)).await;
+    let fencing_token = granted_token(&mut held).await;
+    // Another identity can neither wait nor release through the session.
+    let mut refused = ops.wait(|waiter| acquire(session_id, waiter)).await;
+    match refused.next().await {
+        Some(Err(rejection)) => assert_eq!(rejection.code, Code::PermissionDenied),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let refused = ops.call(release(session_id, fencing_token)).await;
+    assert_eq!(refused.map_err(|r| r.code), Err(Code::PermissionDenied));
+    // The owner can, and so can a handle that checks no identity (a server
+    // without tokens, or an admin closing the session).
+    assert_eq!(
+        ci.call(release(session_id, fencing_token)).await,
+        Ok(Reply::Done)
+    );
+    let close = Command::CloseSession { session_id };
+    assert!(matches!(
+        engine.call(close).await,
+        Ok(Reply::SessionClosed { .. })
+    ));
 }

@@ -2,6 +2,8 @@
 
 use tonic::{Request, Response, Status};
 
+use super::auth::{authorize, Role};
+
 use super::convert::{wait_event, waiters, WaitEvent};
 use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
@@ -22,6 +24,7 @@ impl Barriers for BarrierService {
         &self,
         request: Request<pb::WaitBarrierRequest>,
     ) -> Result<Response<Self::WaitStream>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
         let grpc = grpc_timeout(request.metadata());
         let request = request.into_inner();
         let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
@@ -32,15 +35,16 @@ impl Barriers for BarrierService {
             parties: request.parties,
             timeout_ms,
         };
-        open_wait(&self.engine, make, wait_event).await
+        open_wait(&engine, make, wait_event).await
     }
 
     async fn reset(
         &self,
         request: Request<pb::ResetBarrierRequest>,
     ) -> Result<Response<pb::ResetBarrierResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Admin, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match self.engine.call(Command::BarrierReset { name }).await? {
+        match engine.call(Command::BarrierReset { name }).await? {
             Reply::Count(aborted) => Ok(Response::new(pb::ResetBarrierResponse { aborted })),
             other => Err(unexpected(&other)),
         }
@@ -50,8 +54,9 @@ impl Barriers for BarrierService {
         &self,
         request: Request<pb::DescribeBarrierRequest>,
     ) -> Result<Response<pb::DescribeBarrierResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match self.engine.call(Command::BarrierDescribe { name }).await? {
+        match engine.call(Command::BarrierDescribe { name }).await? {
             Reply::BarrierDescription(info) => Ok(Response::new(pb::DescribeBarrierResponse {
                 name: info.name,
                 parties: info.parties,
@@ -67,8 +72,9 @@ impl Barriers for BarrierService {
         &self,
         request: Request<pb::DeleteBarrierRequest>,
     ) -> Result<Response<pb::DeleteBarrierResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Admin, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match self.engine.call(Command::BarrierDelete { name }).await? {
+        match engine.call(Command::BarrierDelete { name }).await? {
             Reply::Count(aborted) => Ok(Response::new(pb::DeleteBarrierResponse { aborted })),
             other => Err(unexpected(&other)),
         }

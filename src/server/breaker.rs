@@ -4,6 +4,8 @@
 
 use tonic::{Request, Response, Status};
 
+use super::auth::{authorize, Role};
+
 use super::convert::{
     breaker_settings, call_failed, holder, pb_breaker_settings, pb_breaker_state,
 };
@@ -28,6 +30,7 @@ impl CircuitBreakers for BreakerService {
         &self,
         request: Request<pb::AllowCallRequest>,
     ) -> Result<Response<pb::AllowCallResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
         let request = request.into_inner();
         let command = Command::BreakerAllow {
             session_id: request.session_id,
@@ -35,7 +38,7 @@ impl CircuitBreakers for BreakerService {
             settings: request.settings.map(breaker_settings),
             acquire_id: request.acquire_id,
         };
-        match self.engine.call(command).await? {
+        match engine.call(command).await? {
             Reply::BreakerVerdict(verdict) => Ok(Response::new(allow_response(verdict))),
             other => Err(unexpected(&other)),
         }
@@ -45,6 +48,7 @@ impl CircuitBreakers for BreakerService {
         &self,
         request: Request<pb::RecordCallRequest>,
     ) -> Result<Response<pb::RecordCallResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
         let request = request.into_inner();
         let command = Command::BreakerRecord {
             failed: call_failed(request.outcome)?,
@@ -52,7 +56,7 @@ impl CircuitBreakers for BreakerService {
             name: request.name,
             fencing_token: request.fencing_token,
         };
-        match self.engine.call(command).await? {
+        match engine.call(command).await? {
             Reply::BreakerRecorded { state, counted } => {
                 let state = pb_breaker_state(state);
                 Ok(Response::new(pb::RecordCallResponse { state, counted }))
@@ -65,21 +69,23 @@ impl CircuitBreakers for BreakerService {
         &self,
         request: Request<pb::WatchBreakerRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
         let request = request.into_inner();
         let make = |waiter| Command::BreakerWatch {
             session_id: request.session_id,
             name: request.name,
             waiter,
         };
-        open_watch(&self.engine, make, watch_event).await
+        open_watch(&engine, make, watch_event).await
     }
 
     async fn describe(
         &self,
         request: Request<pb::DescribeBreakerRequest>,
     ) -> Result<Response<pb::DescribeBreakerResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match self.engine.call(Command::BreakerDescribe { name }).await? {
+        match engine.call(Command::BreakerDescribe { name }).await? {
             Reply::BreakerDescription(info) => Ok(Response::new(describe_response(info))),
             other => Err(unexpected(&other)),
         }
@@ -110,8 +116,9 @@ impl CircuitBreakers for BreakerService {
         &self,
         request: Request<pb::DeleteBreakerRequest>,
     ) -> Result<Response<pb::DeleteBreakerResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Admin, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match self.engine.call(Command::BreakerDelete { name }).await? {
+        match engine.call(Command::BreakerDelete { name }).await? {
             Reply::Deleted {
                 waiters_ended,
                 holds_dropped,
@@ -131,9 +138,9 @@ impl BreakerService {
         request: Request<pb::ControlBreakerRequest>,
         action: BreakerAction,
     ) -> Result<Response<pb::ControlBreakerResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Admin, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match self
-            .engine
+        match engine
             .call(Command::BreakerControl { name, action })
             .await?
         {
@@ -278,6 +285,7 @@ mod tests {
             session_id: 7,
             client_name: "w".into(),
             host: "127.0.0.1:9".into(),
+            identity: "ci".into(),
             fencing_token: 12,
             held_ms: 5,
             lease_left_ms: 9_000,

@@ -2,6 +2,8 @@
 
 use tonic::{Request, Response, Status};
 
+use super::auth::{authorize, Role};
+
 use super::convert::{wait_event, waiters, WaitEvent};
 use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
@@ -22,6 +24,9 @@ impl Conditions for ConditionService {
         &self,
         request: Request<pb::WaitConditionRequest>,
     ) -> Result<Response<Self::WaitStream>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
+        // Waiting releases and re-acquires the lock: it is used too.
+        authorize(&request, &self.engine, Role::Use, &request.get_ref().lock)?;
         let grpc = grpc_timeout(request.metadata());
         let request = request.into_inner();
         let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
@@ -33,19 +38,20 @@ impl Conditions for ConditionService {
             waiter,
             timeout_ms,
         };
-        open_wait(&self.engine, make, wait_event).await
+        open_wait(&engine, make, wait_event).await
     }
 
     async fn notify(
         &self,
         request: Request<pb::NotifyConditionRequest>,
     ) -> Result<Response<pb::NotifyConditionResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
         let request = request.into_inner();
         let command = Command::ConditionNotify {
             name: request.name,
             count: (!request.all).then_some(request.count),
         };
-        match self.engine.call(command).await? {
+        match engine.call(command).await? {
             Reply::Count(woken) => Ok(Response::new(pb::NotifyConditionResponse { woken })),
             other => Err(unexpected(&other)),
         }
@@ -55,12 +61,9 @@ impl Conditions for ConditionService {
         &self,
         request: Request<pb::DescribeConditionRequest>,
     ) -> Result<Response<pb::DescribeConditionResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match self
-            .engine
-            .call(Command::ConditionDescribe { name })
-            .await?
-        {
+        match engine.call(Command::ConditionDescribe { name }).await? {
             Reply::ConditionDescription(info) => Ok(Response::new(pb::DescribeConditionResponse {
                 name: info.name,
                 lock: info.lock,

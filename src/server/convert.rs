@@ -66,6 +66,7 @@ pub(super) fn holder(info: HolderInfo) -> pb::Holder {
         permits: 0,
         mode: pb::RwMode::Unspecified.into(),
         host: info.host,
+        identity: info.identity,
     }
 }
 
@@ -79,6 +80,7 @@ pub(super) fn waiter(info: WaiterInfo) -> pb::Waiter {
         permits: 0,
         mode: pb::RwMode::Unspecified.into(),
         host: info.host,
+        identity: info.identity,
     }
 }
 
@@ -186,6 +188,7 @@ pub(super) fn session_info(info: SessionInfo) -> pb::SessionInfo {
         session_id: info.session_id,
         client_name: info.client_name,
         host: info.host,
+        identity: info.identity,
         ttl_ms: info.ttl_ms,
         lease_left_ms: info.lease_left_ms,
         holds,

@@ -2,6 +2,8 @@
 
 use tonic::{Request, Response, Status};
 
+use super::auth::{authorize, Role};
+
 use super::convert::{wait_event, waiters, WaitEvent};
 use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
@@ -22,8 +24,9 @@ impl Events for EventService {
         &self,
         request: Request<pb::SetEventRequest>,
     ) -> Result<Response<pb::SetEventResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match self.engine.call(Command::EventSet { name }).await? {
+        match engine.call(Command::EventSet { name }).await? {
             Reply::Count(woken) => Ok(Response::new(pb::SetEventResponse { woken })),
             other => Err(unexpected(&other)),
         }
@@ -33,8 +36,9 @@ impl Events for EventService {
         &self,
         request: Request<pb::ClearEventRequest>,
     ) -> Result<Response<pb::ClearEventResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match self.engine.call(Command::EventClear { name }).await? {
+        match engine.call(Command::EventClear { name }).await? {
             Reply::Done => Ok(Response::new(pb::ClearEventResponse {})),
             other => Err(unexpected(&other)),
         }
@@ -44,6 +48,7 @@ impl Events for EventService {
         &self,
         request: Request<pb::WaitEventRequest>,
     ) -> Result<Response<Self::WaitStream>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
         let grpc = grpc_timeout(request.metadata());
         let request = request.into_inner();
         let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
@@ -53,15 +58,16 @@ impl Events for EventService {
             waiter,
             timeout_ms,
         };
-        open_wait(&self.engine, make, wait_event).await
+        open_wait(&engine, make, wait_event).await
     }
 
     async fn describe(
         &self,
         request: Request<pb::DescribeEventRequest>,
     ) -> Result<Response<pb::DescribeEventResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match self.engine.call(Command::EventDescribe { name }).await? {
+        match engine.call(Command::EventDescribe { name }).await? {
             Reply::EventDescription(info) => Ok(Response::new(pb::DescribeEventResponse {
                 name: info.name,
                 is_set: info.is_set,

@@ -2,6 +2,8 @@
 
 use tonic::{Request, Response, Status};
 
+use super::auth::{authorize, Role};
+
 use super::convert::wait_event;
 use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
@@ -22,6 +24,7 @@ impl Locks for LockService {
         &self,
         request: Request<pb::AcquireLockRequest>,
     ) -> Result<Response<Self::AcquireStream>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
         let grpc = grpc_timeout(request.metadata());
         let request = request.into_inner();
         let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
@@ -32,16 +35,17 @@ impl Locks for LockService {
             timeout_ms,
             acquire_id: request.acquire_id,
         };
-        open_wait(&self.engine, make, wait_event).await
+        open_wait(&engine, make, wait_event).await
     }
 
     async fn release(
         &self,
         request: Request<pb::ReleaseLockRequest>,
     ) -> Result<Response<pb::ReleaseLockResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
         let request = request.into_inner();
         let (session_id, name, token) = (request.session_id, request.name, request.fencing_token);
-        release(&self.engine, Kind::Lock, session_id, name, token).await?;
+        release(&engine, Kind::Lock, session_id, name, token).await?;
         Ok(Response::new(pb::ReleaseLockResponse {}))
     }
 
@@ -49,8 +53,9 @@ impl Locks for LockService {
         &self,
         request: Request<pb::DescribeLockRequest>,
     ) -> Result<Response<pb::DescribeLockResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match self.engine.call(Command::LockDescribe { name }).await? {
+        match engine.call(Command::LockDescribe { name }).await? {
             Reply::LockDescription(info) => Ok(Response::new(describe_response(info))),
             other => Err(unexpected(&other)),
         }
@@ -67,6 +72,7 @@ fn describe_response(info: LockInfo) -> pb::DescribeLockResponse {
             held_ms: h.held_ms,
             lease_left_ms: h.lease_left_ms,
             host: h.host,
+            identity: h.identity,
         }),
         waiters: info
             .waiters
@@ -76,6 +82,7 @@ fn describe_response(info: LockInfo) -> pb::DescribeLockResponse {
                 client_name: w.client_name,
                 waiting_ms: w.waiting_ms,
                 host: w.host,
+                identity: w.identity,
             })
             .collect(),
     }

@@ -11,6 +11,7 @@
 //! keep-alive streams end with UNAVAILABLE, then tonic drains connections;
 //! all of it within `shutdown_grace`.
 
+pub mod auth;
 mod barrier;
 mod breaker;
 mod condition;
@@ -37,6 +38,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Response, Status};
 use tonic_health::ServingStatus;
@@ -69,6 +71,9 @@ pub struct ServerConfig {
     /// TLS for the gRPC listener (see [`tls::TlsFiles::load`]); plain
     /// HTTP/2 when `None`. The metrics endpoint is always plain HTTP.
     pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// The tokens callers must present (see [`auth`]); `None`: every
+    /// caller may do everything.
+    pub auth: Option<std::sync::Arc<auth::Auth>>,
 }
 
 /// A stream of events for a waiting RPC.
@@ -306,53 +311,93 @@ fn build_router(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| ServeError(format!("reflection: {e}")))?;
-    let system = SystemServer::new(system::SystemService::new(engine.clone()))
-        .max_decoding_message_size(limit);
-    let sessions = SessionsServer::new(session::SessionService {
-        engine: engine.clone(),
-        stopping,
-    })
-    .max_decoding_message_size(limit);
-    let locks = LocksServer::new(lock::LockService {
-        engine: engine.clone(),
-    })
-    .max_decoding_message_size(limit);
-    let semaphores = SemaphoresServer::new(semaphore::SemaphoreService {
-        engine: engine.clone(),
-    })
-    .max_decoding_message_size(limit);
-    let rwlocks = RwLocksServer::new(rwlock::RwLockService {
-        engine: engine.clone(),
-    })
-    .max_decoding_message_size(limit);
-    let events = EventsServer::new(event::EventService {
-        engine: engine.clone(),
-    })
-    .max_decoding_message_size(limit);
-    let conditions = ConditionsServer::new(condition::ConditionService {
-        engine: engine.clone(),
-    })
-    .max_decoding_message_size(limit);
-    let barriers = BarriersServer::new(barrier::BarrierService {
-        engine: engine.clone(),
-    })
-    .max_decoding_message_size(limit);
-    let queues = QueuesServer::new(queue::QueueService {
-        engine: engine.clone(),
-    })
-    .max_decoding_message_size(limit);
-    let pools = PoolsServer::new(pool::PoolService {
-        engine: engine.clone(),
-    })
-    .max_decoding_message_size(limit);
-    let rate_limits = RateLimitsServer::new(ratelimit::RateLimitService {
-        engine: engine.clone(),
-    })
-    .max_decoding_message_size(limit);
-    let breakers = CircuitBreakersServer::new(breaker::BreakerService {
-        engine: engine.clone(),
-    })
-    .max_decoding_message_size(limit);
+    // Every syncd service sits behind the token check; health and
+    // reflection stay open.
+    let authenticate = auth::Authenticate::new(config.auth.clone());
+    let system = InterceptedService::new(
+        SystemServer::new(system::SystemService::new(engine.clone()))
+            .max_decoding_message_size(limit),
+        authenticate.clone(),
+    );
+    let sessions = InterceptedService::new(
+        SessionsServer::new(session::SessionService {
+            engine: engine.clone(),
+            stopping,
+            auth: config.auth.clone(),
+        })
+        .max_decoding_message_size(limit),
+        authenticate.clone(),
+    );
+    let locks = InterceptedService::new(
+        LocksServer::new(lock::LockService {
+            engine: engine.clone(),
+        })
+        .max_decoding_message_size(limit),
+        authenticate.clone(),
+    );
+    let semaphores = InterceptedService::new(
+        SemaphoresServer::new(semaphore::SemaphoreService {
+            engine: engine.clone(),
+        })
+        .max_decoding_message_size(limit),
+        authenticate.clone(),
+    );
+    let rwlocks = InterceptedService::new(
+        RwLocksServer::new(rwlock::RwLockService {
+            engine: engine.clone(),
+        })
+        .max_decoding_message_size(limit),
+        authenticate.clone(),
+    );
+    let events = InterceptedService::new(
+        EventsServer::new(event::EventService {
+            engine: engine.clone(),
+        })
+        .max_decoding_message_size(limit),
+        authenticate.clone(),
+    );
+    let conditions = InterceptedService::new(
+        ConditionsServer::new(condition::ConditionService {
+            engine: engine.clone(),
+        })
+        .max_decoding_message_size(limit),
+        authenticate.clone(),
+    );
+    let barriers = InterceptedService::new(
+        BarriersServer::new(barrier::BarrierService {
+            engine: engine.clone(),
+        })
+        .max_decoding_message_size(limit),
+        authenticate.clone(),
+    );
+    let queues = InterceptedService::new(
+        QueuesServer::new(queue::QueueService {
+            engine: engine.clone(),
+        })
+        .max_decoding_message_size(limit),
+        authenticate.clone(),
+    );
+    let pools = InterceptedService::new(
+        PoolsServer::new(pool::PoolService {
+            engine: engine.clone(),
+        })
+        .max_decoding_message_size(limit),
+        authenticate.clone(),
+    );
+    let rate_limits = InterceptedService::new(
+        RateLimitsServer::new(ratelimit::RateLimitService {
+            engine: engine.clone(),
+        })
+        .max_decoding_message_size(limit),
+        authenticate.clone(),
+    );
+    let breakers = InterceptedService::new(
+        CircuitBreakersServer::new(breaker::BreakerService {
+            engine: engine.clone(),
+        })
+        .max_decoding_message_size(limit),
+        authenticate.clone(),
+    );
     let oversized: fn(status::HttpResponse) -> status::HttpResponse =
         status::oversized_is_resource_exhausted;
     // The first layer is the outermost: the metrics see the final status.

@@ -2,6 +2,8 @@
 
 use tonic::{Request, Response, Status};
 
+use super::auth::{authorize, Role};
+
 use super::convert::{pb_freshness, wait_event, waiters, WaitEvent};
 use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
@@ -23,6 +25,7 @@ impl Pools for PoolService {
         &self,
         request: Request<pb::CheckoutRequest>,
     ) -> Result<Response<Self::CheckoutStream>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
         let grpc = grpc_timeout(request.metadata());
         let request = request.into_inner();
         let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
@@ -36,13 +39,14 @@ impl Pools for PoolService {
             max_age_ms: request.max_age_ms,
             max_idle_ms: request.max_idle_ms,
         };
-        open_wait(&self.engine, make, wait_event).await
+        open_wait(&engine, make, wait_event).await
     }
 
     async fn checkin(
         &self,
         request: Request<pb::CheckinRequest>,
     ) -> Result<Response<pb::CheckinResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
         let request = request.into_inner();
         let command = Command::PoolCheckin {
             session_id: request.session_id,
@@ -51,7 +55,7 @@ impl Pools for PoolService {
             healthy: request.healthy,
             metadata: request.metadata,
         };
-        match self.engine.call(command).await? {
+        match engine.call(command).await? {
             Reply::CheckedIn { evicted } => Ok(Response::new(pb::CheckinResponse { evicted })),
             other => Err(unexpected(&other)),
         }
@@ -61,8 +65,9 @@ impl Pools for PoolService {
         &self,
         request: Request<pb::DescribePoolRequest>,
     ) -> Result<Response<pb::DescribePoolResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match self.engine.call(Command::PoolDescribe { name }).await? {
+        match engine.call(Command::PoolDescribe { name }).await? {
             Reply::PoolDescription(info) => Ok(Response::new(describe_response(info))),
             other => Err(unexpected(&other)),
         }
@@ -94,6 +99,7 @@ fn pool_resource(info: ResourceInfo) -> pb::PoolResource {
         resource.fencing_token = holder.fencing_token;
         resource.client_name = holder.client_name;
         resource.host = holder.host;
+        resource.identity = holder.identity;
         resource.held_ms = holder.held_ms;
         resource.lease_left_ms = holder.lease_left_ms;
     }
@@ -170,6 +176,7 @@ mod tests {
                 session_id: 2,
                 client_name: "w".into(),
                 host: "127.0.0.1:9".into(),
+                identity: "ci".into(),
                 fencing_token: 8,
                 held_ms: 1,
                 lease_left_ms: 100,
@@ -179,5 +186,6 @@ mod tests {
         };
         let shown = pool_resource(out);
         assert_eq!((shown.session_id, shown.fencing_token), (2, 8));
+        assert_eq!(shown.identity, "ci");
     }
 }

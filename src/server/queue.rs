@@ -3,6 +3,8 @@
 
 use tonic::{Request, Response, Status};
 
+use super::auth::{authorize, Role};
+
 use super::convert::{wait_event, WaitEvent};
 use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
@@ -28,6 +30,7 @@ impl Queues for QueueService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<Self::PutStream>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
         let grpc = grpc_timeout(request.metadata());
         let request = request.into_inner();
         let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
@@ -42,13 +45,14 @@ impl Queues for QueueService {
             max_deliveries: request.max_deliveries,
             put_id: request.put_id,
         };
-        open_wait(&self.engine, make, wait_event).await
+        open_wait(&engine, make, wait_event).await
     }
 
     async fn get(
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<Self::GetStream>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
         let grpc = grpc_timeout(request.metadata());
         let request = request.into_inner();
         let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
@@ -60,20 +64,21 @@ impl Queues for QueueService {
             visibility_timeout_ms: request.visibility_timeout_ms,
             no_ack: request.no_ack,
         };
-        open_wait(&self.engine, make, wait_event).await
+        open_wait(&engine, make, wait_event).await
     }
 
     async fn ack(
         &self,
         request: Request<pb::AckRequest>,
     ) -> Result<Response<pb::AckResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
         let request = request.into_inner();
         let command = Command::QueueAck {
             session_id: request.session_id,
             name: request.name,
             item_id: request.item_id,
         };
-        match self.engine.call(command).await? {
+        match engine.call(command).await? {
             Reply::Done => Ok(Response::new(pb::AckResponse {})),
             other => Err(unexpected(&other)),
         }
@@ -83,13 +88,14 @@ impl Queues for QueueService {
         &self,
         request: Request<pb::NackRequest>,
     ) -> Result<Response<pb::NackResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
         let request = request.into_inner();
         let command = Command::QueueNack {
             session_id: request.session_id,
             name: request.name,
             item_id: request.item_id,
         };
-        match self.engine.call(command).await? {
+        match engine.call(command).await? {
             Reply::Nacked { dead_lettered } => {
                 Ok(Response::new(pb::NackResponse { dead_lettered }))
             }
@@ -101,6 +107,7 @@ impl Queues for QueueService {
         &self,
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<Self::JoinStream>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
         let grpc = grpc_timeout(request.metadata());
         let request = request.into_inner();
         let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
@@ -110,15 +117,16 @@ impl Queues for QueueService {
             waiter,
             timeout_ms,
         };
-        open_wait(&self.engine, make, wait_event).await
+        open_wait(&engine, make, wait_event).await
     }
 
     async fn describe(
         &self,
         request: Request<pb::DescribeQueueRequest>,
     ) -> Result<Response<pb::DescribeQueueResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match self.engine.call(Command::QueueDescribe { name }).await? {
+        match engine.call(Command::QueueDescribe { name }).await? {
             Reply::QueueDescription(info) => Ok(Response::new(describe_response(info))),
             other => Err(unexpected(&other)),
         }

@@ -3,6 +3,8 @@
 
 use tonic::{Request, Response, Status};
 
+use super::auth::{authorize, Caller, Role};
+
 use super::convert::{wait_event, waiter, WaitEvent};
 use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
@@ -24,6 +26,7 @@ impl RateLimits for RateLimitService {
         &self,
         request: Request<pb::TakeTokensRequest>,
     ) -> Result<Response<Self::TakeStream>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
         let grpc = grpc_timeout(request.metadata());
         let request = request.into_inner();
         let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
@@ -35,13 +38,14 @@ impl RateLimits for RateLimitService {
             settings: settings(request.rate_per_s, request.capacity),
             tokens: tokens(request.tokens),
         };
-        open_wait(&self.engine, make, wait_event).await
+        open_wait(&engine, make, wait_event).await
     }
 
     async fn try_take(
         &self,
         request: Request<pb::TryTakeTokensRequest>,
     ) -> Result<Response<pb::TryTakeTokensResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
         let BucketAsk {
             name,
             settings,
@@ -52,7 +56,7 @@ impl RateLimits for RateLimitService {
             settings,
             tokens,
         };
-        match self.engine.call(command).await? {
+        match engine.call(command).await? {
             Reply::TryTaken {
                 taken,
                 retry_after_ms,
@@ -70,8 +74,9 @@ impl RateLimits for RateLimitService {
         &self,
         request: Request<pb::DeleteRateLimitRequest>,
     ) -> Result<Response<pb::DeleteRateLimitResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Admin, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match self.engine.call(Command::BucketDelete { name }).await? {
+        match engine.call(Command::BucketDelete { name }).await? {
             Reply::Deleted { waiters_ended, .. } => {
                 Ok(Response::new(pb::DeleteRateLimitResponse { waiters_ended }))
             }
@@ -83,8 +88,13 @@ impl RateLimits for RateLimitService {
         &self,
         request: Request<pb::TryTakeManyRequest>,
     ) -> Result<Response<pb::TryTakeManyResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        for bucket in &request.get_ref().buckets {
+            caller.may(Role::Use, &bucket.name)?;
+        }
+        let engine = caller.engine(&self.engine);
         let asks = request.into_inner().buckets.into_iter().map(ask).collect();
-        match self.engine.call(Command::BucketTryMany { asks }).await? {
+        match engine.call(Command::BucketTryMany { asks }).await? {
             Reply::TriedMany { taken, verdicts } => {
                 Ok(Response::new(try_take_many_response(taken, &verdicts)))
             }
@@ -96,8 +106,9 @@ impl RateLimits for RateLimitService {
         &self,
         request: Request<pb::DescribeRateLimitRequest>,
     ) -> Result<Response<pb::DescribeRateLimitResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match self.engine.call(Command::BucketDescribe { name }).await? {
+        match engine.call(Command::BucketDescribe { name }).await? {
             Reply::BucketDescription(info) => Ok(Response::new(describe_response(info))),
             other => Err(unexpected(&other)),
         }

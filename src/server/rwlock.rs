@@ -2,6 +2,8 @@
 
 use tonic::{Request, Response, Status};
 
+use super::auth::{authorize, Role};
+
 use super::convert::{holder, pb_rw_mode, rw_mode, wait_event, waiter};
 use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
@@ -22,6 +24,7 @@ impl RwLocks for RwLockService {
         &self,
         request: Request<pb::AcquireRwLockRequest>,
     ) -> Result<Response<Self::AcquireStream>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
         let grpc = grpc_timeout(request.metadata());
         let request = request.into_inner();
         let mode = rw_mode(request.mode)?;
@@ -34,16 +37,17 @@ impl RwLocks for RwLockService {
             acquire_id: request.acquire_id,
             mode,
         };
-        open_wait(&self.engine, make, wait_event).await
+        open_wait(&engine, make, wait_event).await
     }
 
     async fn release(
         &self,
         request: Request<pb::ReleaseRwLockRequest>,
     ) -> Result<Response<pb::ReleaseRwLockResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
         let request = request.into_inner();
         let (session_id, name, token) = (request.session_id, request.name, request.fencing_token);
-        release(&self.engine, Kind::RwLock, session_id, name, token).await?;
+        release(&engine, Kind::RwLock, session_id, name, token).await?;
         Ok(Response::new(pb::ReleaseRwLockResponse {}))
     }
 
@@ -51,8 +55,9 @@ impl RwLocks for RwLockService {
         &self,
         request: Request<pb::DescribeRwLockRequest>,
     ) -> Result<Response<pb::DescribeRwLockResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match self.engine.call(Command::RwLockDescribe { name }).await? {
+        match engine.call(Command::RwLockDescribe { name }).await? {
             Reply::RwLockDescription(info) => Ok(Response::new(describe_response(info))),
             other => Err(unexpected(&other)),
         }

@@ -2,6 +2,8 @@
 
 use tonic::{Request, Response, Status};
 
+use super::auth::{authorize, Role};
+
 use super::convert::{holder, wait_event, waiter};
 use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
@@ -22,6 +24,7 @@ impl Semaphores for SemaphoreService {
         &self,
         request: Request<pb::AcquireSemaphoreRequest>,
     ) -> Result<Response<Self::AcquireStream>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
         let grpc = grpc_timeout(request.metadata());
         let request = request.into_inner();
         let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
@@ -34,16 +37,17 @@ impl Semaphores for SemaphoreService {
             capacity: request.capacity,
             permits: request.permits,
         };
-        open_wait(&self.engine, make, wait_event).await
+        open_wait(&engine, make, wait_event).await
     }
 
     async fn release(
         &self,
         request: Request<pb::ReleaseSemaphoreRequest>,
     ) -> Result<Response<pb::ReleaseSemaphoreResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
         let request = request.into_inner();
         let (session_id, name, token) = (request.session_id, request.name, request.fencing_token);
-        release(&self.engine, Kind::Semaphore, session_id, name, token).await?;
+        release(&engine, Kind::Semaphore, session_id, name, token).await?;
         Ok(Response::new(pb::ReleaseSemaphoreResponse {}))
     }
 
@@ -51,12 +55,9 @@ impl Semaphores for SemaphoreService {
         &self,
         request: Request<pb::DescribeSemaphoreRequest>,
     ) -> Result<Response<pb::DescribeSemaphoreResponse>, Status> {
+        let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match self
-            .engine
-            .call(Command::SemaphoreDescribe { name })
-            .await?
-        {
+        match engine.call(Command::SemaphoreDescribe { name }).await? {
             Reply::SemaphoreDescription(info) => Ok(Response::new(describe_response(info))),
             other => Err(unexpected(&other)),
         }

@@ -1,12 +1,14 @@
 //! `syncd.v1.Sessions`: create, keep alive (one stream per client), close.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::{Auth, Caller, Role};
 use super::convert;
 use super::status::unexpected;
 use crate::core::lost::REVOKE_DETAIL_BYTES_MAX;
@@ -18,6 +20,9 @@ pub struct SessionService {
     pub engine: EngineHandle,
     /// Turns true when the server shuts down: open keep-alive streams end.
     pub stopping: watch::Receiver<bool>,
+    /// The tokens, when the server checks them: a keep-alive stream ends
+    /// once its token is withdrawn.
+    pub auth: Option<Arc<Auth>>,
 }
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::KeepAliveResponse, Status>> + Send>>;
@@ -28,6 +33,8 @@ impl Sessions for SessionService {
         &self,
         request: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
+        // A session grants nothing by itself: every token may open one.
+        let engine = Caller::of(&request)?.engine(&self.engine);
         let host = request
             .remote_addr()
             .map(|addr| addr.to_string())
@@ -37,8 +44,12 @@ impl Sessions for SessionService {
             ttl_ms: request.ttl_ms,
             client_name: request.client_name,
             host,
+            owner: engine
+                .identity()
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
         };
-        match self.engine.call(command).await? {
+        match engine.call(command).await? {
             Reply::SessionCreated { session_id, ttl_ms } => {
                 tracing::debug!(session_id, ttl_ms, "session created");
                 Ok(Response::new(pb::CreateSessionResponse {
@@ -56,14 +67,17 @@ impl Sessions for SessionService {
         &self,
         request: Request<Streaming<pb::KeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
+        // Every token may renew its own sessions; the engine refuses to
+        // renew another's.
+        let caller = Caller::of(&request)?.clone();
+        let renewer = Renewer {
+            engine: caller.engine(&self.engine),
+            auth: self.auth.clone(),
+            caller,
+        };
         let inbound = request.into_inner();
         let (replies, stream) = mpsc::channel(4);
-        tokio::spawn(renew_loop(
-            self.engine.clone(),
-            self.stopping.clone(),
-            inbound,
-            replies,
-        ));
+        tokio::spawn(renewer.run(self.stopping.clone(), inbound, replies));
         Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
     }
 
@@ -72,6 +86,14 @@ impl Sessions for SessionService {
         request: Request<pb::CloseSessionRequest>,
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
         let peer = peer_of(&request);
+        let caller = Caller::of(&request)?.clone();
+        // Anyone may close its own session (the engine checks that it is
+        // its own); another's takes an admin of every name.
+        let engine = match caller.may_everything(Role::Admin) {
+            Ok(()) => self.engine.clone(),
+            Err(_) => caller.engine(&self.engine),
+        };
+        let by = caller.name();
         let request = request.into_inner();
         let (session_id, reason) = (request.session_id, request.reason);
         if reason.len() > REVOKE_DETAIL_BYTES_MAX {
@@ -80,18 +102,14 @@ impl Sessions for SessionService {
                 reason.len()
             )));
         }
-        match self
-            .engine
-            .call(Command::CloseSession { session_id })
-            .await?
-        {
+        match engine.call(Command::CloseSession { session_id }).await? {
             Reply::SessionClosed { released } if reason.is_empty() => {
                 tracing::debug!(session_id, released, "session closed");
                 Ok(Response::new(pb::CloseSessionResponse { released }))
             }
             Reply::SessionClosed { released } => {
                 // An operator ended someone's session: worth the log.
-                tracing::info!(%peer, session_id, released, reason = %reason, "session closed");
+                tracing::info!(%peer, %by, session_id, released, reason = %reason, "session closed");
                 Ok(Response::new(pb::CloseSessionResponse { released }))
             }
             other => Err(unexpected(&other)),
@@ -102,6 +120,8 @@ impl Sessions for SessionService {
         &self,
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        // Sessions hold names of every prefix.
+        Caller::of(&request)?.may_everything(Role::Read)?;
         let request = request.into_inner();
         let command = Command::ListSessions {
             after_session_id: request.after_session_id,
@@ -120,6 +140,10 @@ impl Sessions for SessionService {
         request: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
         let peer = peer_of(&request);
+        let caller = Caller::of(&request)?.clone();
+        // A fencing token may name a hold of any name.
+        caller.may_everything(Role::Admin)?;
+        let by = caller.name();
         let request = request.into_inner();
         let fencing_token = request.fencing_token;
         let command = Command::Revoke {
@@ -135,6 +159,7 @@ impl Sessions for SessionService {
                 // Operators want this in the log: who took what from whom.
                 tracing::info!(
                     %peer,
+                    %by,
                     fencing_token,
                     session_id,
                     kind = kind.as_str(),
@@ -162,44 +187,67 @@ fn peer_of<T>(request: &Request<T>) -> String {
 
 /// Answers each keep-alive request of one stream until the client stops,
 /// the session is gone, or the server shuts down.
-async fn renew_loop(
+struct Renewer {
+    /// Acts for the caller: renews only the caller's own sessions.
     engine: EngineHandle,
-    mut stopping: watch::Receiver<bool>,
-    mut inbound: Streaming<pb::KeepAliveRequest>,
-    replies: mpsc::Sender<Result<pb::KeepAliveResponse, Status>>,
-) {
-    loop {
-        if *stopping.borrow() {
-            let _ = replies
-                .send(Err(Status::unavailable("the server is shutting down")))
-                .await;
-            return;
-        }
-        let request = tokio::select! {
-            _ = stopping.changed() => continue,
-            message = inbound.message() => match message {
-                Ok(Some(request)) => request,
-                // The client ended the stream or went away.
-                Ok(None) | Err(_) => return,
-            },
-        };
-        let session_id = request.session_id;
-        let command = Command::KeepAlive {
-            session_id,
-            notices_seen_through: request.notices_seen_through,
-        };
-        let reply = match engine.call(command).await {
-            Ok(Reply::SessionRenewed { ttl_ms, lost }) => Ok(pb::KeepAliveResponse {
+    auth: Option<Arc<Auth>>,
+    caller: Caller,
+}
+
+impl Renewer {
+    async fn run(
+        self,
+        mut stopping: watch::Receiver<bool>,
+        mut inbound: Streaming<pb::KeepAliveRequest>,
+        replies: mpsc::Sender<Result<pb::KeepAliveResponse, Status>>,
+    ) {
+        loop {
+            if *stopping.borrow() {
+                let _ = replies
+                    .send(Err(Status::unavailable("the server is shutting down")))
+                    .await;
+                return;
+            }
+            let request = tokio::select! {
+                _ = stopping.changed() => continue,
+                message = inbound.message() => match message {
+                    Ok(Some(request)) => request,
+                    // The client ended the stream or went away.
+                    Ok(None) | Err(_) => return,
+                },
+            };
+            if !self.in_force() {
+                let withdrawn = format!(
+                    "token {:?} was withdrawn (the server reloaded its tokens)",
+                    self.caller.name()
+                );
+                let _ = replies.send(Err(Status::unauthenticated(withdrawn))).await;
+                return;
+            }
+            let session_id = request.session_id;
+            let command = Command::KeepAlive {
                 session_id,
-                ttl_ms,
-                lost_holds: lost.into_iter().map(convert::lost_hold).collect(),
-            }),
-            Ok(other) => Err(unexpected(&other)),
-            Err(rejection) => Err(Status::from(rejection)),
-        };
-        let failed = reply.is_err();
-        if replies.send(reply).await.is_err() || failed {
-            return;
+                notices_seen_through: request.notices_seen_through,
+            };
+            let reply = match self.engine.call(command).await {
+                Ok(Reply::SessionRenewed { ttl_ms, lost }) => Ok(pb::KeepAliveResponse {
+                    session_id,
+                    ttl_ms,
+                    lost_holds: lost.into_iter().map(convert::lost_hold).collect(),
+                }),
+                Ok(other) => Err(unexpected(&other)),
+                Err(rejection) => Err(Status::from(rejection)),
+            };
+            let failed = reply.is_err();
+            if replies.send(reply).await.is_err() || failed {
+                return;
+            }
         }
+    }
+
+    fn in_force(&self) -> bool {
+        self.auth
+            .as_ref()
+            .is_none_or(|auth| auth.in_force(&self.caller))
     }
 }

@@ -16,6 +16,7 @@ impl From<Rejection> for Status {
             Code::ResourceExhausted => GrpcCode::ResourceExhausted,
             Code::Unavailable => GrpcCode::Unavailable,
             Code::Aborted => GrpcCode::Aborted,
+            Code::PermissionDenied => GrpcCode::PermissionDenied,
         };
         let mut status = Status::new(code, rejection.message);
         if let Some(session_id) = rejection.session_gone {

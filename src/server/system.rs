@@ -16,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::auth::{Caller, Role};
 use super::status::unexpected;
 use crate::core::{Command, Kind, Reply, Summary};
 use crate::engine::EngineHandle;
@@ -49,8 +50,10 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> 
 impl System for SystemService {
     async fn ping(
         &self,
-        _: Request<pb::PingRequest>,
+        request: Request<pb::PingRequest>,
     ) -> Result<Response<pb::PingResponse>, Status> {
+        // Being authenticated is enough: every role includes read.
+        Caller::of(&request)?;
         // Deliberately does not go through the engine: it is the floor that
         // benchmarks compare every other call with.
         Ok(Response::new(pb::PingResponse {
@@ -62,6 +65,7 @@ impl System for SystemService {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
+        Caller::of(&request)?.may_all_under(Role::Read, &request.get_ref().prefix)?;
         let request = request.into_inner();
         let kind = parse_kind(&request.kind)?;
         let summaries = list(&self.engine, kind, request.prefix).await?;
@@ -76,6 +80,13 @@ impl System for SystemService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<WatchStream>, Status> {
+        let caller = Caller::of(&request)?;
+        let asked = request.get_ref();
+        if asked.prefix {
+            caller.may_all_under(Role::Read, &asked.name)?;
+        } else {
+            caller.may(Role::Read, &asked.name)?;
+        }
         let request = request.into_inner();
         let filter = Filter {
             kind: parse_kind(&request.kind)?,

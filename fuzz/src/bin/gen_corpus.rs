@@ -33,11 +33,13 @@ fn main() {
             ttl_ms: 10_000,
             client_name: s("one"),
             host: String::new(),
+            owner: String::new(),
         },
         Command::CreateSession {
             ttl_ms: 20_000,
             client_name: s("two"),
             host: String::new(),
+            owner: String::new(),
         },
         Command::LockAcquire {
             session_id: 1,

@@ -18,6 +18,7 @@ const NOTIFY_AFTER_HELP: &str = concat!(
     "  1        any other error (e.g. an invalid name)\n",
     "  2        invalid command line\n",
     "  4        the server cannot be reached\n",
+    denied_exit_code!(),
     "\n",
     "Examples:\n",
     "  syncctl cond notify queue-not-empty            # wake the first waiter\n",

@@ -26,6 +26,11 @@ pub const EXIT_MISMATCH: i32 = 6;
 pub const EXIT_REJECTED: i32 = 6;
 /// Exit code: a hold was lost while held.
 pub const EXIT_LOST: i32 = 7;
+/// Exit code: the server refused the token: not authenticated
+/// (UNAUTHENTICATED: no token, or one it does not know) or permission
+/// denied (PERMISSION_DENIED: the token's role or prefixes do not allow the
+/// call).
+pub const EXIT_DENIED: i32 = 8;
 /// Exit code: CMD exists but cannot be executed (as in shells).
 pub const EXIT_CANNOT_EXECUTE: i32 = 126;
 /// Exit code: CMD was not found (as in shells).
@@ -73,6 +78,7 @@ pub fn exit_code(error: &Error) -> i32 {
         Error::Unavailable(_) => EXIT_UNAVAILABLE,
         Error::Timeout(_) => EXIT_TIMEOUT,
         Error::Broken(_) => EXIT_BROKEN,
+        Error::Unauthenticated(_) | Error::PermissionDenied(_) => EXIT_DENIED,
         Error::SessionLost(_) | Error::InvalidAddress(_) | Error::Status(_) => EXIT_ERROR,
     }
 }
@@ -123,6 +129,28 @@ mod tests {
         assert_eq!(exit_code(&Error::InvalidAddress("x".into())), 1);
         let status = tonic::Status::invalid_argument("bad name");
         assert_eq!(exit_code(&Error::Status(status)), 1);
+        assert_eq!(exit_code(&Error::Unauthenticated("x".into())), 8);
+        assert_eq!(exit_code(&Error::PermissionDenied("x".into())), 8);
+    }
+
+    #[test]
+    fn a_refused_token_is_one_line_and_exit_8() {
+        let denied = tonic::Status::permission_denied(
+            "token \"ci\" may not touch \"deploy\": its names start with \"build-\"",
+        );
+        let failure = Failure::from(Error::from(denied));
+        assert_eq!(failure.code, EXIT_DENIED);
+        assert_eq!(
+            failure.message,
+            "permission denied: token \"ci\" may not touch \"deploy\": its names start with \"build-\""
+        );
+        let unknown = tonic::Status::unauthenticated("the token is not known to this server");
+        let failure = wait_failure(Error::from(unknown), Some(Duration::ZERO));
+        assert_eq!(failure.code, EXIT_DENIED);
+        assert_eq!(
+            failure.message,
+            "not authenticated: the token is not known to this server"
+        );
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! (`--output json` for programs); and state changes as they happen. Answers "who holds this lock?" for every kind in one shape:
 //! holders (session, client, host, fencing token, held for, lease left)
 //! and waiters in line order (session, client, host, waiting for, what
-//! they ask).
+//! they ask). On a server that checks tokens, each session's token name
+//! (the proto's `identity`) shows in an `AUTH TOKEN` column, which is left
+//! out when no row has one (so that the tables of a server without tokens
+//! look as they always did); `--output json` always has `identity`.
 
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
@@ -85,6 +88,8 @@ pub struct WatchArgs {
 #[derive(Debug, Default, PartialEq)]
 struct HolderRow {
     session_id: u64,
+    /// The name of the token its session was created with ("" without).
+    identity: String,
     client_name: String,
     host: String,
     fencing_token: u64,
@@ -98,6 +103,8 @@ struct HolderRow {
 #[derive(Debug, Default, PartialEq)]
 struct WaiterRow {
     session_id: u64,
+    /// The name of the token its session was created with ("" without).
+    identity: String,
     client_name: String,
     host: String,
     waiting_ms: u64,
@@ -194,6 +201,7 @@ async fn describe(client: &Client, kind: KindArg, name: &str) -> Result<Inspecti
             let lock = client.lock(name).describe().await?;
             let holders = lock.holder.into_iter().map(|h| HolderRow {
                 session_id: h.session_id,
+                identity: h.identity,
                 client_name: h.client_name,
                 host: h.host,
                 fencing_token: h.fencing_token,
@@ -203,6 +211,7 @@ async fn describe(client: &Client, kind: KindArg, name: &str) -> Result<Inspecti
             });
             let waiters = lock.waiters.into_iter().map(|w| WaiterRow {
                 session_id: w.session_id,
+                identity: w.identity,
                 client_name: w.client_name,
                 host: w.host,
                 waiting_ms: w.waiting_ms,
@@ -242,6 +251,7 @@ async fn describe(client: &Client, kind: KindArg, name: &str) -> Result<Inspecti
                 .filter(|r| r.session_id != 0)
                 .map(|r| HolderRow {
                     session_id: r.session_id,
+                    identity: r.identity,
                     client_name: r.client_name,
                     host: r.host,
                     fencing_token: r.fencing_token,
@@ -275,6 +285,7 @@ fn holder_rows(holders: Vec<Holder>) -> Vec<HolderRow> {
         .map(|h| HolderRow {
             what: what_of(h.permits, h.mode, "permit"),
             session_id: h.session_id,
+            identity: h.identity,
             client_name: h.client_name,
             host: h.host,
             fencing_token: h.fencing_token,
@@ -291,6 +302,7 @@ fn waiter_rows(waiters: Vec<Waiter>, unit: &str) -> Vec<WaiterRow> {
         .map(|w| WaiterRow {
             asks: what_of(w.permits, w.mode, unit),
             session_id: w.session_id,
+            identity: w.identity,
             client_name: w.client_name,
             host: w.host,
             waiting_ms: w.waiting_ms,
@@ -310,6 +322,35 @@ fn what_of(count: u32, mode: i32, unit: &str) -> String {
         (1, unit) => format!("1 {unit}"),
         (n, unit) => format!("{n} {unit}s"),
     }
+}
+
+/// The header of the column that shows each session's token name.
+const IDENTITY_HEADER: &str = "AUTH TOKEN";
+
+/// Columns aligned under a header, two spaces apart, each line indented.
+/// `identities` holds each row's token name: when any is non-empty they
+/// are shown in a column right after the SESSION column.
+fn table_with_identities(header: &[&str], rows: &[Vec<String>], identities: &[&str]) -> String {
+    if identities.iter().all(|identity| identity.is_empty()) {
+        return table(header, rows);
+    }
+    let at = header
+        .iter()
+        .position(|h| *h == "SESSION")
+        .map_or(header.len(), |session| session + 1);
+    let mut header = header.to_vec();
+    header.insert(at, IDENTITY_HEADER);
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .zip(identities)
+        .map(|(row, identity)| {
+            let mut row = row.clone();
+            let shown = if identity.is_empty() { "-" } else { identity };
+            row.insert(at, shown.to_owned());
+            row
+        })
+        .collect();
+    table(&header, &rows)
 }
 
 /// Columns aligned under a header, two spaces apart, each line indented.
@@ -367,8 +408,13 @@ fn format_inspection(inspection: &Inspection) -> String {
             "LEASE LEFT",
             "HOLDS",
         ];
+        let identities: Vec<&str> = inspection
+            .holders
+            .iter()
+            .map(|h| h.identity.as_str())
+            .collect();
         text.push_str(&format!("holders: {}\n", rows.len()));
-        text.push_str(&table(&header, &rows));
+        text.push_str(&table_with_identities(&header, &rows, &identities));
     }
     if inspection.waiters.is_empty() {
         text.push_str("waiters: none\n");
@@ -389,8 +435,13 @@ fn format_inspection(inspection: &Inspection) -> String {
             })
             .collect();
         let header = ["#", "SESSION", "CLIENT", "HOST", "WAITING FOR", "ASKS"];
+        let identities: Vec<&str> = inspection
+            .waiters
+            .iter()
+            .map(|w| w.identity.as_str())
+            .collect();
         text.push_str(&format!("waiters: {}\n", rows.len()));
-        text.push_str(&table(&header, &rows));
+        text.push_str(&table_with_identities(&header, &rows, &identities));
     }
     text
 }
@@ -402,6 +453,7 @@ fn inspection_json(inspection: &Inspection) -> Value {
         .map(|h| {
             json!({
                 "session_id": h.session_id,
+                "identity": h.identity,
                 "client_name": h.client_name,
                 "host": h.host,
                 "fencing_token": h.fencing_token,
@@ -419,6 +471,7 @@ fn inspection_json(inspection: &Inspection) -> Value {
             json!({
                 "position": place + 1,
                 "session_id": w.session_id,
+                "identity": w.identity,
                 "client_name": w.client_name,
                 "host": w.host,
                 "waiting_ms": w.waiting_ms,
@@ -475,7 +528,8 @@ fn format_sessions(sessions: &[SessionInfo]) -> String {
         "WAITING",
         "HOLDS",
     ];
-    table(&header, &rows)
+    let identities: Vec<&str> = sessions.iter().map(|s| s.identity.as_str()).collect();
+    table_with_identities(&header, &rows, &identities)
 }
 
 fn session_json(session: &SessionInfo) -> Value {
@@ -486,6 +540,7 @@ fn session_json(session: &SessionInfo) -> Value {
         .collect();
     json!({
         "session_id": session.session_id,
+        "identity": session.identity,
         "client_name": session.client_name,
         "host": session.host,
         "ttl_ms": session.ttl_ms,
@@ -509,6 +564,7 @@ mod tests {
             state: "2 of 3 permits held, 1 waiting".into(),
             holders: vec![HolderRow {
                 session_id: 4,
+                identity: String::new(),
                 client_name: "w@h:1".into(),
                 host: "127.0.0.1:5000".into(),
                 fencing_token: 17,
@@ -518,6 +574,7 @@ mod tests {
             }],
             waiters: vec![WaiterRow {
                 session_id: 5,
+                identity: String::new(),
                 client_name: "v@h:2".into(),
                 host: "127.0.0.1:5001".into(),
                 waiting_ms: 900,
@@ -577,11 +634,72 @@ waiters: 1
             }],
             waiting: 1,
             lost_holds_unconfirmed: 0,
+            identity: String::new(),
         };
         let expected = "  SESSION  CLIENT     HOST            TTL  LEASE LEFT  WAITING  HOLDS
   3        deploy@ci  10.0.0.5:41000  10s  9s          1        lock \"db\" (token 12)
 ";
-        assert_eq!(format_sessions(&[session]), expected);
+        assert_eq!(format_sessions(std::slice::from_ref(&session)), expected);
         assert_eq!(format_sessions(&[]), "no sessions\n");
+        assert_eq!(session_json(&session)["identity"], "");
+
+        // With tokens: a column for their names; a session without one
+        // shows `-`.
+        let ci = SessionInfo {
+            identity: "ci".into(),
+            ..session.clone()
+        };
+        let anonymous = SessionInfo {
+            session_id: 4,
+            holds: Vec::new(),
+            ..session
+        };
+        let expected =
+            "  SESSION  AUTH TOKEN  CLIENT     HOST            TTL  LEASE LEFT  WAITING  HOLDS
+  3        ci          deploy@ci  10.0.0.5:41000  10s  9s          1        lock \"db\" (token 12)
+  4        -           deploy@ci  10.0.0.5:41000  10s  9s          1        -
+";
+        assert_eq!(format_sessions(&[ci.clone(), anonymous]), expected);
+        assert_eq!(session_json(&ci)["identity"], "ci");
+    }
+
+    #[test]
+    fn token_names_show_in_their_own_column() {
+        let inspection = Inspection {
+            kind: "lock",
+            name: "build-1".into(),
+            state: "held by session 4 (token 17), 1 waiting".into(),
+            holders: vec![HolderRow {
+                session_id: 4,
+                identity: "ci".into(),
+                client_name: "w@h:1".into(),
+                host: "127.0.0.1:5000".into(),
+                fencing_token: 17,
+                held_ms: 1_500,
+                lease_left_ms: 8_000,
+                what: String::new(),
+            }],
+            waiters: vec![WaiterRow {
+                session_id: 5,
+                identity: "ops".into(),
+                client_name: "v@h:2".into(),
+                host: "127.0.0.1:5001".into(),
+                waiting_ms: 900,
+                asks: String::new(),
+            }],
+        };
+        let expected = "\
+lock \"build-1\": held by session 4 (token 17), 1 waiting
+holders: 1
+  SESSION  AUTH TOKEN  CLIENT  HOST            TOKEN  HELD FOR  LEASE LEFT  HOLDS
+  4        ci          w@h:1   127.0.0.1:5000  17     1s 500ms  8s
+waiters: 1
+  #  SESSION  AUTH TOKEN  CLIENT  HOST            WAITING FOR  ASKS
+  1  5        ops         v@h:2   127.0.0.1:5001  900ms
+";
+        assert_eq!(format_inspection(&inspection), expected);
+        let json = inspection_json(&inspection);
+        assert_eq!(json["holders"][0]["identity"], "ci");
+        assert_eq!(json["waiters"][0]["identity"], "ops");
     }
 }

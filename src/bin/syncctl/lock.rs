@@ -176,6 +176,7 @@ mod tests {
                 session_id: 4,
                 client_name: "w@h:1".into(),
                 host: String::new(),
+                identity: String::new(),
                 fencing_token: 17,
                 held_ms: 1500,
                 lease_left_ms: 8000,
@@ -184,6 +185,7 @@ mod tests {
                 session_id: 5,
                 client_name: "v@h:2".into(),
                 host: String::new(),
+                identity: String::new(),
                 waiting_ms: 900,
             }],
         };

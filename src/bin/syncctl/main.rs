@@ -31,6 +31,7 @@ macro_rules! hold_exit_codes {
             $six,
             "  7        the hold was lost while held: its session expired, or could not be\n",
             "           renewed for a full TTL; a running CMD is stopped first\n",
+            denied_exit_code!(),
             "  126      CMD could not be executed\n",
             "  127      CMD was not found\n",
             "  128+N    interrupted by signal N while waiting, or CMD killed by signal N\n",
@@ -46,7 +47,16 @@ macro_rules! describe_exit_codes {
             "  1        any other error (e.g. an invalid name)\n",
             "  2        invalid command line\n",
             "  4        the server cannot be reached\n",
+            denied_exit_code!(),
         )
+    };
+}
+
+/// The line for exit code 8, which every command that talks to the server
+/// has.
+macro_rules! denied_exit_code {
+    () => {
+        "  8        the server refused the token (--token): not authenticated, or permission denied\n"
     };
 }
 
@@ -110,8 +120,11 @@ Exit codes:
            `breaker call`: the circuit breaker refused the call (CMD was not run)
   7        a hold was lost while held (`lock acquire`, `sem acquire`, `rwlock read|write`,
            `queue get -- CMD`, `pool checkout`): its session expired, or could not be
-           renewed for a full TTL, or a queue item's visibility timeout passed; a running
-           CMD is stopped first
+           renewed for a full TTL (or the server stopped accepting the token), or a queue
+           item's visibility timeout passed; a running CMD is stopped first
+  8        the server checks tokens and refused this one: not authenticated (no --token,
+           or one the server does not know) or permission denied (the token's role or
+           name prefixes do not allow the call)
   126      CMD could not be executed
   127      CMD was not found
   128+N    interrupted by signal N while waiting, or CMD killed by signal N
@@ -165,6 +178,30 @@ pub struct Cli {
     )]
     pub key: Option<PathBuf>,
 
+    /// For a server that checks tokens (syncd serve --auth-tokens): the
+    /// secret of a token from its file, sent with every call as
+    /// `authorization: Bearer SECRET`. On the command line the secret is
+    /// visible to other users in `ps` (and stays in shell history): the
+    /// SYNCD_TOKEN environment variable or --token-file are safer. Over
+    /// `http://` it travels in clear; use `https://` beyond a trusted
+    /// network.
+    #[arg(
+        long,
+        global = true,
+        env = "SYNCD_TOKEN",
+        value_name = "SECRET",
+        hide_env_values = true,
+        value_parser = parse_secret
+    )]
+    pub token: Option<Secret>,
+
+    /// Read the token's secret from the first line of FILE (surrounding
+    /// whitespace removed): a file only you can read, or `/dev/stdin`.
+    /// Conflicts with --token (an empty --token, e.g. from an empty
+    /// SYNCD_TOKEN, counts as not given).
+    #[arg(long, global = true, env = "SYNCD_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
     /// Output format: `text` for people, `json` (one JSON value on one line)
     /// for programs.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
@@ -172,6 +209,23 @@ pub struct Cli {
 
     #[command(subcommand)]
     command: Command,
+}
+
+/// A token's secret: its `Debug` does not show it.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<hidden>)")
+    }
+}
+
+/// Takes any value: a secret that cannot be sent is refused when syncctl
+/// connects, with a reason that does not quote it (clap's own errors
+/// would).
+fn parse_secret(text: &str) -> Result<Secret, String> {
+    Ok(Secret(text.to_owned()))
 }
 
 #[derive(Subcommand, Debug)]
@@ -267,7 +321,7 @@ fn print_completions(shell: clap_complete::Shell) -> Result<i32, Failure> {
 
 fn main() {
     let cli = Cli::parse();
-    if let Some(error) = usage_error(&cli, std::env::args_os()) {
+    if let Some(error) = token_conflict(&cli).or_else(|| usage_error(&cli, std::env::args_os())) {
         error.exit();
     }
     init_tracing();
@@ -306,6 +360,20 @@ async fn run(cli: &Cli) -> Result<i32, Failure> {
         Command::Watch(args) => inspect::watch(cli, args).await,
         Command::Completions(args) => print_completions(args.shell),
     }
+}
+
+/// --token and --token-file both given (from flags or the environment):
+/// a usage error, as clap's own conflicts are. Not left to clap, which
+/// would count an empty SYNCD_TOKEN as given.
+fn token_conflict(cli: &Cli) -> Option<clap::Error> {
+    let token = cli.token.as_ref().is_some_and(|t| !t.0.is_empty());
+    (token && cli.token_file.is_some()).then(|| {
+        Cli::command().error(
+            ErrorKind::ArgumentConflict,
+            "--token (or SYNCD_TOKEN) and --token-file (or SYNCD_TOKEN_FILE) cannot be used \
+             together: give the token one way",
+        )
+    })
 }
 
 /// A command-line mistake that the parser cannot see, as the parser would
@@ -913,9 +981,56 @@ mod tests {
     }
 
     #[test]
+    fn tokens_come_from_a_flag_or_a_file_but_not_both() {
+        let cli = parse(&["syncctl", "--token", "s3cret", "ping"]);
+        assert_eq!(cli.token.as_ref().map(|t| t.0.as_str()), Some("s3cret"));
+        assert!(cli.token_file.is_none());
+        let cli = parse(&["syncctl", "ping", "--token-file", "/run/secret"]);
+        assert_eq!(cli.token_file, Some(PathBuf::from("/run/secret")));
+        assert!(token_conflict(&cli).is_none());
+        let both = parse(&[
+            "syncctl",
+            "--token",
+            "s3cret",
+            "--token-file",
+            "/run/secret",
+            "ping",
+        ]);
+        let error = token_conflict(&both).unwrap();
+        assert_eq!(error.kind(), ErrorKind::ArgumentConflict);
+        assert_eq!(error.exit_code(), 2);
+        assert!(!error.to_string().contains("s3cret"), "{error}");
+        // Empty counts as not given.
+        let empty = parse(&["syncctl", "--token", "", "--token-file", "/run/s", "ping"]);
+        assert!(token_conflict(&empty).is_none());
+        // Never shown by Debug.
+        let cli = parse(&["syncctl", "--token", "s3cret", "ping"]);
+        assert!(!format!("{cli:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn the_token_help_warns_about_ps() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("--token <SECRET>"), "{help}");
+        assert!(help.contains("visible to other users in `ps`"), "{help}");
+        assert!(help.contains("SYNCD_TOKEN_FILE"), "{help}");
+        assert!(
+            help.contains("  8        the server checks tokens"),
+            "{help}"
+        );
+        let lock = subcommand(&["lock", "acquire"])
+            .render_long_help()
+            .to_string();
+        assert!(
+            lock.contains("  8        the server refused the token"),
+            "{lock}"
+        );
+    }
+
+    #[test]
     fn help_lists_every_exit_code() {
         let help = Cli::command().render_long_help().to_string();
-        for code in ["  3 ", "  5 ", "  6 ", "  7 "] {
+        for code in ["  3 ", "  5 ", "  6 ", "  7 ", "  8 "] {
             assert!(help.contains(code), "{code:?} missing: {help}");
         }
         let wait = subcommand(&["barrier", "wait"])

@@ -40,6 +40,7 @@ const CHECKOUT_AFTER_HELP: &str = concat!(
     "           (nothing was checked out)\n",
     "  7        the checkout was lost while CMD ran: its session expired, or could\n",
     "           not be renewed for a full TTL; CMD was stopped\n",
+    denied_exit_code!(),
     "  N        CMD's own exit code (the resource was checked in unhealthy: evicted)\n",
     "  126      CMD could not be executed\n",
     "  127      CMD was not found\n",

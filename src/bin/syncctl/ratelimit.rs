@@ -31,6 +31,7 @@ const TAKE_AFTER_HELP: &str = concat!(
     "  3        the tokens were not there within --timeout (nothing was taken)\n",
     "  4        the server cannot be reached\n",
     "  6        the bucket exists with another --rate or --burst (nothing was taken)\n",
+    denied_exit_code!(),
     "  N        with CMD: CMD's own exit code\n",
     "  126      CMD could not be executed (the tokens are used up all the same)\n",
     "  127      CMD was not found (the tokens are used up all the same)\n",

@@ -1,9 +1,14 @@
 //! Connecting, leaving, and waiting that a signal may end: what every
 //! command does around its own work.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    io::{BufRead, BufReader, Read},
+    path::Path,
+    time::Duration,
+};
 
-use syncd::client::{Client, ClientOptions, Error, TlsOptions};
+use syncd::client::{check_token, Client, ClientOptions, Error, TlsOptions, TOKEN_BYTES_MAX};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::{exit::Failure, Cli};
@@ -26,7 +31,65 @@ pub async fn connect(cli: &Cli, ttl: Option<Duration>) -> Result<Client, Failure
             cli.key.as_deref(),
         )?;
     }
+    options.token = token(cli)?;
     Ok(Client::connect_with(cli.addr.as_str(), options).await?)
+}
+
+/// The token to send: from --token (SYNCD_TOKEN), or the first line of
+/// --token-file (SYNCD_TOKEN_FILE), or none; an empty --token counts as
+/// not given (`main` refuses both at once). A token that cannot be sent is an
+/// error (exit 1) that says where it came from and never quotes it.
+pub fn token(cli: &Cli) -> Result<Option<String>, Failure> {
+    let given = cli.token.as_ref().filter(|t| !t.0.is_empty());
+    let (token, from) = match (given, &cli.token_file) {
+        (Some(secret), _) => (secret.0.clone(), "--token (or SYNCD_TOKEN)".to_owned()),
+        (None, Some(path)) => (read_token_file(path)?, token_file_name(path)),
+        (None, None) => return Ok(None),
+    };
+    check_token(&token)
+        .map_err(|why| Failure::other(format!("{from}: the token cannot be used: {why}")))?;
+    Ok(Some(token))
+}
+
+fn token_file_name(path: &Path) -> String {
+    format!("--token-file {}", path.display())
+}
+
+/// The first line of `path`, without surrounding whitespace. Reads no
+/// more than that line (so `/dev/stdin` or a pipe works), and at most a
+/// little more than the longest token.
+fn read_token_file(path: &Path) -> Result<String, Failure> {
+    let name = token_file_name(path);
+    let file = std::fs::File::open(path)
+        .map_err(|e| Failure::other(format!("{name}: cannot open it: {}", io_reason(&e))))?;
+    let limit = u64::try_from(TOKEN_BYTES_MAX).unwrap_or(u64::MAX) + 2;
+    let mut first = Vec::new();
+    BufReader::new(file.take(limit))
+        .read_until(b'\n', &mut first)
+        .map_err(|e| Failure::other(format!("{name}: cannot read it: {}", io_reason(&e))))?;
+    let first = String::from_utf8(first)
+        .map_err(|_| Failure::other(format!("{name}: its first line is not UTF-8 text")))?;
+    let token = first.trim();
+    if token.is_empty() {
+        return Err(Failure::other(format!(
+            "{name}: its first line is empty; put the token's secret there"
+        )));
+    }
+    Ok(token.to_owned())
+}
+
+/// `No such file or directory (os error 2)` → `no such file or directory`.
+fn io_reason(error: &std::io::Error) -> String {
+    let text = error.to_string();
+    let text = match text.rfind(" (os error ") {
+        Some(at) => &text[..at],
+        None => &text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
 }
 
 /// Closes the session, trying until `deadline`. The session holds nothing
@@ -126,5 +189,91 @@ where
         Waited::Done(Ok(answer)) => Ok(Waited::Done(answer)),
         Waited::Done(Err(error)) => Err(crate::exit::wait_failure(error, timeout)),
         Waited::Interrupted(signal) => Ok(Waited::Interrupted(signal)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn cli(argv: &[&str]) -> Cli {
+        Cli::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn no_token_is_none() {
+        assert_eq!(token(&cli(&["syncctl", "ping"])).unwrap(), None);
+        let empty = cli(&["syncctl", "--token", "", "ping"]);
+        assert_eq!(token(&empty).unwrap(), None);
+    }
+
+    #[test]
+    fn a_token_from_the_flag_is_checked_and_never_quoted() {
+        let given = token(&cli(&["syncctl", "--token", "s3cret", "ping"])).unwrap();
+        assert_eq!(given.as_deref(), Some("s3cret"));
+        let failure = token(&cli(&["syncctl", "--token", "two words", "ping"])).unwrap_err();
+        assert_eq!(failure.code, 1);
+        assert!(
+            failure
+                .message
+                .starts_with("--token (or SYNCD_TOKEN): the token cannot be used: it has a space"),
+            "{}",
+            failure.message
+        );
+        assert!(
+            !failure.message.contains("two words"),
+            "{}",
+            failure.message
+        );
+    }
+
+    #[test]
+    fn a_token_file_gives_its_first_line_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "  s3cret-from-file \r\nsecond line\n").unwrap();
+        let argv = ["syncctl", "--token-file", path.to_str().unwrap(), "ping"];
+        assert_eq!(
+            token(&cli(&argv)).unwrap().as_deref(),
+            Some("s3cret-from-file")
+        );
+
+        std::fs::write(&path, "no-newline-at-end").unwrap();
+        assert_eq!(
+            token(&cli(&argv)).unwrap().as_deref(),
+            Some("no-newline-at-end")
+        );
+
+        std::fs::write(&path, "\nsecret-on-line-2\n").unwrap();
+        let empty = token(&cli(&argv)).unwrap_err().message;
+        assert!(
+            empty.ends_with("its first line is empty; put the token's secret there"),
+            "{empty}"
+        );
+        assert!(
+            empty.starts_with(&format!("--token-file {}", path.display())),
+            "{empty}"
+        );
+
+        std::fs::write(&path, "top secret\n").unwrap();
+        let spaced = token(&cli(&argv)).unwrap_err().message;
+        assert!(
+            spaced.contains("the token cannot be used: it has a space"),
+            "{spaced}"
+        );
+        assert!(!spaced.contains("top secret"), "{spaced}");
+
+        let missing = dir.path().join("missing");
+        let argv = ["syncctl", "--token-file", missing.to_str().unwrap(), "ping"];
+        let failure = token(&cli(&argv)).unwrap_err();
+        assert_eq!(failure.code, 1);
+        assert!(
+            failure
+                .message
+                .ends_with("cannot open it: no such file or directory"),
+            "{}",
+            failure.message
+        );
     }
 }

@@ -97,6 +97,7 @@ impl Sim {
             ttl_ms,
             client_name: format!("client-{}", self.state.session_count()),
             host: "127.0.0.1:1".into(),
+            owner: String::new(),
         };
         match self.apply(command) {
             Ok(Reply::SessionCreated {
@@ -628,6 +629,7 @@ fn session_ttl_and_name_outside_the_limits_are_invalid_argument() {
             ttl_ms,
             client_name: String::new(),
             host: String::new(),
+            owner: String::new(),
         });
         assert_eq!(code(&reply), Some(Code::InvalidArgument), "ttl {ttl_ms}");
     }
@@ -635,6 +637,7 @@ fn session_ttl_and_name_outside_the_limits_are_invalid_argument() {
         ttl_ms: 10_000,
         client_name: "n".repeat(257),
         host: String::new(),
+        owner: String::new(),
     });
     assert_eq!(code(&reply), Some(Code::InvalidArgument));
     assert_eq!(sim.state.session_count(), 0);
@@ -656,6 +659,7 @@ fn the_session_limit_is_resource_exhausted() {
         ttl_ms: 10_000,
         client_name: String::new(),
         host: String::new(),
+        owner: String::new(),
     });
     assert_eq!(code(&reply), Some(Code::ResourceExhausted));
     sim.close(a).0.unwrap();
@@ -1005,6 +1009,7 @@ fn restore_rebuilds_holders_sessions_and_counters() {
             ttl_ms: 1_000,
             client_name: String::new(),
             host: String::new(),
+            owner: String::new(),
         },
         &mut out,
     );
@@ -1047,6 +1052,7 @@ fn an_empty_store_restores_an_empty_state() {
             ttl_ms: 1_000,
             client_name: String::new(),
             host: String::new(),
+            owner: String::new(),
         },
         &mut out,
     );
@@ -1746,6 +1752,7 @@ impl Checker {
                     ttl_ms,
                     client_name,
                     host: String::new(),
+                    owner: String::new(),
                 };
                 (command, expected, None)
             }
@@ -2055,6 +2062,7 @@ impl Checker {
                     ttl_ms: 1_000,
                     client_name: String::new(),
                     host: String::new(),
+                    owner: String::new(),
                 },
                 &mut out,
             ) {
@@ -2160,6 +2168,7 @@ mod breaker;
 mod limits;
 mod lost;
 mod mixed;
+mod owner;
 mod pool;
 mod primitives;
 mod queue;
