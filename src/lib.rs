@@ -63,6 +63,12 @@ pub mod proto {
     /// status codes also mean other things.
     pub const SESSION_GONE_KEY: &str = "syncd-session-gone";
 
+    /// Binary status metadata set with [`SESSION_GONE_KEY`] when the session
+    /// was closed on the server (by an operator), not expired: the reason
+    /// given, UTF-8, maybe empty. Remembered for the latest 10,000 ended
+    /// sessions, and not across a restart.
+    pub const SESSION_CLOSED_KEY: &str = "syncd-session-closed-bin";
+
     /// The encoded descriptor set of the API, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/syncd_descriptor.bin"));

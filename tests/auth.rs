@@ -25,14 +25,12 @@
 mod common;
 
 use std::future::Future;
-use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::{Command, Stdio};
 
-use common::rpc::{assert_serving, until};
+use common::certs::Pki;
+use common::rpc::{assert_serving, list_services_v1, until};
 use common::{run_bounded, send_signal, syncd_bin, Syncd, HANG_GUARD};
 use syncd::proto::v1 as pb;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -688,20 +686,58 @@ async fn lock_release(c: Call) -> Result<u64, Status> {
     Ok(0)
 }
 
-async fn lock_describe(c: Call) -> Result<u64, Status> {
-    let request = pb::DescribeLockRequest {
-        name: c.name.clone(),
-    };
-    let described = c.who.locks().describe(request).await?.into_inner();
-    same_name(&described.name, &c.name)
-}
-
 fn same_name(described: &str, name: &str) -> Result<u64, Status> {
     if described == name {
         Ok(0)
     } else {
         Err(wrong(format!("described {described:?}, not {name:?}")))
     }
+}
+
+/// Describe calls: the request is only the cell's name (`pb::REQUEST`),
+/// and the reply must describe that name.
+macro_rules! describe {
+    ($($f:ident => $client:ident().describe($request:ident),)*) => {$(
+        async fn $f(c: Call) -> Result<u64, Status> {
+            let request = pb::$request { name: c.name.clone() };
+            let described = c.who.$client().describe(request).await?.into_inner();
+            same_name(&described.name, &c.name)
+        }
+    )*};
+}
+
+/// Calls whose request is only the cell's name (`pb::REQUEST`) and whose
+/// reply has nothing to check.
+macro_rules! by_name {
+    ($($f:ident => $client:ident().$rpc:ident($request:ident),)*) => {$(
+        async fn $f(c: Call) -> Result<u64, Status> {
+            let request = pb::$request { name: c.name.clone() };
+            c.who.$client().$rpc(request).await?;
+            Ok(0)
+        }
+    )*};
+}
+
+describe! {
+    lock_describe => locks().describe(DescribeLockRequest),
+    semaphore_describe => semaphores().describe(DescribeSemaphoreRequest),
+    rwlock_describe => rwlocks().describe(DescribeRwLockRequest),
+    event_describe => events().describe(DescribeEventRequest),
+    condition_describe => conditions().describe(DescribeConditionRequest),
+    barrier_describe => barriers().describe(DescribeBarrierRequest),
+    queue_describe => queues().describe(DescribeQueueRequest),
+    pool_describe => pools().describe(DescribePoolRequest),
+    ratelimit_describe => ratelimits().describe(DescribeRateLimitRequest),
+    breaker_describe => breakers().describe(DescribeBreakerRequest),
+}
+
+by_name! {
+    event_set => events().set(SetEventRequest),
+    event_clear => events().clear(ClearEventRequest),
+    barrier_reset => barriers().reset(ResetBarrierRequest),
+    barrier_delete => barriers().delete(DeleteBarrierRequest),
+    ratelimit_delete => ratelimits().delete(DeleteRateLimitRequest),
+    breaker_delete => breakers().delete(DeleteBreakerRequest),
 }
 
 async fn semaphore_acquire(c: Call) -> Result<u64, Status> {
@@ -730,14 +766,6 @@ async fn semaphore_release(c: Call) -> Result<u64, Status> {
     Ok(0)
 }
 
-async fn semaphore_describe(c: Call) -> Result<u64, Status> {
-    let request = pb::DescribeSemaphoreRequest {
-        name: c.name.clone(),
-    };
-    let described = c.who.semaphores().describe(request).await?.into_inner();
-    same_name(&described.name, &c.name)
-}
-
 async fn rwlock_acquire(c: Call) -> Result<u64, Status> {
     let request = pb::AcquireRwLockRequest {
         session_id: c.who.session,
@@ -763,30 +791,6 @@ async fn rwlock_release(c: Call) -> Result<u64, Status> {
     Ok(0)
 }
 
-async fn rwlock_describe(c: Call) -> Result<u64, Status> {
-    let request = pb::DescribeRwLockRequest {
-        name: c.name.clone(),
-    };
-    let described = c.who.rwlocks().describe(request).await?.into_inner();
-    same_name(&described.name, &c.name)
-}
-
-async fn event_set(c: Call) -> Result<u64, Status> {
-    let request = pb::SetEventRequest {
-        name: c.name.clone(),
-    };
-    c.who.events().set(request).await?;
-    Ok(0)
-}
-
-async fn event_clear(c: Call) -> Result<u64, Status> {
-    let request = pb::ClearEventRequest {
-        name: c.name.clone(),
-    };
-    c.who.events().clear(request).await?;
-    Ok(0)
-}
-
 /// Prepared by a Set: the wait answers at once.
 async fn event_wait(c: Call) -> Result<u64, Status> {
     let request = pb::WaitEventRequest {
@@ -799,14 +803,6 @@ async fn event_wait(c: Call) -> Result<u64, Status> {
         Some(pb::wait_event_response::Event::Set(_)) => Ok(0),
         other => Err(wrong(format!("expected `set`, got {other:?}"))),
     }
-}
-
-async fn event_describe(c: Call) -> Result<u64, Status> {
-    let request = pb::DescribeEventRequest {
-        name: c.name.clone(),
-    };
-    let described = c.who.events().describe(request).await?.into_inner();
-    same_name(&described.name, &c.name)
 }
 
 /// The lock a condition wait gives up: NAME-lock (so inside the same
@@ -863,14 +859,6 @@ async fn condition_notify(c: Call) -> Result<u64, Status> {
     Ok(0)
 }
 
-async fn condition_describe(c: Call) -> Result<u64, Status> {
-    let request = pb::DescribeConditionRequest {
-        name: c.name.clone(),
-    };
-    let described = c.who.conditions().describe(request).await?.into_inner();
-    same_name(&described.name, &c.name)
-}
-
 /// A barrier of one party: passes at once (and so exists afterwards).
 async fn barrier_wait(c: Call) -> Result<u64, Status> {
     let request = pb::WaitBarrierRequest {
@@ -884,30 +872,6 @@ async fn barrier_wait(c: Call) -> Result<u64, Status> {
         Some(pb::wait_barrier_response::Event::Passed(_)) => Ok(0),
         other => Err(wrong(format!("expected `passed`, got {other:?}"))),
     }
-}
-
-async fn barrier_reset(c: Call) -> Result<u64, Status> {
-    let request = pb::ResetBarrierRequest {
-        name: c.name.clone(),
-    };
-    c.who.barriers().reset(request).await?;
-    Ok(0)
-}
-
-async fn barrier_describe(c: Call) -> Result<u64, Status> {
-    let request = pb::DescribeBarrierRequest {
-        name: c.name.clone(),
-    };
-    let described = c.who.barriers().describe(request).await?.into_inner();
-    same_name(&described.name, &c.name)
-}
-
-async fn barrier_delete(c: Call) -> Result<u64, Status> {
-    let request = pb::DeleteBarrierRequest {
-        name: c.name.clone(),
-    };
-    c.who.barriers().delete(request).await?;
-    Ok(0)
 }
 
 const ITEM: &[u8] = b"the item";
@@ -991,14 +955,6 @@ async fn queue_join(c: Call) -> Result<u64, Status> {
     }
 }
 
-async fn queue_describe(c: Call) -> Result<u64, Status> {
-    let request = pb::DescribeQueueRequest {
-        name: c.name.clone(),
-    };
-    let described = c.who.queues().describe(request).await?.into_inner();
-    same_name(&described.name, &c.name)
-}
-
 async fn pool_checkout(c: Call) -> Result<u64, Status> {
     let request = pb::CheckoutRequest {
         session_id: c.who.session,
@@ -1026,14 +982,6 @@ async fn pool_checkin(c: Call) -> Result<u64, Status> {
     };
     c.who.pools().checkin(request).await?;
     Ok(0)
-}
-
-async fn pool_describe(c: Call) -> Result<u64, Status> {
-    let request = pb::DescribePoolRequest {
-        name: c.name.clone(),
-    };
-    let described = c.who.pools().describe(request).await?.into_inner();
-    same_name(&described.name, &c.name)
 }
 
 fn try_take_request(name: &str) -> pb::TryTakeTokensRequest {
@@ -1100,22 +1048,6 @@ async fn ratelimit_try_take_many(c: Call) -> Result<u64, Status> {
     }
 }
 
-async fn ratelimit_describe(c: Call) -> Result<u64, Status> {
-    let request = pb::DescribeRateLimitRequest {
-        name: c.name.clone(),
-    };
-    let described = c.who.ratelimits().describe(request).await?.into_inner();
-    same_name(&described.name, &c.name)
-}
-
-async fn ratelimit_delete(c: Call) -> Result<u64, Status> {
-    let request = pb::DeleteRateLimitRequest {
-        name: c.name.clone(),
-    };
-    c.who.ratelimits().delete(request).await?;
-    Ok(0)
-}
-
 fn breaker_settings() -> pb::BreakerSettings {
     pb::BreakerSettings {
         failure_threshold: 5,
@@ -1175,14 +1107,6 @@ async fn breaker_watch(c: Call) -> Result<u64, Status> {
     }
 }
 
-async fn breaker_describe(c: Call) -> Result<u64, Status> {
-    let request = pb::DescribeBreakerRequest {
-        name: c.name.clone(),
-    };
-    let described = c.who.breakers().describe(request).await?.into_inner();
-    same_name(&described.name, &c.name)
-}
-
 fn control(c: &Call) -> pb::ControlBreakerRequest {
     pb::ControlBreakerRequest {
         name: c.name.clone(),
@@ -1215,14 +1139,6 @@ async fn breaker_force_close(c: Call) -> Result<u64, Status> {
 async fn breaker_reset(c: Call) -> Result<u64, Status> {
     let reply = c.who.breakers().reset(control(&c)).await?.into_inner();
     in_state(reply, pb::BreakerState::Closed)
-}
-
-async fn breaker_delete(c: Call) -> Result<u64, Status> {
-    let request = pb::DeleteBreakerRequest {
-        name: c.name.clone(),
-    };
-    c.who.breakers().delete(request).await?;
-    Ok(0)
 }
 
 // ---------------------------------------------------------------------------
@@ -1319,11 +1235,24 @@ fn assert_foreign_session(message: &str, session: u64, owner: &str, user: &str) 
     );
 }
 
+/// Waits for a log line with `message`, then asserts it has `field=value`.
+async fn assert_logged(syncd: &Syncd, message: &str, field: &str, value: &str) {
+    let line = syncd
+        .log()
+        .until(message, |line| line.contains(message))
+        .await;
+    let bare = format!("{field}={value}");
+    assert!(
+        line.contains(&bare),
+        "expected {bare} in the log line {line:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_is_only_for_its_token_and_only_operators_close_or_revoke_others() {
     let file = TokenFile::new(&tokens_toml(TOKENS));
-    let syncd = LoggedSyncd::start(&["--auth-tokens", &file.arg()]);
-    let channel = syncd.channel().await;
+    let syncd = Syncd::start_logged(&["--auth-tokens", &file.arg()]);
+    let channel = connect(&syncd).await;
 
     // Creating a session needs a token; a read token may.
     for caller in [
@@ -1561,7 +1490,7 @@ async fn a_session_is_only_for_its_token_and_only_operators_close_or_revoke_othe
             && n.detail == "stuck in the test"),
         "{notices:?}"
     );
-    syncd.assert_logged("hold revoked", "by", "ops").await;
+    assert_logged(&syncd, "hold revoked", "by", "ops").await;
 
     // Close: one's own session with any token; another's only as operator.
     let close = |caller: &Caller, session_id: u64, reason: &str| {
@@ -1606,7 +1535,7 @@ async fn a_session_is_only_for_its_token_and_only_operators_close_or_revoke_othe
         keep_alive(&ci, ci.session).await,
         Code::NotFound,
     );
-    syncd.assert_logged("session closed", "by", "ops").await;
+    assert_logged(&syncd, "session closed", "by", "ops").await;
 }
 
 // ---------------------------------------------------------------------------
@@ -1628,7 +1557,7 @@ async fn system_calls_check_every_name_under_the_prefix_and_health_stays_open() 
 
     // Standard health checking and reflection need no token.
     assert_serving(&channel, &["", "syncd.v1.Locks"]).await;
-    let services = reflected_services(channel.clone()).await;
+    let services = list_services_v1(channel.clone()).await;
     assert!(
         services.iter().any(|s| s == "syncd.v1.Locks"),
         "{services:?}"
@@ -1788,33 +1717,6 @@ async fn a_malformed_authorization_header_is_unauthenticated() {
         .expect("`bearer` in lower case");
 }
 
-async fn reflected_services(channel: Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        ServerReflectionRequest,
-    };
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut replies = ServerReflectionClient::new(channel)
-        .server_reflection_info(tokio_stream::once(request))
-        .await
-        .expect("reflection without a token")
-        .into_inner();
-    match first(&mut replies)
-        .await
-        .expect("reflection reply")
-        .message_response
-    {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect()
-        }
-        other => panic!("unexpected reflection reply {other:?}"),
-    }
-}
-
 // ---------------------------------------------------------------------------
 // SIGHUP
 // ---------------------------------------------------------------------------
@@ -1822,8 +1724,8 @@ async fn reflected_services(channel: Channel) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_tokens_and_a_bad_file_keeps_the_old_ones() {
     let file = TokenFile::new(&tokens_toml(TOKENS));
-    let syncd = LoggedSyncd::start(&["--auth-tokens", &file.arg()]);
-    let channel = syncd.channel().await;
+    let syncd = Syncd::start_logged(&["--auth-tokens", &file.arg()]);
+    let channel = connect(&syncd).await;
     let ping = |secret: &'static str| {
         let mut system = Caller::new(&channel, "pinger", Some(secret)).system();
         async move { system.ping(pb::PingRequest {}).await.map(|_| ()) }
@@ -1855,22 +1757,24 @@ async fn sighup_reloads_the_tokens_and_a_bad_file_keeps_the_old_ones() {
         Code::PermissionDenied,
     );
     syncd
-        .until_logged("SIGHUP: reloaded", |line| line.contains("SIGHUP: reloaded"))
+        .log()
+        .until("SIGHUP: reloaded", |line| line.contains("SIGHUP: reloaded"))
         .await;
 
     // A bad file: an error in the log, the tokens of before stay.
-    let reloads = syncd.count_lines("SIGHUP");
+    let reloads = syncd.log().count("SIGHUP");
     file.write(&format!(
         "{}[[token]]\nname = \"bad\"\nsecret = \"bad-secret-0123456789abcdef\"\nrole = \"superuser\"\nprefixes = [\"\"]\n",
         tokens_toml(second)
     ));
     send_signal(syncd.pid(), "HUP");
     let line = syncd
-        .until_logged("the failed reload", |line| {
+        .log()
+        .until("the failed reload", |line| {
             line.contains("SIGHUP") && !line.contains("SIGHUP: reloaded")
         })
         .await;
-    assert_eq!(syncd.count_lines("SIGHUP"), reloads + 1, "{line}");
+    assert_eq!(syncd.log().count("SIGHUP"), reloads + 1, "{line}");
     assert!(line.contains(&file.arg()), "names the file: {line}");
     assert!(line.contains("ERROR"), "an error: {line}");
     ping(CI2).await.expect("ci2 still works");
@@ -1975,29 +1879,11 @@ fn a_bad_token_file_stops_syncd_with_one_line_naming_it() {
 
 #[tokio::test]
 async fn tokens_work_over_tls() {
-    let pki = tempfile::tempdir().expect("temp dir");
-    let (ca_pem, cert_pem, key_pem) = test_certificates();
-    let write = |name: &str, pem: &str| {
-        let path = pki.path().join(name);
-        std::fs::write(&path, pem).expect("write pem");
-        path.to_str().expect("utf-8").to_owned()
-    };
-    let (cert, key) = (
-        write("server.pem", &cert_pem),
-        write("server.key", &key_pem),
-    );
+    let pki = Pki::new();
     let file = TokenFile::new(&tokens_toml(TOKENS));
-    let syncd = Syncd::start_with(&[
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-        "--auth-tokens",
-        &file.arg(),
-    ]);
-    let https = syncd.addr.replacen("http://", "https://", 1);
+    let (_syncd, https) = pki.start_syncd_with(false, &["--auth-tokens", &file.arg()]);
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca_pem))
+        .ca_certificate(Certificate::from_pem(pki.pem("ca.pem")))
         .domain_name("localhost");
     let channel = Channel::from_shared(https)
         .expect("address")
@@ -2026,152 +1912,4 @@ async fn tokens_work_over_tls() {
         );
     }
     assert_serving(&channel, &[""]).await;
-}
-
-/// A CA, and a certificate for localhost and 127.0.0.1 signed by it with
-/// its key: (ca, cert, key), PEM.
-fn test_certificates() -> (String, String, String) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair, KeyUsagePurpose, SanType,
-    };
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "syncd auth test CA");
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    let mut server = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    server
-        .subject_alt_names
-        .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-    server.distinguished_name.push(DnType::CommonName, "syncd");
-    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let key = KeyPair::generate().unwrap();
-    let cert = server.signed_by(&key, &ca).unwrap();
-    (ca.pem(), cert.pem(), key.serialize_pem())
-}
-
-// ---------------------------------------------------------------------------
-// A syncd whose log the test reads
-// ---------------------------------------------------------------------------
-
-/// syncd with RUST_LOG=info and its stderr captured line by line (and
-/// echoed, so that a failing test shows it).
-struct LoggedSyncd {
-    child: Child,
-    addr: String,
-    lines: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl LoggedSyncd {
-    fn start(args: &[&str]) -> LoggedSyncd {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(syncd_bin())
-            .arg("serve")
-            .arg("--data")
-            .arg(dir.path().join("data"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn syncd");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("syncd: {line}");
-                log.lock().unwrap().push(line);
-            }
-        });
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let first = rx.recv_timeout(HANG_GUARD);
-        let Some(addr) = first
-            .as_deref()
-            .ok()
-            .and_then(|l| l.strip_prefix("listening on "))
-        else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("syncd did not start: {first:?}");
-        };
-        LoggedSyncd {
-            addr: format!("http://{addr}"),
-            child,
-            lines,
-            _dir: dir,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(self.addr.clone())
-            .expect("valid address")
-            .connect()
-            .await
-            .expect("connect to syncd")
-    }
-
-    fn count_lines(&self, needle: &str) -> usize {
-        let lines = self.lines.lock().unwrap();
-        lines.iter().filter(|line| line.contains(needle)).count()
-    }
-
-    /// Waits (bounded) for a log line that `matches`; returns it.
-    async fn until_logged(&self, what: &str, matches: impl Fn(&str) -> bool) -> String {
-        let mut found = None;
-        until(what, async || {
-            found = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| matches(l))
-                .cloned();
-            found.is_some()
-        })
-        .await;
-        found.expect("found")
-    }
-
-    /// Waits for a line with `message`, then asserts it has `field=value`
-    /// (`value` quoted or not).
-    async fn assert_logged(&self, message: &str, field: &str, value: &str) {
-        let line = self
-            .until_logged(message, |line| line.contains(message))
-            .await;
-        let bare = format!("{field}={value}");
-        assert!(
-            line.contains(&bare),
-            "expected {bare} in the log line {line:?}"
-        );
-    }
-}
-
-impl Drop for LoggedSyncd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

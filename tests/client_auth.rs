@@ -47,22 +47,41 @@ fn write_tokens(path: &Path, with_ci: bool) {
     std::fs::write(path, text).expect("write the token file");
 }
 
-/// A syncd that checks the tokens of `dir`/tokens.toml (admin and ci).
-fn start(dir: &Path) -> (Syncd, PathBuf) {
-    let tokens = dir.join("tokens.toml");
-    write_tokens(&tokens, true);
-    let syncd = Syncd::start_with(&["--auth-tokens", tokens.to_str().expect("UTF-8 path")]);
-    (syncd, tokens)
+/// A syncd that checks the tokens (admin and ci) of tokens.toml in a
+/// temporary directory of its own.
+struct Server {
+    syncd: Syncd,
+    dir: tempfile::TempDir,
 }
 
-async fn connect(syncd: &Syncd, token: Option<&str>, ttl: Duration) -> Result<Client, Error> {
-    let options = ClientOptions {
-        session_ttl: ttl,
-        client_name: "client_auth".into(),
-        token: token.map(str::to_owned),
-        ..ClientOptions::default()
-    };
-    Client::connect_with(syncd.addr.clone(), options).await
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens.toml");
+        write_tokens(&tokens, true);
+        let syncd = Syncd::start_with(&["--auth-tokens", tokens.to_str().expect("UTF-8 path")]);
+        Server { syncd, dir }
+    }
+
+    fn tokens(&self) -> PathBuf {
+        self.dir.path().join("tokens.toml")
+    }
+
+    /// A client with `token` (or none) and a session of `ttl`.
+    async fn connect(&self, token: Option<&str>, ttl: Duration) -> Result<Client, Error> {
+        let options = ClientOptions {
+            session_ttl: ttl,
+            client_name: "client_auth".into(),
+            token: token.map(str::to_owned),
+            ..ClientOptions::default()
+        };
+        Client::connect_with(self.syncd.addr.clone(), options).await
+    }
+
+    /// A connected client with `token` and a session of `ttl`.
+    async fn client(&self, token: &str, ttl: Duration) -> Client {
+        self.connect(Some(token), ttl).await.expect("connect")
+    }
 }
 
 /// A `syncctl` command for `addr` that takes no token from the test's
@@ -88,10 +107,9 @@ fn run(command: &mut Command) -> (Option<i32>, String, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_right_token_goes_with_every_call() {
-    let dir = tempfile::tempdir().unwrap();
-    let (syncd, _) = start(dir.path());
+    let server = Server::start();
     let ttl = Duration::from_secs(3);
-    let admin = connect(&syncd, Some(ADMIN), ttl).await.expect("connect");
+    let admin = server.client(ADMIN, ttl).await;
     let session_id = admin.session_id();
     admin.ping().await.expect("ping");
 
@@ -128,11 +146,10 @@ async fn the_right_token_goes_with_every_call() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_token_or_an_unknown_one_is_not_authenticated() {
-    let dir = tempfile::tempdir().unwrap();
-    let (syncd, _) = start(dir.path());
+    let server = Server::start();
     let ttl = Duration::from_secs(10);
 
-    let error = connect(&syncd, None, ttl).await.unwrap_err();
+    let error = server.connect(None, ttl).await.unwrap_err();
     let Error::Unauthenticated(message) = &error else {
         panic!("expected Unauthenticated, got {error:?}");
     };
@@ -142,7 +159,8 @@ async fn no_token_or_an_unknown_one_is_not_authenticated() {
         "{error}"
     );
 
-    let error = connect(&syncd, Some("not-a-known-secret"), ttl)
+    let error = server
+        .connect(Some("not-a-known-secret"), ttl)
         .await
         .unwrap_err();
     assert!(matches!(error, Error::Unauthenticated(_)), "{error:?}");
@@ -154,11 +172,8 @@ async fn no_token_or_an_unknown_one_is_not_authenticated() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_token_may_touch_only_its_prefixes() {
-    let dir = tempfile::tempdir().unwrap();
-    let (syncd, _) = start(dir.path());
-    let ci = connect(&syncd, Some(CI), Duration::from_secs(10))
-        .await
-        .expect("connect");
+    let server = Server::start();
+    let ci = server.client(CI, Duration::from_secs(10)).await;
 
     let error = ci.lock("deploy").acquire().await.unwrap_err();
     let Error::PermissionDenied(message) = &error else {
@@ -196,16 +211,13 @@ async fn a_token_may_touch_only_its_prefixes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_withdrawn_token_ends_the_session() {
-    let dir = tempfile::tempdir().unwrap();
-    let (syncd, tokens) = start(dir.path());
-    let ci = connect(&syncd, Some(CI), Duration::from_secs(1))
-        .await
-        .expect("connect");
+    let server = Server::start();
+    let ci = server.client(CI, Duration::from_secs(1)).await;
     let guard = ci.lock("build-2").acquire().await.expect("acquire");
     let session_id = ci.session_id();
 
-    write_tokens(&tokens, false);
-    send_signal(syncd.pid(), "HUP");
+    write_tokens(&server.tokens(), false);
+    send_signal(server.syncd.pid(), "HUP");
     let lost = tokio::time::timeout(HANG_GUARD, guard.lost())
         .await
         .expect("the hold is lost");
@@ -233,9 +245,8 @@ async fn a_withdrawn_token_ends_the_session() {
 
 #[test]
 fn syncctl_takes_its_token_from_a_flag_the_environment_or_a_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let (syncd, _) = start(dir.path());
-    let addr = syncd.addr.as_str();
+    let server = Server::start();
+    let addr = server.syncd.addr.as_str();
     let acquire = [
         "lock",
         "acquire",
@@ -252,7 +263,7 @@ fn syncctl_takes_its_token_from_a_flag_the_environment_or_a_file() {
     let (code, _, stderr) = run(syncctl_clean(addr).env("SYNCD_TOKEN", CI).args(acquire));
     assert_eq!(code, Some(0), "SYNCD_TOKEN: {stderr}");
 
-    let file = dir.path().join("ci.token");
+    let file = server.dir.path().join("ci.token");
     std::fs::write(&file, format!("{CI}\n")).unwrap();
     let (code, _, stderr) = run(syncctl_clean(addr)
         .arg("--token-file")
@@ -275,9 +286,8 @@ fn syncctl_takes_its_token_from_a_flag_the_environment_or_a_file() {
 
 #[test]
 fn syncctl_exits_8_with_one_line_when_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let (syncd, _) = start(dir.path());
-    let addr = syncd.addr.as_str();
+    let server = Server::start();
+    let addr = server.syncd.addr.as_str();
 
     let (code, stdout, stderr) = run(syncctl_clean(addr)
         .args(["--token", CI])
@@ -318,14 +328,11 @@ fn syncctl_exits_8_with_one_line_when_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn inspection_shows_which_token_holds() {
-    let dir = tempfile::tempdir().unwrap();
-    let (syncd, _) = start(dir.path());
-    let ci = connect(&syncd, Some(CI), Duration::from_secs(20))
-        .await
-        .expect("connect");
+    let server = Server::start();
+    let ci = server.client(CI, Duration::from_secs(20)).await;
     let guard = ci.lock("build-7").acquire().await.expect("acquire");
 
-    let addr = syncd.addr.clone();
+    let addr = server.syncd.addr.clone();
     let (text, json, sessions) = tokio::task::spawn_blocking(move || {
         let inspect = ["--token", ADMIN, "inspect", "lock", "build-7"];
         let (code, text, stderr) = run(syncctl_clean(&addr).args(inspect));

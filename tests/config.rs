@@ -9,12 +9,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 
-use common::{run_bounded, syncctl_bin, syncd_bin, Syncd, HANG_GUARD};
+use common::{await_listening, run_bounded, syncctl_bin, syncd_bin, Syncd};
 use syncd::proto::v1::{sessions_client::SessionsClient, CreateSessionRequest};
 use tempfile::TempDir;
 use tonic::transport::Channel;
@@ -84,36 +82,12 @@ impl Drop for Server {
 /// Starts `syncd serve ARGS...` with `env` and waits (bounded) for its
 /// `listening on` line.
 fn start(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
-    let mut child = syncd(cwd, &[&["serve"], args].concat(), env)
+    let child = syncd(cwd, &[&["serve"], args].concat(), env)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn syncd");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
-        }
-        for _ in lines {}
-    });
-    let line = match rx.recv_timeout(HANG_GUARD) {
-        Ok(line) => line,
-        Err(_) => {
-            let _ = child.kill();
-            let status = child.wait();
-            panic!("syncd printed no `listening on` line (exit {status:?})");
-        }
-    };
-    let addr = match line.strip_prefix("listening on ") {
-        Some(addr) => format!("http://{addr}"),
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("unexpected first line: {line:?}");
-        }
-    };
+    let (child, addr) = await_listening(child).unwrap_or_else(|e| panic!("syncd: {e}"));
     Server { child, addr }
 }
 

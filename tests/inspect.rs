@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{rpc, run_bounded, syncctl, Syncd};
 use serde_json::Value;
-use syncd::client::{Client, ClientOptions};
+use syncd::client::{Client, ClientOptions, LossReason};
 
 async fn connect(syncd: &Syncd, name: &str) -> Client {
     let options = ClientOptions {
@@ -141,7 +141,13 @@ async fn an_operator_closes_a_whole_session_and_what_it_held_goes_on() {
     let session = stuck.session_id().to_string();
     let addr = syncd.addr.clone();
     let closed = tokio::task::spawn_blocking(move || {
-        run_bounded(syncctl(&addr).args(["revoke", "--session", &session, "--reason", "ops"]))
+        run_bounded(syncctl(&addr).args([
+            "revoke",
+            "--session",
+            &session,
+            "--reason",
+            "ops: stuck since noon",
+        ]))
     })
     .await
     .unwrap();
@@ -157,6 +163,12 @@ async fn an_operator_closes_a_whole_session_and_what_it_held_goes_on() {
         .await
         .expect("the stuck client finds out");
     assert_eq!(loss.session_id.to_string(), closed_session_id(&closed));
+    // The client is told it was closed, and why: not that it expired.
+    assert_eq!(
+        loss.reason,
+        LossReason::ClosedOnServer("ops: stuck since noon".into()),
+        "{loss}"
+    );
 
     // Neither a token nor --session: a usage error.
     let neither = run_bounded(syncctl(&syncd.addr).args(["revoke"]));

@@ -3,7 +3,7 @@
 //! with the calls made, 404 elsewhere; `--log-format json` writes JSON lines
 //! on stderr; a bad metrics address stops syncd with one line.
 //!
-//! These tests start syncd themselves (not with `common::Syncd`, which reads
+//! Most tests start syncd themselves (not with `common::Syncd`, which reads
 //! only the first stdout line): the metrics address is the second line.
 
 mod common;
@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 
-use common::{rpc, send_signal, syncd_bin, wait_bounded, HANG_GUARD};
+use common::{rpc, send_signal, syncd_bin, wait_bounded, Syncd, HANG_GUARD};
 use syncd::proto::v1::{system_client::SystemClient, PingRequest};
 use tonic::transport::Channel;
 
@@ -22,8 +22,6 @@ struct Served {
     child: Child,
     grpc: String,
     metrics: String,
-    /// The stderr lines syncd wrote (when asked to capture them).
-    stderr: Option<mpsc::Receiver<String>>,
     _dir: tempfile::TempDir,
 }
 
@@ -34,33 +32,19 @@ impl Drop for Served {
     }
 }
 
-/// Starts `syncd serve` with `args` and reads its two stdout lines.
-fn serve(args: &[&str], capture_stderr: bool) -> Served {
+/// Starts `syncd serve` and reads its two stdout lines.
+fn serve() -> Served {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut child = Command::new(syncd_bin())
         .arg("serve")
         .arg("--data")
         .arg(dir.path().join("data"))
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-        .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
-        .stderr(if capture_stderr {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stderr(Stdio::null())
         .spawn()
         .expect("spawn syncd");
-    let stderr = child.stderr.take().map(|stderr| {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        rx
-    });
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -85,7 +69,6 @@ fn serve(args: &[&str], capture_stderr: bool) -> Served {
         grpc: format!("http://{grpc}"),
         metrics: metrics.to_owned(),
         child,
-        stderr,
         _dir: dir,
     }
 }
@@ -128,7 +111,7 @@ async fn ping(channel: &Channel) {
 
 #[tokio::test]
 async fn counters_and_histograms_move_with_the_calls() {
-    let served = serve(&[], false);
+    let served = serve();
     let metrics = served.metrics.clone();
     let scrape = move || get(&metrics, "/metrics");
     let (status, before) = tokio::task::spawn_blocking(scrape.clone()).await.unwrap();
@@ -214,7 +197,7 @@ async fn counters_and_histograms_move_with_the_calls() {
 
 #[tokio::test]
 async fn unknown_methods_and_refusals_are_counted_by_code() {
-    let served = serve(&[], false);
+    let served = serve();
     let channel = Channel::from_shared(served.grpc.clone())
         .unwrap()
         .connect()
@@ -240,7 +223,7 @@ async fn unknown_methods_and_refusals_are_counted_by_code() {
 
 #[test]
 fn other_paths_are_404_and_other_methods_405() {
-    let served = serve(&[], false);
+    let served = serve();
     assert_eq!(get(&served.metrics, "/").0, 404);
     assert_eq!(get(&served.metrics, "/metrics/x").0, 404);
     assert_eq!(get(&served.metrics, "/metrics?name=x").0, 200);
@@ -259,12 +242,11 @@ fn other_paths_are_404_and_other_methods_405() {
 
 #[test]
 fn json_logs_are_one_object_per_line() {
-    let mut served = serve(&["--log-format", "json"], true);
-    send_signal(served.child.id(), "TERM");
-    let status = wait_bounded(&mut served.child, HANG_GUARD).expect("syncd exits");
+    let mut syncd =
+        Syncd::start_logged(&["--log-format", "json", "--metrics-listen", "127.0.0.1:0"]);
+    let status = syncd.terminate();
     assert!(status.success(), "{status:?}");
-    let stderr = served.stderr.take().expect("captured");
-    let lines: Vec<String> = std::iter::from_fn(|| stderr.recv_timeout(HANG_GUARD).ok()).collect();
+    let lines = syncd.log().lines();
     assert!(lines.len() >= 2, "{lines:?}");
     for line in &lines {
         let object: serde_json::Value =

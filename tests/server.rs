@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::rpc::open_channel;
+use common::rpc::{list_services_v1, list_services_v1alpha, open_channel};
 use common::Syncd;
 use syncd::proto::v1::{
     acquire_lock_response::Event, locks_client::LocksClient, sessions_client::SessionsClient,
@@ -229,38 +229,6 @@ async fn health_and_reflection_are_served() {
         }
     }
 }
-
-/// The services a reflection endpoint lists; `$v` is the reflection
-/// version's generated module (the two versions have identical shapes).
-macro_rules! list_services {
-    ($name:ident, $v:ident) => {
-        async fn $name(channel: Channel) -> Vec<String> {
-            use tonic_reflection::pb::$v::{
-                server_reflection_client::ServerReflectionClient,
-                server_reflection_request::MessageRequest,
-                server_reflection_response::MessageResponse, ServerReflectionRequest,
-            };
-            let request = ServerReflectionRequest {
-                host: String::new(),
-                message_request: Some(MessageRequest::ListServices(String::new())),
-            };
-            let mut replies = ServerReflectionClient::new(channel)
-                .server_reflection_info(tokio_stream::once(request))
-                .await
-                .expect(stringify!($v))
-                .into_inner();
-            match replies.message().await.unwrap().unwrap().message_response {
-                Some(MessageResponse::ListServicesResponse(list)) => {
-                    list.service.into_iter().map(|s| s.name).collect()
-                }
-                other => panic!("unexpected reflection reply {other:?}"),
-            }
-        }
-    };
-}
-
-list_services!(list_services_v1, v1);
-list_services!(list_services_v1alpha, v1alpha);
 
 #[tokio::test]
 async fn sigterm_ends_waiting_streams_with_unavailable_and_exits_zero() {

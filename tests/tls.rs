@@ -1,125 +1,18 @@
 //! TLS and mutual TLS: `syncd serve --tls-cert/--tls-key [--tls-client-ca]`,
 //! the client library's TLS options and syncctl's --cacert/--cert/--key.
-//! Certificates are made at test time with rcgen: a CA, a server
+//! Certificates are made at test time with rcgen (`common::certs::Pki`): a CA, a server
 //! certificate for localhost and 127.0.0.1, a client certificate from the
 //! CA, and a second CA with a client certificate of its own.
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::certs::Pki;
 use common::cli::{self, Ended};
-use common::{run_bounded, syncd_bin, Syncd};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
-};
-use syncd::client::{Client, ClientOptions, Error, TlsOptions};
-
-/// PEM files in a temporary directory.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let write = |name: &str, pem: String| std::fs::write(dir.path().join(name), pem).unwrap();
-        let ca = new_ca("syncd test CA");
-        write("ca.pem", ca.pem());
-
-        let mut server = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        server
-            .subject_alt_names
-            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        server.distinguished_name.push(DnType::CommonName, "syncd");
-        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().unwrap();
-        write("server.pem", server.signed_by(&key, &ca).unwrap().pem());
-        write("server.key", key.serialize_pem());
-
-        let (cert, key) = client_cert(&ca, "good client");
-        write("client.pem", cert);
-        write("client.key", key);
-
-        let other = new_ca("some other CA");
-        write("other-ca.pem", other.pem());
-        let (cert, key) = client_cert(&other, "stranger");
-        write("other-client.pem", cert);
-        write("other-client.key", key);
-        Pki { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn arg(&self, name: &str) -> String {
-        self.path(name).to_string_lossy().into_owned()
-    }
-
-    fn pem(&self, name: &str) -> Vec<u8> {
-        std::fs::read(self.path(name)).unwrap()
-    }
-
-    /// syncd with TLS, and with mutual TLS against ca.pem when `mutual`.
-    fn start_syncd(&self, mutual: bool) -> (Syncd, String) {
-        let mut args = vec![
-            "--tls-cert".to_string(),
-            self.arg("server.pem"),
-            "--tls-key".to_string(),
-            self.arg("server.key"),
-        ];
-        if mutual {
-            args.push("--tls-client-ca".to_string());
-            args.push(self.arg("ca.pem"));
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let syncd = Syncd::start_with(&args);
-        let https = syncd.addr.replacen("http://", "https://", 1);
-        (syncd, https)
-    }
-
-    /// Client options trusting `ca` and presenting `identity` (a
-    /// certificate and key file name pair).
-    fn options(&self, ca: Option<&str>, identity: Option<(&str, &str)>) -> ClientOptions {
-        ClientOptions {
-            connect_timeout: Duration::from_secs(5),
-            tls: TlsOptions {
-                ca_certificate_pem: ca.map(|ca| self.pem(ca)),
-                client_certificate_pem: identity.map(|(cert, _)| self.pem(cert)),
-                client_key_pem: identity.map(|(_, key)| self.pem(key)),
-                domain_name: None,
-            },
-            ..ClientOptions::default()
-        }
-    }
-}
-
-fn new_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-}
-
-/// A client certificate and its key, PEM.
-fn client_cert(ca: &CertifiedIssuer<'static, KeyPair>, name: &str) -> (String, String) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, ca).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
+use common::{run_bounded, syncd_bin};
+use syncd::client::{Client, ClientOptions, Error};
 
 /// `syncctl ARGS...` against `addr`, with TLS files from `pki`.
 fn syncctl(addr: &str, args: &[&str]) -> Ended {

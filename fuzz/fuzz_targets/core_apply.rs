@@ -435,6 +435,7 @@ impl Sim {
             },
             Close { s } => Command::CloseSession {
                 session_id: self.s(s),
+                reason: "fuzz".into(),
             },
             Lock {
                 s,

@@ -194,9 +194,13 @@ fn command(selector: u8, bytes: &[u8]) -> Option<Command> {
                 notices_seen_through: r.notices_seen_through,
             }
         }
-        4 => Command::CloseSession {
-            session_id: decode::<pb::CloseSessionRequest>(bytes)?.session_id,
-        },
+        4 => {
+            let request = decode::<pb::CloseSessionRequest>(bytes)?;
+            Command::CloseSession {
+                session_id: request.session_id,
+                reason: request.reason,
+            }
+        }
         5 => {
             let r: pb::AcquireLockRequest = decode(bytes)?;
             Command::LockAcquire {

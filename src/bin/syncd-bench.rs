@@ -891,7 +891,10 @@ mod startup {
             done??;
         }
         engine
-            .call(CoreCommand::CloseSession { session_id })
+            .call(CoreCommand::CloseSession {
+                session_id,
+                reason: String::new(),
+            })
             .await
             .ok();
         engine.shutdown().await;

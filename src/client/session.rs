@@ -49,6 +49,7 @@ use crate::proto::v1::{
     self as pb, sessions_client::SessionsClient, CloseSessionRequest, CreateSessionRequest,
     KeepAliveRequest, KeepAliveResponse,
 };
+use crate::proto::SESSION_CLOSED_KEY;
 
 /// The shortest keep-alive period, whatever the TTL.
 const PERIOD_MIN: Duration = Duration::from_millis(100);
@@ -73,6 +74,10 @@ pub enum LossReason {
     Unrenewed(Duration),
     /// The client was closed, which closes the session.
     Closed,
+    /// The session was closed on the server by someone else than this
+    /// client (an operator, `syncctl revoke --session`); holds the reason
+    /// they gave, maybe empty.
+    ClosedOnServer(String),
     /// The server refused to renew the session for this client's token
     /// (`UNAUTHENTICATED` or `PERMISSION_DENIED`), e.g. because the token
     /// was removed from its `--auth-tokens` file: the session cannot be
@@ -101,6 +106,12 @@ impl fmt::Display for SessionLoss {
                 crate::duration::format(*ttl)
             ),
             LossReason::Closed => write!(f, "session {id} was closed"),
+            LossReason::ClosedOnServer(reason) if reason.is_empty() => {
+                write!(f, "session {id} was closed on the server")
+            }
+            LossReason::ClosedOnServer(reason) => {
+                write!(f, "session {id} was closed on the server: {reason}")
+            }
             LossReason::Refused(reason) => write!(
                 f,
                 "session {id} could not be renewed, the server refused its keep-alive: {reason}"
@@ -479,8 +490,9 @@ impl Lease {
 
 /// Why one keep-alive stream ended.
 enum StreamEnd {
-    /// The server does not know the session any more.
-    SessionGone,
+    /// The server does not know the session any more; `closed`: it says the
+    /// session was closed (by an operator), with this reason.
+    SessionGone { closed: Option<String> },
     /// No renewal was confirmed for a full TTL.
     Unrenewed,
     /// The server refused the keep-alive for the client's token.
@@ -515,13 +527,17 @@ impl KeepAlive {
                 .stream_once(session_id, &mut backoff, &mut outage)
                 .await
             {
-                StreamEnd::SessionGone => {
+                StreamEnd::SessionGone { closed } => {
+                    let reason = closed.map_or(LossReason::Expired, LossReason::ClosedOnServer);
+                    let loss = SessionLoss {
+                        session_id,
+                        reason: reason.clone(),
+                    };
                     self.log_news(&format!(
-                        "session {session_id} at {} is gone (it expired while this client could \
-                         not renew it); everything it held is released",
+                        "{loss} (at {}); everything it held is released",
                         self.addr
                     ));
-                    self.shared.mark_lost(session_id, LossReason::Expired);
+                    self.shared.mark_lost(session_id, reason);
                     self.replace_session(&mut backoff).await;
                     outage = Outage::default();
                 }
@@ -842,7 +858,11 @@ pub(crate) async fn create_session(
 
 fn classify(status: Status) -> StreamEnd {
     if status.code() == Code::NotFound {
-        StreamEnd::SessionGone
+        let closed = status.metadata().get_bin(SESSION_CLOSED_KEY).map(|reason| {
+            let bytes = reason.to_bytes().unwrap_or_default();
+            String::from_utf8_lossy(&bytes).into_owned()
+        });
+        StreamEnd::SessionGone { closed }
     } else if super::error::is_refused(&status) {
         StreamEnd::Refused(status)
     } else {
@@ -971,8 +991,27 @@ mod tests {
         }
         assert!(matches!(
             classify(Status::not_found("session 7 not found")),
-            StreamEnd::SessionGone
+            StreamEnd::SessionGone { closed: None }
         ));
+        let mut closed = Status::not_found("session 7 was closed: alice: stuck");
+        closed.metadata_mut().insert_bin(
+            SESSION_CLOSED_KEY,
+            tonic::metadata::MetadataValue::from_bytes("alice: stuck".as_bytes()),
+        );
+        match classify(closed) {
+            StreamEnd::SessionGone {
+                closed: Some(reason),
+            } => assert_eq!(reason, "alice: stuck"),
+            _ => panic!("a closed session is told apart"),
+        }
+        let loss = SessionLoss {
+            session_id: 7,
+            reason: LossReason::ClosedOnServer("alice: stuck".into()),
+        };
+        assert_eq!(
+            loss.to_string(),
+            "session 7 was closed on the server: alice: stuck"
+        );
         assert!(matches!(
             classify(Status::unavailable("restarting")),
             StreamEnd::Broken(_)

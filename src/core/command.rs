@@ -40,6 +40,9 @@ pub enum Command {
     },
     CloseSession {
         session_id: SessionId,
+        /// Why, when someone else closes it (an operator); told to the
+        /// session's client when it next renews. Empty: no reason given.
+        reason: String,
     },
     LockAcquire {
         session_id: SessionId,
@@ -430,6 +433,9 @@ pub struct Rejection {
     /// while the call waited). Clients must tell that apart from other
     /// refusals with the same code, so it travels as data, not as wording.
     pub session_gone: Option<SessionId>,
+    /// Set with `session_gone` when the session is known to have been
+    /// closed (not expired): the reason the closer gave, maybe empty.
+    pub session_closed: Option<String>,
 }
 
 impl Rejection {
@@ -438,6 +444,7 @@ impl Rejection {
             code,
             message: message.into(),
             session_gone: None,
+            session_closed: None,
         }
     }
 
@@ -567,7 +574,7 @@ impl Command {
     pub fn session_id(&self) -> Option<SessionId> {
         match self {
             Command::KeepAlive { session_id, .. }
-            | Command::CloseSession { session_id }
+            | Command::CloseSession { session_id, .. }
             | Command::LockAcquire { session_id, .. }
             | Command::Release { session_id, .. }
             | Command::SemaphoreAcquire { session_id, .. }

@@ -215,7 +215,7 @@ impl State {
         let ttl_ms = self
             .sessions
             .renew(session_id, self.now_ms)
-            .ok_or_else(|| super::session::unknown_session(session_id))?;
+            .ok_or_else(|| self.sessions.not_found(session_id))?;
         let session = self.sessions.get_mut(session_id).expect("renewed above");
         if session.lost.confirm(notices_seen_through) {
             out.changes.push(records::session_put(session));

@@ -271,9 +271,9 @@ impl State {
                 fencing_token,
                 detail,
             } => self.revoke(fencing_token, detail, out),
-            Command::CloseSession { session_id } => {
+            Command::CloseSession { session_id, reason } => {
                 self.require_session(session_id)?;
-                let released = self.end_session(session_id, SessionEnd::Closed, out);
+                let released = self.end_session(session_id, SessionEnd::Closed { reason }, out);
                 Ok(Reply::SessionClosed { released })
             }
             Command::LockAcquire {
@@ -487,7 +487,7 @@ impl State {
         // Drop the waiters of every expiring session before releasing any
         // hold, so that no hold is granted to a session whose lease is over.
         for &session_id in &expired {
-            self.drop_session_waiters(session_id, SessionEnd::Expired, out);
+            self.drop_session_waiters(session_id, &SessionEnd::Expired, out);
         }
         for session_id in expired {
             self.end_session(session_id, SessionEnd::Expired, out);

@@ -45,11 +45,29 @@ impl Session {
     }
 }
 
-/// All live sessions with an index by expiry time.
+/// All live sessions with an index by expiry time, and how the latest ones
+/// that ended did.
 #[derive(Clone, Debug, Default)]
 pub struct Sessions {
     by_id: BTreeMap<SessionId, Session>,
     expiry: BTreeSet<(u64, SessionId)>,
+    /// At most [`ENDED_REMEMBERED_MAX`], the newest ids kept. Not persisted:
+    /// after a restart an ended session is just not found.
+    ended: BTreeMap<SessionId, Ended>,
+}
+
+/// How many ended sessions are remembered, so that a client that renews
+/// late hears whether its session expired or was closed (and why).
+pub const ENDED_REMEMBERED_MAX: usize = 10_000;
+
+/// How a session ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Ended {
+    Expired,
+    /// Closed by someone else than its client, with the reason given.
+    Closed {
+        reason: String,
+    },
 }
 
 impl Sessions {
@@ -76,10 +94,41 @@ impl Sessions {
         Some(session.ttl_ms)
     }
 
-    pub fn remove(&mut self, id: SessionId) -> Option<Session> {
+    /// Forgets a session, remembering how it ended.
+    fn remove(&mut self, id: SessionId, ended: Ended) -> Option<Session> {
         let session = self.by_id.remove(&id)?;
         self.expiry.remove(&(session.expires_at_ms, id));
+        self.ended.insert(id, ended);
+        if self.ended.len() > ENDED_REMEMBERED_MAX {
+            self.ended.pop_first();
+        }
         Some(session)
+    }
+
+    /// The refusal for a session that does not live: NOT_FOUND, saying how
+    /// it ended when that is remembered.
+    pub fn not_found(&self, session_id: SessionId) -> Rejection {
+        let (why, closed) = match self.ended.get(&session_id) {
+            None => (
+                "not found (it expired, was closed, or never existed)".to_owned(),
+                None,
+            ),
+            Some(Ended::Expired) => ("expired".to_owned(), None),
+            Some(Ended::Closed { reason }) if reason.is_empty() => {
+                ("was closed".to_owned(), Some(reason.clone()))
+            }
+            Some(Ended::Closed { reason }) => {
+                (format!("was closed: {reason}"), Some(reason.clone()))
+            }
+        };
+        Rejection {
+            session_closed: closed,
+            ..Rejection::session_gone(
+                Code::NotFound,
+                session_id,
+                format!("session {session_id} {why}"),
+            )
+        }
     }
 
     /// The earliest expiry time, if any session lives.
@@ -255,7 +304,7 @@ impl State {
     pub(super) fn require_session(&self, session_id: SessionId) -> Result<&Session> {
         self.sessions
             .get(session_id)
-            .ok_or_else(|| unknown_session(session_id))
+            .ok_or_else(|| self.sessions.not_found(session_id))
     }
 
     /// Releases everything a session holds and drops its waiters, then
@@ -266,8 +315,12 @@ impl State {
         why: SessionEnd,
         out: &mut Outcome,
     ) -> u32 {
-        self.drop_session_waiters(session_id, why, out);
-        let Some(session) = self.sessions.remove(session_id) else {
+        self.drop_session_waiters(session_id, &why, out);
+        let ended = match why {
+            SessionEnd::Closed { reason } => Ended::Closed { reason },
+            SessionEnd::Expired => Ended::Expired,
+        };
+        let Some(session) = self.sessions.remove(session_id, ended) else {
             return 0;
         };
         for token in &session.holds {
@@ -282,7 +335,7 @@ impl State {
     pub(super) fn drop_session_waiters(
         &mut self,
         session_id: SessionId,
-        why: SessionEnd,
+        why: &SessionEnd,
         out: &mut Outcome,
     ) {
         let Some(session) = self.sessions.get_mut(session_id) else {
@@ -336,27 +389,22 @@ pub struct HeldBy {
     pub fencing_token: FencingToken,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(super) enum SessionEnd {
-    Closed,
+    /// `reason`: why, when someone else than its client closed it.
+    Closed {
+        reason: String,
+    },
     Expired,
 }
 
 impl SessionEnd {
-    fn as_str(self) -> &'static str {
+    fn as_str(&self) -> &'static str {
         match self {
-            SessionEnd::Closed => "was closed",
+            SessionEnd::Closed { .. } => "was closed",
             SessionEnd::Expired => "expired",
         }
     }
-}
-
-pub(super) fn unknown_session(session_id: SessionId) -> Rejection {
-    Rejection::session_gone(
-        Code::NotFound,
-        session_id,
-        format!("session {session_id} not found (it expired, was closed, or never existed)"),
-    )
 }
 
 #[cfg(test)]
@@ -393,8 +441,41 @@ mod tests {
     fn remove_clears_index() {
         let mut sessions = Sessions::default();
         sessions.insert(session(1, 1_000, 0));
-        assert!(sessions.remove(1).is_some());
+        assert!(sessions.remove(1, Ended::Expired).is_some());
         assert_eq!(sessions.next_expiry_ms(), None);
         assert!(sessions.renew(1, 10).is_none());
+    }
+
+    #[test]
+    fn an_ended_session_is_not_found_with_how_it_ended() {
+        let mut sessions = Sessions::default();
+        for id in 1..=3 {
+            sessions.insert(session(id, 1_000, 0));
+        }
+        sessions.remove(1, Ended::Expired);
+        let reason = "alice: stuck".to_owned();
+        sessions.remove(2, Ended::Closed { reason });
+        let expired = sessions.not_found(1);
+        assert_eq!(
+            (
+                expired.message.as_str(),
+                expired.session_closed,
+                expired.session_gone
+            ),
+            ("session 1 expired", None, Some(1))
+        );
+        let closed = sessions.not_found(2);
+        assert_eq!(closed.message, "session 2 was closed: alice: stuck");
+        assert_eq!(closed.session_closed.as_deref(), Some("alice: stuck"));
+        let unknown = sessions.not_found(9);
+        assert!(unknown.message.contains("never existed"));
+
+        // Only the newest ends are remembered.
+        for id in 10..10 + ENDED_REMEMBERED_MAX as u64 {
+            sessions.insert(session(id, 1_000, 0));
+            sessions.remove(id, Ended::Expired);
+        }
+        assert!(sessions.not_found(2).message.contains("never existed"));
+        assert_eq!(sessions.ended.len(), ENDED_REMEMBERED_MAX);
     }
 }

@@ -196,7 +196,10 @@ mod tests {
         ));
         drop(cancelled);
         // a's session ends: its hold ends, b is granted.
-        let close = Command::CloseSession { session_id: a };
+        let close = Command::CloseSession {
+            session_id: a,
+            reason: String::new(),
+        };
         assert!(engine.call(close).await.is_ok());
         let token = match waiting.next().await {
             Some(Ok(Reply::Granted { fencing_token })) => fencing_token,

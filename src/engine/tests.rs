@@ -330,7 +330,10 @@ async fn a_handle_acting_for_an_identity_may_only_use_its_own_sessions() {
         ci.call(release(session_id, fencing_token)).await,
         Ok(Reply::Done)
     );
-    let close = Command::CloseSession { session_id };
+    let close = Command::CloseSession {
+        session_id,
+        reason: String::new(),
+    };
     assert!(matches!(
         engine.call(close).await,
         Ok(Reply::SessionClosed { .. })

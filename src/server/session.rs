@@ -102,7 +102,11 @@ impl Sessions for SessionService {
                 reason.len()
             )));
         }
-        match engine.call(Command::CloseSession { session_id }).await? {
+        let command = Command::CloseSession {
+            session_id,
+            reason: reason.clone(),
+        };
+        match engine.call(command).await? {
             Reply::SessionClosed { released } if reason.is_empty() => {
                 tracing::debug!(session_id, released, "session closed");
                 Ok(Response::new(pb::CloseSessionResponse { released }))

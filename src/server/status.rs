@@ -4,7 +4,8 @@ use tonic::codegen::http::HeaderValue;
 use tonic::{Code as GrpcCode, Status};
 
 use crate::core::{Code, Rejection};
-use crate::proto::SESSION_GONE_KEY;
+use crate::proto::{SESSION_CLOSED_KEY, SESSION_GONE_KEY};
+use tonic::metadata::MetadataValue;
 
 impl From<Rejection> for Status {
     fn from(rejection: Rejection) -> Status {
@@ -23,6 +24,12 @@ impl From<Rejection> for Status {
             status
                 .metadata_mut()
                 .insert(SESSION_GONE_KEY, session_id.into());
+        }
+        if let Some(reason) = rejection.session_closed {
+            status.metadata_mut().insert_bin(
+                SESSION_CLOSED_KEY,
+                MetadataValue::from_bytes(reason.as_bytes()),
+            );
         }
         status
     }

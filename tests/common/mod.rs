@@ -3,13 +3,15 @@
 //! client processes with bounded waits.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod cli;
 pub mod rpc;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, ChildStderr, Command, Output, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Longest a test waits for anything; only there to stop a hung test.
@@ -71,6 +73,8 @@ pub struct Syncd {
     pub addr: String,
     data: PathBuf,
     extra_args: Vec<String>,
+    /// Its stderr, when started with [`Syncd::start_logged`].
+    log: Option<Log>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -80,18 +84,40 @@ impl Syncd {
         Syncd::start_with(&[])
     }
 
+    /// The same with more `syncd serve` arguments; syncd logs at warn to
+    /// the test's stderr.
     pub fn start_with(extra_args: &[&str]) -> Syncd {
+        Syncd::start_inner(extra_args, None)
+    }
+
+    /// The same, with syncd logging at info into [`Syncd::log`] (and each
+    /// line echoed to the test's stderr, so that a failing test shows it).
+    pub fn start_logged(extra_args: &[&str]) -> Syncd {
+        Syncd::start_inner(extra_args, Some(Log::default()))
+    }
+
+    fn start_inner(extra_args: &[&str], log: Option<Log>) -> Syncd {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let (child, addr) = spawn(&data, "127.0.0.1:0", &extra_args);
+        let (child, addr) = try_spawn(&data, "127.0.0.1:0", &extra_args, log.as_ref())
+            .unwrap_or_else(|e| panic!("syncd did not start: {e}"));
         Syncd {
             child: Some(child),
             addr,
             data,
             extra_args,
+            log,
             _dir: Some(dir),
         }
+    }
+
+    /// What syncd logged so far (over all its restarts); complete once it
+    /// was stopped. Only for a syncd started with [`Syncd::start_logged`].
+    pub fn log(&self) -> &Log {
+        self.log
+            .as_ref()
+            .expect("syncd was not started with start_logged")
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -107,6 +133,7 @@ impl Syncd {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            self.read_log_to_end();
         }
     }
 
@@ -114,7 +141,16 @@ impl Syncd {
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
         send_signal(child.id(), "TERM");
-        wait_bounded(&mut child, HANG_GUARD).expect("syncd did not exit after SIGTERM")
+        let status =
+            wait_bounded(&mut child, HANG_GUARD).expect("syncd did not exit after SIGTERM");
+        self.read_log_to_end();
+        status
+    }
+
+    fn read_log_to_end(&self) {
+        if let Some(log) = &self.log {
+            log.read_to_end();
+        }
     }
 
     /// Starts syncd again on the same data directory and the same port.
@@ -124,7 +160,7 @@ impl Syncd {
         let deadline = Instant::now() + HANG_GUARD;
         loop {
             // The port may linger briefly after a kill; retry binding.
-            match try_spawn(&self.data, &listen, &self.extra_args) {
+            match try_spawn(&self.data, &listen, &self.extra_args, self.log.as_ref()) {
                 Ok((child, addr)) => {
                     self.child = Some(child);
                     self.addr = addr;
@@ -146,12 +182,14 @@ impl Drop for Syncd {
     }
 }
 
-fn spawn(data: &Path, listen: &str, extra_args: &[String]) -> (Child, String) {
-    try_spawn(data, listen, extra_args).unwrap_or_else(|e| panic!("syncd did not start: {e}"))
-}
-
-/// Spawns syncd and waits (bounded) for its `listening on` line.
-fn try_spawn(data: &Path, listen: &str, extra_args: &[String]) -> Result<(Child, String), String> {
+/// Spawns syncd and waits (bounded) for its `listening on` line. With a
+/// `log`, syncd logs at info into it; without, at warn to the test's stderr.
+fn try_spawn(
+    data: &Path,
+    listen: &str,
+    extra_args: &[String],
+    log: Option<&Log>,
+) -> Result<(Child, String), String> {
     let mut child = Command::new(syncd_bin())
         .arg("serve")
         .arg("--data")
@@ -159,11 +197,27 @@ fn try_spawn(data: &Path, listen: &str, extra_args: &[String]) -> Result<(Child,
         .arg("--listen")
         .arg(listen)
         .args(extra_args)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", if log.is_some() { "info" } else { "warn" })
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(if log.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        })
         .spawn()
         .map_err(|e| format!("cannot spawn syncd: {e}"))?;
+    if let Some(log) = log {
+        log.capture(child.stderr.take().expect("piped stderr"));
+    }
+    await_listening(child)
+}
+
+/// Waits (bounded) for the `listening on ADDR` line a starting syncd
+/// prints first on its piped stdout; returns the child and
+/// `http://ADDR`, or kills it. The rest of stdout is drained, so that
+/// syncd never blocks on a full pipe.
+pub fn await_listening(mut child: Child) -> Result<(Child, String), String> {
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -171,23 +225,77 @@ fn try_spawn(data: &Path, listen: &str, extra_args: &[String]) -> Result<(Child,
         if let Some(Ok(line)) = lines.next() {
             let _ = tx.send(line);
         }
-        // Keep draining so that syncd never blocks on a full pipe.
         for _ in lines {}
     });
-    match rx.recv_timeout(HANG_GUARD) {
+    let error = match rx.recv_timeout(HANG_GUARD) {
         Ok(line) => match line.strip_prefix("listening on ") {
-            Some(addr) => Ok((child, format!("http://{addr}"))),
-            None => {
-                let _ = child.kill();
-                Err(format!("unexpected first line: {line:?}"))
-            }
+            Some(addr) => return Ok((child, format!("http://{addr}"))),
+            None => format!("unexpected first line: {line:?}"),
         },
         Err(_) => {
             let status = child.try_wait().ok().flatten();
-            let _ = child.kill();
-            let _ = child.wait();
-            Err(format!("no `listening on` line (exit status {status:?})"))
+            format!("no `listening on` line (exit status {status:?})")
         }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(error)
+}
+
+/// The stderr of a syncd started with [`Syncd::start_logged`], line by
+/// line, as far as it has been read.
+#[derive(Default)]
+pub struct Log {
+    lines: Arc<Mutex<Vec<String>>>,
+    /// The thread reading the running syncd's stderr.
+    reader: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Log {
+    /// Reads `stderr` into the log in a thread, echoing each line.
+    fn capture(&self, stderr: ChildStderr) {
+        let lines = Arc::clone(&self.lines);
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("syncd: {line}");
+                lines.lock().unwrap().push(line);
+            }
+        });
+        *self.reader.lock().unwrap() = Some(reader);
+    }
+
+    /// Waits for the reader to reach the end of stderr (syncd has exited).
+    fn read_to_end(&self) {
+        if let Some(reader) = self.reader.lock().unwrap().take() {
+            let _ = reader.join();
+        }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// How many lines contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        let lines = self.lines.lock().unwrap();
+        lines.iter().filter(|line| line.contains(needle)).count()
+    }
+
+    /// The first line that `matches`, if any yet.
+    pub fn find(&self, matches: impl Fn(&str) -> bool) -> Option<String> {
+        let lines = self.lines.lock().unwrap();
+        lines.iter().find(|line| matches(line)).cloned()
+    }
+
+    /// Waits (bounded) for a line that `matches`; returns it.
+    pub async fn until(&self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        let mut found = None;
+        rpc::until(what, async || {
+            found = self.find(&matches);
+            found.is_some()
+        })
+        .await;
+        found.expect("found")
     }
 }
 

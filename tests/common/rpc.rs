@@ -120,3 +120,35 @@ pub async fn assert_serving(channel: &Channel, services: &[&str]) {
         assert_eq!(reply.status, 1, "{service} should be SERVING");
     }
 }
+
+/// The services a reflection endpoint lists; `$v` is the reflection
+/// version's generated module (the two versions have identical shapes).
+macro_rules! list_services {
+    ($name:ident, $v:ident) => {
+        pub async fn $name(channel: Channel) -> Vec<String> {
+            use tonic_reflection::pb::$v::{
+                server_reflection_client::ServerReflectionClient,
+                server_reflection_request::MessageRequest,
+                server_reflection_response::MessageResponse, ServerReflectionRequest,
+            };
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut replies = ServerReflectionClient::new(channel)
+                .server_reflection_info(tokio_stream::once(request))
+                .await
+                .expect(concat!("reflection ", stringify!($v)))
+                .into_inner();
+            match next(&mut replies).await.message_response {
+                Some(MessageResponse::ListServicesResponse(list)) => {
+                    list.service.into_iter().map(|s| s.name).collect()
+                }
+                other => panic!("unexpected reflection reply {other:?}"),
+            }
+        }
+    };
+}
+
+list_services!(list_services_v1, v1);
+list_services!(list_services_v1alpha, v1alpha);

@@ -8,6 +8,7 @@
 //! out when no row has one (so that the tables of a server without tokens
 //! look as they always did); `--output json` always has `identity`.
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 use syncd::client::{Client, Error, SessionInfo};
@@ -38,6 +39,18 @@ pub enum KindArg {
     Breaker,
 }
 
+/// Parses one kind (every kind but `all`), so that `inspect all` is a
+/// usage error that lists the kinds.
+fn one_kind() -> impl TypedValueParser<Value = KindArg> {
+    let kinds: Vec<PossibleValue> = KindArg::value_variants()
+        .iter()
+        .filter(|kind| **kind != KindArg::All)
+        .filter_map(ValueEnum::to_possible_value)
+        .collect();
+    PossibleValuesParser::new(kinds)
+        .map(|name| KindArg::from_str(&name, false).expect("a listed kind"))
+}
+
 impl KindArg {
     /// The kind's name on the wire (`System.List`, lost-hold notices).
     fn as_str(self) -> &'static str {
@@ -60,7 +73,7 @@ impl KindArg {
 #[derive(Args, Debug)]
 pub struct InspectArgs {
     /// The kind of primitive.
-    #[arg(value_enum)]
+    #[arg(value_parser = one_kind())]
     kind: KindArg,
     /// Its name.
     name: String,

@@ -484,6 +484,14 @@ mod tests {
     }
 
     #[test]
+    fn inspect_takes_one_kind_and_watch_also_all() {
+        let parsed = Cli::try_parse_from(["syncctl", "inspect", "all", "x"]);
+        assert_eq!(parsed.unwrap_err().kind(), ErrorKind::InvalidValue);
+        parse(&["syncctl", "inspect", "sem", "x"]);
+        parse(&["syncctl", "watch", "all", "x", "--prefix"]);
+    }
+
+    #[test]
     fn dashes_without_a_command_are_noticed() {
         let empty = |argv: &[&str]| {
             let cli = parse(argv);

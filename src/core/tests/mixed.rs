@@ -234,6 +234,7 @@ impl Mixed {
             }
             Op::Close { slot } => Command::CloseSession {
                 session_id: session(slot),
+                reason: String::new(),
             },
             Op::Advance { ms } => {
                 let events = self.sim.tick_at(self.sim.now_ms + ms);
@@ -621,7 +622,13 @@ impl Mixed {
         let live: Vec<SessionId> = self.sim.state.sessions.iter().map(|s| s.id).collect();
         for session_id in live {
             let waiter = self.sim.waiter();
-            let _ = self.run(Command::CloseSession { session_id }, waiter)?;
+            let _ = self.run(
+                Command::CloseSession {
+                    session_id,
+                    reason: String::new(),
+                },
+                waiter,
+            )?;
         }
         self.check()?;
         prop_assert!(self.open.is_empty(), "waiters left: {:?}", self.open);

@@ -52,7 +52,10 @@ fn only_the_creating_identity_may_act_for_a_session() {
             session_id: ci,
             notices_seen_through: 0,
         },
-        Command::CloseSession { session_id: ci },
+        Command::CloseSession {
+            session_id: ci,
+            reason: String::new(),
+        },
         Command::Release {
             kind: Kind::Lock,
             session_id: ci,
