@@ -11,7 +11,7 @@
 //! - after a restore every session's lease restarts at `now + ttl_ms`, so
 //!   downtime never costs a holder its lease.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::lost::LostNotices;
 use super::records;
@@ -51,9 +51,12 @@ impl Session {
 pub struct Sessions {
     by_id: BTreeMap<SessionId, Session>,
     expiry: BTreeSet<(u64, SessionId)>,
-    /// At most [`ENDED_REMEMBERED_MAX`], the newest ids kept. Not persisted:
-    /// after a restart an ended session is just not found.
+    /// How the latest [`ENDED_REMEMBERED_MAX`] ended sessions ended, and
+    /// their ids in the order they ended (the oldest end is forgotten
+    /// first). Not persisted: after a restart an ended session is just not
+    /// found.
     ended: BTreeMap<SessionId, Ended>,
+    ended_order: VecDeque<SessionId>,
 }
 
 /// How many ended sessions are remembered, so that a client that renews
@@ -99,8 +102,11 @@ impl Sessions {
         let session = self.by_id.remove(&id)?;
         self.expiry.remove(&(session.expires_at_ms, id));
         self.ended.insert(id, ended);
-        if self.ended.len() > ENDED_REMEMBERED_MAX {
-            self.ended.pop_first();
+        self.ended_order.push_back(id);
+        if self.ended_order.len() > ENDED_REMEMBERED_MAX {
+            if let Some(oldest) = self.ended_order.pop_front() {
+                self.ended.remove(&oldest);
+            }
         }
         Some(session)
     }
@@ -470,12 +476,16 @@ mod tests {
         let unknown = sessions.not_found(9);
         assert!(unknown.message.contains("never existed"));
 
-        // Only the newest ends are remembered.
-        for id in 10..10 + ENDED_REMEMBERED_MAX as u64 {
+        // Only the latest ends are remembered, whatever the ids: session 3,
+        // the oldest, ends last and is kept.
+        for id in 10..9 + ENDED_REMEMBERED_MAX as u64 {
             sessions.insert(session(id, 1_000, 0));
             sessions.remove(id, Ended::Expired);
         }
+        sessions.remove(3, Ended::Expired);
+        assert!(sessions.not_found(1).message.contains("never existed"));
         assert!(sessions.not_found(2).message.contains("never existed"));
+        assert_eq!(sessions.not_found(3).message, "session 3 expired");
         assert_eq!(sessions.ended.len(), ENDED_REMEMBERED_MAX);
     }
 }
