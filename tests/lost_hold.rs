@@ -4,6 +4,8 @@
 //!   its release is refused, and its session goes on;
 //! - `syncctl revoke TOKEN` against `syncctl lock acquire -- CMD`: CMD is
 //!   stopped and syncctl exits 7 with one line naming the reason;
+//! - the notice is pushed at once: a holder whose next keep-alive is twenty
+//!   minutes away (a one-hour TTL) hears of a revoke;
 //! - a queue item's visibility timeout passes: the keep-alive reply carries
 //!   the notice (raw gRPC), again after a kill -9 and restart, until the
 //!   client confirms it.
@@ -38,6 +40,50 @@ async fn connect(syncd: &Syncd, name: &str) -> Client {
     Client::connect_with(syncd.addr.clone(), options)
         .await
         .expect("connect")
+}
+
+/// With a one-hour TTL the next keep-alive is twenty minutes away, far past
+/// the hang guard: only the notice the server pushes can end this wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_hold_is_pushed_to_its_holder_at_once() {
+    let syncd = Syncd::start();
+    let options = ClientOptions {
+        session_ttl: Duration::from_secs(3600),
+        client_name: "patient".into(),
+        ..ClientOptions::default()
+    };
+    let holder = Client::connect_with(syncd.addr.clone(), options)
+        .await
+        .expect("connect");
+    let operator = connect(&syncd, "operator").await;
+    let guard = holder.lock("deploy").acquire().await.expect("acquire");
+    // Another hold of the same session, so that the push is known to name
+    // only what was lost.
+    let kept = holder.lock("kept").acquire().await.expect("acquire");
+    operator
+        .revoke(guard.fencing_token(), "ops: now")
+        .await
+        .expect("revoke");
+
+    let loss = timeout(HANG_GUARD, guard.lost())
+        .await
+        .expect("the notice is pushed, not left for the next keep-alive");
+    let HoldLoss::Taken(lost) = &loss else {
+        panic!("expected the hold alone to be lost: {loss}");
+    };
+    assert_eq!(lost.fencing_token, guard.fencing_token());
+    assert_eq!(
+        lost.reason,
+        HoldLossReason::Revoked {
+            reason: "ops: now".into()
+        }
+    );
+    assert_eq!(
+        holder.lost_holds(),
+        vec![lost.clone()],
+        "only what was lost"
+    );
+    kept.release().await.expect("the session lives on");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -3,9 +3,9 @@
 //! ([`LostHold`]: revoked by an operator, a queue item's visibility timeout,
 //! its primitive deleted).
 //!
-//! The server reports a hold taken alone in the session's keep-alive
-//! replies, numbered per session, until the client confirms it has seen
-//! them; [`TakenHolds`] is the client's record of those notices: the highest
+//! The server pushes a hold taken alone down the session's keep-alive
+//! stream at once, and repeats it in every keep-alive reply, numbered per
+//! session, until the client confirms it has seen them; [`TakenHolds`] is the client's record of those notices: the highest
 //! number seen (sent back with every keep-alive) and the latest notices by
 //! fencing token, for guards that wait on their own.
 

@@ -643,6 +643,11 @@ impl KeepAlive {
                     continue;
                 }
                 reply = replies.message() => match reply {
+                    Ok(Some(reply)) if reply.pushed => {
+                        // New notices, not a renewal: no request is answered.
+                        self.note_taken(session_id, reply.lost_holds);
+                        continue;
+                    }
                     Ok(Some(reply)) => {
                         self.note_taken(session_id, reply.lost_holds);
                         if let Some(asked) = stream.in_flight.pop_front() {

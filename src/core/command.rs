@@ -32,6 +32,11 @@ pub enum Command {
         /// The highest lost-hold notice the client has seen (0: none).
         notices_seen_through: u64,
     },
+    /// The unconfirmed lost-hold notices of a session, without renewing it
+    /// (what a keep-alive stream pushes when a notice is added).
+    PendingNotices {
+        session_id: SessionId,
+    },
     /// An operator takes a hold away from its session (see `core::lost`).
     Revoke {
         fencing_token: FencingToken,
@@ -287,6 +292,8 @@ pub enum Reply {
         /// Holds the session lost while it lived on, not yet confirmed.
         lost: Vec<LostHold>,
     },
+    /// The unconfirmed notices of a session (`PendingNotices`).
+    Notices(Vec<LostHold>),
     Revoked {
         session_id: SessionId,
         kind: Kind,
@@ -482,6 +489,9 @@ pub struct Outcome {
     /// Holds that ended in this step, however (released, checked in,
     /// acked, expired with their session, revoked, deleted); as above.
     pub holds_ended: Vec<(Kind, FencingToken)>,
+    /// Sessions that got a lost-hold notice in this step, so that the
+    /// engine can push it to their open keep-alive streams at once.
+    pub sessions_noticed: Vec<SessionId>,
 }
 
 /// What a command may add to the state: checked against the limits once,
@@ -574,6 +584,7 @@ impl Command {
     pub fn session_id(&self) -> Option<SessionId> {
         match self {
             Command::KeepAlive { session_id, .. }
+            | Command::PendingNotices { session_id }
             | Command::CloseSession { session_id, .. }
             | Command::LockAcquire { session_id, .. }
             | Command::Release { session_id, .. }

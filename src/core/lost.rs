@@ -171,6 +171,7 @@ impl State {
         };
         session.lost.add(notice);
         out.changes.push(records::session_put(session));
+        out.sessions_noticed.push(session.id);
     }
 
     /// An operator takes hold `token` away from its session.
@@ -224,6 +225,14 @@ impl State {
             ttl_ms,
             lost: session.lost.unconfirmed().cloned().collect(),
         })
+    }
+
+    /// The notices a session's client has not confirmed; renews nothing.
+    pub(super) fn pending_notices(&self, session_id: SessionId) -> Result<Reply> {
+        let session = self.require_session(session_id)?;
+        Ok(Reply::Notices(
+            session.lost.unconfirmed().cloned().collect(),
+        ))
     }
 }
 

@@ -267,6 +267,7 @@ impl State {
                 session_id,
                 notices_seen_through,
             } => self.keep_alive(session_id, notices_seen_through, out),
+            Command::PendingNotices { session_id } => self.pending_notices(session_id),
             Command::Revoke {
                 fencing_token,
                 detail,

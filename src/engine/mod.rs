@@ -27,6 +27,7 @@
 
 mod clock;
 mod metrics;
+mod notices;
 mod writer;
 
 use std::collections::{HashMap, VecDeque};
@@ -41,6 +42,8 @@ use tokio_stream::Stream;
 
 pub use self::clock::Clock;
 use self::metrics::Tracker;
+use self::notices::NoticeBoard;
+pub use self::notices::NoticeSubscription;
 use self::writer::{Job, Progress, Writer};
 use crate::core::{self, Code, Command, Limits, Outcome, Rejection, Reply, State, WaiterId};
 use crate::metrics::{Metrics, StateSizes};
@@ -123,6 +126,8 @@ pub struct EngineHandle {
     clock: Clock,
     /// Counts the turns that changed the state, once they are durable.
     changes: Arc<watch::Sender<u64>>,
+    /// Where keep-alive streams hear of new lost-hold notices.
+    notices: Arc<NoticeBoard>,
 }
 
 /// Events a watcher may leave unread before it is cut off.
@@ -239,6 +244,12 @@ impl EngineHandle {
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
+
+    /// Tells when `session_id` got a lost-hold notice, once it is durable
+    /// (see `notices.rs`), until the subscription is dropped.
+    pub fn notices_of(&self, session_id: u64) -> NoticeSubscription {
+        self.notices.subscribe(session_id)
+    }
 }
 
 /// The events of one waiting command. Ends after the final event. Dropping
@@ -333,6 +344,7 @@ pub fn start<S: Store>(
     let (commands, command_rx) = mpsc::channel(config.queue_capacity);
     let (internal, internal_rx) = mpsc::unbounded_channel();
     let changes = Arc::new(watch::Sender::new(0));
+    let notices = Arc::new(NoticeBoard::default());
     let handle = EngineHandle {
         commands,
         acting_as: None,
@@ -340,6 +352,7 @@ pub fn start<S: Store>(
         next_waiter: Arc::new(AtomicU64::new(1)),
         clock: clock.clone(),
         changes: changes.clone(),
+        notices: notices.clone(),
     };
     let engine = Engine {
         state,
@@ -356,6 +369,7 @@ pub fn start<S: Store>(
         durable_seq: 0,
         held: VecDeque::new(),
         changes,
+        notices,
     };
     Ok((handle, tokio::spawn(engine.run())))
 }
@@ -387,6 +401,7 @@ struct Engine {
     held: VecDeque<(u64, Deliveries)>,
     /// Bumped when a turn that changed the state is delivered.
     changes: Arc<watch::Sender<u64>>,
+    notices: Arc<NoticeBoard>,
 }
 
 /// What one turn sends once its changes (and all earlier ones) are durable.
@@ -397,6 +412,8 @@ struct Deliveries {
     events: Vec<(WaiterId, Event)>,
     /// The turn changed the state (what `List` and `Describe` show).
     changed: bool,
+    /// Sessions that got a lost-hold notice in the turn.
+    noticed: Vec<u64>,
 }
 
 /// What woke the engine up.
@@ -527,6 +544,7 @@ impl Engine {
         deliveries.changed =
             waiters_moved || !outcome.changes.is_empty() || !outcome.events.is_empty();
         deliveries.events = outcome.events;
+        deliveries.noticed = std::mem::take(&mut outcome.sessions_noticed);
         if !outcome.changes.is_empty() {
             outcome.changes.push(self.state.checkpoint());
             self.submit(outcome.changes).await?;
@@ -601,6 +619,9 @@ impl Engine {
     fn deliver(&mut self, deliveries: Deliveries) {
         if deliveries.changed {
             self.changes.send_modify(|count| *count += 1);
+        }
+        for session_id in deliveries.noticed {
+            self.notices.post(session_id);
         }
         for (reply, result) in deliveries.replies {
             let _ = reply.send(result);

@@ -339,3 +339,28 @@ async fn a_handle_acting_for_an_identity_may_only_use_its_own_sessions() {
         Ok(Reply::SessionClosed { .. })
     ));
 }
+
+#[tokio::test]
+async fn a_lost_hold_notice_is_posted_to_the_sessions_subscribers() {
+    let (engine, _task) = start(MemoryStore::new(), EngineConfig::default()).unwrap();
+    let session_id = session(&engine).await;
+    let bystander = session(&engine).await;
+    let subscription = engine.notices_of(session_id);
+    let unrelated = engine.notices_of(bystander);
+    let mut held = engine.wait(|waiter| acquire(session_id, waiter)).await;
+    let fencing_token = granted_token(&mut held).await;
+    let revoke = Command::Revoke {
+        fencing_token,
+        detail: String::new(),
+    };
+    assert!(matches!(
+        engine.call(revoke).await,
+        Ok(Reply::Revoked { .. })
+    ));
+    // Only a hang guard: the post comes with the revoke's own turn.
+    tokio::time::timeout(Duration::from_secs(60), subscription.notified())
+        .await
+        .expect("the holder's session is told");
+    let nothing = tokio::time::timeout(Duration::from_millis(50), unrelated.notified()).await;
+    assert!(nothing.is_err(), "another session is not told");
+}

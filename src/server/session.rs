@@ -13,7 +13,7 @@ use super::convert;
 use super::status::unexpected;
 use crate::core::lost::REVOKE_DETAIL_BYTES_MAX;
 use crate::core::{Command, Reply};
-use crate::engine::EngineHandle;
+use crate::engine::{EngineHandle, NoticeSubscription};
 use crate::proto::v1::{self as pb, sessions_server::Sessions};
 
 pub struct SessionService {
@@ -182,6 +182,15 @@ impl Sessions for SessionService {
     }
 }
 
+/// Completes when a notice was posted for the subscribed session; never
+/// without a subscription.
+async fn posted(notices: &Option<NoticeSubscription>) {
+    match notices {
+        Some(subscription) => subscription.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The caller's address, for the log.
 fn peer_of<T>(request: &Request<T>) -> String {
     request
@@ -205,6 +214,8 @@ impl Renewer {
         mut inbound: Streaming<pb::KeepAliveRequest>,
         replies: mpsc::Sender<Result<pb::KeepAliveResponse, Status>>,
     ) {
+        // Set once the session is renewed: new notices are pushed at once.
+        let mut notices: Option<NoticeSubscription> = None;
         loop {
             if *stopping.borrow() {
                 let _ = replies
@@ -214,6 +225,13 @@ impl Renewer {
             }
             let request = tokio::select! {
                 _ = stopping.changed() => continue,
+                _ = posted(&notices) => {
+                    let session_id = notices.as_ref().map_or(0, NoticeSubscription::session_id);
+                    if !self.push_notices(session_id, &replies).await {
+                        return;
+                    }
+                    continue;
+                }
                 message = inbound.message() => match message {
                     Ok(Some(request)) => request,
                     // The client ended the stream or went away.
@@ -238,6 +256,7 @@ impl Renewer {
                     session_id,
                     ttl_ms,
                     lost_holds: lost.into_iter().map(convert::lost_hold).collect(),
+                    pushed: false,
                 }),
                 Ok(other) => Err(unexpected(&other)),
                 Err(rejection) => Err(Status::from(rejection)),
@@ -246,7 +265,34 @@ impl Renewer {
             if replies.send(reply).await.is_err() || failed {
                 return;
             }
+            if notices.as_ref().map(NoticeSubscription::session_id) != Some(session_id) {
+                notices = Some(self.engine.notices_of(session_id));
+            }
         }
+    }
+
+    /// Sends the session's unconfirmed notices as a push (answers no
+    /// request, renews nothing). False when the client is gone.
+    async fn push_notices(
+        &self,
+        session_id: u64,
+        replies: &mpsc::Sender<Result<pb::KeepAliveResponse, Status>>,
+    ) -> bool {
+        let command = Command::PendingNotices { session_id };
+        // A session that is gone is reported by the next keep-alive.
+        let Ok(Reply::Notices(lost)) = self.engine.call(command).await else {
+            return true;
+        };
+        if lost.is_empty() {
+            return true;
+        }
+        let push = pb::KeepAliveResponse {
+            session_id,
+            ttl_ms: 0,
+            lost_holds: lost.into_iter().map(convert::lost_hold).collect(),
+            pushed: true,
+        };
+        replies.send(Ok(push)).await.is_ok()
     }
 
     fn in_force(&self) -> bool {

@@ -218,3 +218,40 @@ fn notices_go_with_their_session() {
     let other = sim.session(TTL);
     assert_eq!(sim.acquire(other, "db", None).1, granted(token + 1));
 }
+
+#[test]
+fn a_step_that_adds_a_notice_names_its_session_and_pending_notices_renews_nothing() {
+    let mut sim = Sim::new();
+    let (holder, other) = (sim.session(TTL), sim.session(TTL));
+    let token = sim.take(holder, "db");
+    let mut out = crate::core::Outcome::default();
+    let revoke = Command::Revoke {
+        fencing_token: token,
+        detail: "ops".into(),
+    };
+    sim.state.apply(0, revoke, &mut out).expect("revoke");
+    assert_eq!(out.sessions_noticed, vec![holder]);
+
+    // Reading the notices (what a keep-alive stream pushes) neither
+    // confirms them nor renews the lease.
+    sim.at(TTL - 1);
+    let pending =
+        |sim: &mut Sim, session_id| match sim.apply(Command::PendingNotices { session_id }) {
+            Ok(Reply::Notices(notices)) => notices,
+            other => panic!("pending notices: {other:?}"),
+        };
+    assert_eq!(pending(&mut sim, holder).len(), 1);
+    assert_eq!(
+        pending(&mut sim, holder).len(),
+        1,
+        "not confirmed by reading"
+    );
+    assert!(pending(&mut sim, other).is_empty());
+    sim.tick_at(TTL);
+    let gone = sim.apply(Command::PendingNotices { session_id: holder });
+    assert_eq!(
+        code(&gone),
+        Some(Code::NotFound),
+        "the lease was not renewed"
+    );
+}
