@@ -30,7 +30,7 @@ use std::pin::Pin;
 use std::process::{Command, Stdio};
 
 use common::certs::Pki;
-use common::rpc::{assert_serving, list_services_v1, until};
+use common::rpc::{assert_serving, end, list_services_v1, next, until};
 use common::{run_bounded, send_signal, syncd_bin, Syncd, HANG_GUARD};
 use syncd::proto::v1 as pb;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -1731,6 +1731,18 @@ async fn sighup_reloads_the_tokens_and_a_bad_file_keeps_the_old_ones() {
         async move { system.ping(pb::PingRequest {}).await.map(|_| ()) }
     };
     ping(CI).await.expect("ci before the reload");
+    // A watch opened before the reload ends at the first change after it.
+    let mut watch = Caller::new(&channel, "watcher", Some(DASH))
+        .system()
+        .watch(pb::WatchRequest {
+            kind: String::new(),
+            name: "build-".into(),
+            prefix: true,
+        })
+        .await
+        .expect("dash watches")
+        .into_inner();
+    while !next(&mut watch).await.synced {}
 
     // ci is gone, ci2 is new, ops stays.
     const CI2: &str = "ci2-secret-0123456789abcdef";
@@ -1751,6 +1763,12 @@ async fn sighup_reloads_the_tokens_and_a_bad_file_keeps_the_old_ones() {
     acquire_lock(&ci2, "build-after-reload")
         .await
         .expect("ci2 uses a build- lock");
+    let ended = end(&mut watch).await;
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(
+        ended.message().contains("\"dash\" was withdrawn"),
+        "{ended:?}"
+    );
     refused(
         "ci2 outside its prefix",
         acquire_lock(&ci2, "deploy-after-reload").await,

@@ -462,6 +462,32 @@ fn prefix_list(prefixes: &[String]) -> String {
     quoted.join(" or ")
 }
 
+/// A caller that long-lived streams (keep-alives, watches) check again
+/// before each step, so that a token withdrawn by a reload stops them.
+#[derive(Clone, Debug)]
+pub struct Standing {
+    auth: Option<Arc<Auth>>,
+    caller: Caller,
+}
+
+impl Standing {
+    /// `auth`: the server's tokens (`None`: it checks none).
+    pub fn new(auth: Option<Arc<Auth>>, caller: Caller) -> Standing {
+        Standing { auth, caller }
+    }
+
+    /// UNAUTHENTICATED once the caller's token is no longer in the file.
+    pub fn check(&self) -> Result<(), Status> {
+        match &self.auth {
+            Some(auth) if !auth.in_force(&self.caller) => Err(Status::unauthenticated(format!(
+                "token {:?} was withdrawn (the server reloaded its tokens)",
+                self.caller.name()
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Checks that the caller of `request` has at least `needed` and may touch
 /// `name`; gives an engine handle that acts for it.
 pub fn authorize<T>(

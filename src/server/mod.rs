@@ -315,8 +315,11 @@ fn build_router(
     // reflection stay open.
     let authenticate = auth::Authenticate::new(config.auth.clone());
     let system = InterceptedService::new(
-        SystemServer::new(system::SystemService::new(engine.clone()))
-            .max_decoding_message_size(limit),
+        SystemServer::new(system::SystemService::new(
+            engine.clone(),
+            config.auth.clone(),
+        ))
+        .max_decoding_message_size(limit),
         authenticate.clone(),
     );
     let sessions = InterceptedService::new(

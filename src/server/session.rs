@@ -8,7 +8,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{Auth, Caller, Role};
+use super::auth::{Auth, Caller, Role, Standing};
 use super::convert;
 use super::status::unexpected;
 use crate::core::lost::REVOKE_DETAIL_BYTES_MAX;
@@ -72,8 +72,7 @@ impl Sessions for SessionService {
         let caller = Caller::of(&request)?.clone();
         let renewer = Renewer {
             engine: caller.engine(&self.engine),
-            auth: self.auth.clone(),
-            caller,
+            standing: Standing::new(self.auth.clone(), caller),
         };
         let inbound = request.into_inner();
         let (replies, stream) = mpsc::channel(4);
@@ -203,8 +202,8 @@ fn peer_of<T>(request: &Request<T>) -> String {
 struct Renewer {
     /// Acts for the caller: renews only the caller's own sessions.
     engine: EngineHandle,
-    auth: Option<Arc<Auth>>,
-    caller: Caller,
+    /// Checked before each renewal: a withdrawn token renews no more.
+    standing: Standing,
 }
 
 impl Renewer {
@@ -238,12 +237,8 @@ impl Renewer {
                     Ok(None) | Err(_) => return,
                 },
             };
-            if !self.in_force() {
-                let withdrawn = format!(
-                    "token {:?} was withdrawn (the server reloaded its tokens)",
-                    self.caller.name()
-                );
-                let _ = replies.send(Err(Status::unauthenticated(withdrawn))).await;
+            if let Err(withdrawn) = self.standing.check() {
+                let _ = replies.send(Err(withdrawn)).await;
                 return;
             }
             let session_id = request.session_id;
@@ -293,11 +288,5 @@ impl Renewer {
             pushed: true,
         };
         replies.send(Ok(push)).await.is_ok()
-    }
-
-    fn in_force(&self) -> bool {
-        self.auth
-            .as_ref()
-            .is_none_or(|auth| auth.in_force(&self.caller))
     }
 }

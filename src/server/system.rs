@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::auth::{Caller, Role};
+use super::auth::{Auth, Caller, Role, Standing};
 use super::status::unexpected;
 use crate::core::{Command, Kind, Reply, Summary};
 use crate::engine::EngineHandle;
@@ -31,14 +31,18 @@ const WATCH_COALESCE: Duration = Duration::from_millis(20);
 
 pub struct SystemService {
     pub engine: EngineHandle,
+    /// The tokens, when the server checks them: a watch ends once its
+    /// token is withdrawn.
+    auth: Option<Arc<Auth>>,
     /// One permit per open watch.
     watches: Arc<Semaphore>,
 }
 
 impl SystemService {
-    pub fn new(engine: EngineHandle) -> SystemService {
+    pub fn new(engine: EngineHandle, auth: Option<Arc<Auth>>) -> SystemService {
         SystemService {
             engine,
+            auth,
             watches: Arc::new(Semaphore::new(WATCHES_MAX)),
         }
     }
@@ -80,7 +84,7 @@ impl System for SystemService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        let caller = Caller::of(&request)?;
+        let caller = Caller::of(&request)?.clone();
         let asked = request.get_ref();
         if asked.prefix {
             caller.may_all_under(Role::Read, &asked.name)?;
@@ -105,6 +109,7 @@ impl System for SystemService {
         let (sender, receiver) = mpsc::channel(64);
         let watcher = Watcher {
             engine: self.engine.clone(),
+            standing: Standing::new(self.auth.clone(), caller),
             filter,
             sender,
             seen: BTreeMap::new(),
@@ -177,6 +182,8 @@ impl Filter {
 /// One open watch: what it has sent, and where to.
 struct Watcher {
     engine: EngineHandle,
+    /// Checked at each change: a withdrawn token watches no more.
+    standing: Standing,
     filter: Filter,
     sender: mpsc::Sender<Result<pb::WatchResponse, Status>>,
     /// The last state sent of each primitive that exists.
@@ -210,6 +217,10 @@ impl Watcher {
             }
             tokio::time::sleep(WATCH_COALESCE).await;
             changes.borrow_and_update();
+            if let Err(withdrawn) = self.standing.check() {
+                let _ = self.sender.send(Err(withdrawn)).await;
+                return;
+            }
             let now = match self.filter.matching(&self.engine).await {
                 Ok(now) => now,
                 Err(status) => {
