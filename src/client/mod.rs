@@ -334,8 +334,9 @@ impl Client {
 
     /// Takes the hold with `fencing_token` away from whichever session has
     /// it (an operator's tool for a stuck holder); whoever waits next is
-    /// granted at once, and the holder is told, with `reason`, at its next
-    /// keep-alive. `reason` (at most 256 bytes) should say who asks and
+    /// granted at once, and the holder is told, with `reason`, at once (the
+    /// server pushes the notice down its keep-alive stream). `reason` (at
+    /// most 256 bytes) should say who asks and
     /// why; the server logs it. An [`Error::Status`] with code `NOT_FOUND`
     /// when no hold has that token (also when a retry follows an attempt
     /// that did revoke it).
@@ -363,8 +364,8 @@ impl Client {
 
     /// Ends another session now (an operator's tool): everything it holds
     /// is released and its waits end; its client finds out at its next
-    /// keep-alive. `reason` (at most 256 bytes) says who asks and why; the
-    /// server logs it. Returns how many holds were released. An
+    /// keep-alive, with `reason` ([`LossReason::ClosedOnServer`]). `reason`
+    /// (at most 256 bytes) says who asks and why; the server logs it. Returns how many holds were released. An
     /// [`Error::Status`] with code `NOT_FOUND` when no such session lives.
     pub async fn close_session(&self, session_id: u64, reason: &str) -> Result<u32, Error> {
         let request = CloseSessionRequest {
