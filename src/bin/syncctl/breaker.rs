@@ -21,7 +21,7 @@ use crate::{
     exit::{report, Failure, EXIT_ERROR, EXIT_MISMATCH, EXIT_REJECTED},
     hold::{acquire_and_hold, with_token, Guard, HoldArgs},
     output::{format_holder, format_ms, holder_json, plural, section},
-    session::{close, connect, interruptible, one_call, Signals, Waited},
+    session::{connect, end_watch, interruptible, one_call, Signals},
     Cli,
 };
 
@@ -553,12 +553,7 @@ async fn watch(cli: &Cli, args: &BreakerWatchArgs) -> Result<i32, Failure> {
         Ok::<(), Failure>(())
     })
     .await;
-    close(client).await;
-    match watched {
-        Waited::Done(done) => done.map(|()| 0),
-        // Watching until interrupted is the normal way.
-        Waited::Interrupted(_) => Ok(0),
-    }
+    end_watch(client, watched).await
 }
 
 #[derive(Clone, Copy)]

@@ -17,7 +17,7 @@ use syncd::proto::v1::{Holder, RwMode, Waiter};
 use crate::{
     exit::Failure,
     output::{format_ms, write_stdout, Output},
-    session::{close, connect, interruptible, one_call, Signals, Waited},
+    session::{connect, end_watch, interruptible, one_call, Signals},
     Cli,
 };
 
@@ -174,12 +174,7 @@ pub async fn watch(cli: &Cli, args: &WatchArgs) -> Result<i32, Failure> {
         Ok::<(), Failure>(())
     })
     .await;
-    close(client).await;
-    match watched {
-        Waited::Done(done) => done.map(|()| 0),
-        // Watching until interrupted is the normal way.
-        Waited::Interrupted(_) => Ok(0),
-    }
+    end_watch(client, watched).await
 }
 
 pub async fn sessions(cli: &Cli) -> Result<i32, Failure> {

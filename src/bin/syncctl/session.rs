@@ -109,6 +109,19 @@ pub async fn close(client: Client) {
     close_until(client, tokio::time::Instant::now() + LEAVE_BUDGET).await;
 }
 
+/// Ends a watching command: closes the session, and exits 0 when the watch
+/// was interrupted (the normal way to stop watching) or ran its course.
+pub async fn end_watch(
+    client: Client,
+    watched: Waited<Result<(), Failure>>,
+) -> Result<i32, Failure> {
+    close(client).await;
+    match watched {
+        Waited::Done(done) => done.map(|()| 0),
+        Waited::Interrupted(_) => Ok(0),
+    }
+}
+
 /// Connects, makes one call with the client, and closes the session again:
 /// for commands that ask or tell the server something and are done.
 pub async fn one_call<T, F, Fut>(cli: &Cli, call: F) -> Result<T, Failure>
