@@ -155,6 +155,11 @@ impl Default for LogStoreOptions {
 }
 
 /// openraft's log storage, on a raft-log directory.
+///
+/// The log closes when the store and all its readers are dropped: that
+/// writes and syncs whatever is queued, joins raft-log's flush thread (a
+/// short block, on whichever thread drops the last one) and releases the
+/// directory lock.
 pub struct LogStore<C: LogConfig> {
     shared: Arc<Shared<C>>,
 }

@@ -5,6 +5,7 @@ mod commit;
 mod damage;
 mod disk_full;
 mod memory_sm;
+mod records;
 mod reopen;
 mod suite;
 
