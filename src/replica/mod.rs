@@ -8,5 +8,10 @@
 //! consensus engine (openraft). openraft's types stay inside this module:
 //! the rest of the code sees "propose this command, get its outcome" and
 //! "these entries were applied".
+//!
+//! - [`codec`]: the entry format (`syncd.log.v1`) and its mapping to commands;
+//! - [`log_store`]: the write-ahead log (raft-log) behind openraft's
+//!   `RaftLogStorage`.
 
 pub mod codec;
+pub mod log_store;
