@@ -8,7 +8,7 @@ use super::convert::{wait_event, waiters, WaitEvent};
 use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
 use super::{open_wait, WaitResponse};
-use crate::core::{Command, Reply};
+use crate::core::{Command, Query, Reply};
 use crate::engine::EngineHandle;
 use crate::proto::v1::{self as pb, barriers_server::Barriers, wait_barrier_response::Event};
 
@@ -56,7 +56,7 @@ impl Barriers for BarrierService {
     ) -> Result<Response<pb::DescribeBarrierResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match engine.call(Command::BarrierDescribe { name }).await? {
+        match engine.query(Query::BarrierDescribe { name }).await? {
             Reply::BarrierDescription(info) => Ok(Response::new(pb::DescribeBarrierResponse {
                 name: info.name,
                 parties: info.parties,

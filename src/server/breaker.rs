@@ -12,7 +12,7 @@ use super::convert::{
 use super::status::unexpected;
 use super::{open_watch, WaitResponse};
 use crate::core::breaker::{BreakerAction, BreakerInfo, StateChange, Verdict};
-use crate::core::{Command, Reply};
+use crate::core::{Command, Query, Reply};
 use crate::engine::EngineHandle;
 use crate::proto::v1::{
     self as pb, allow_call_response::Verdict as PbVerdict, circuit_breakers_server::CircuitBreakers,
@@ -85,7 +85,7 @@ impl CircuitBreakers for BreakerService {
     ) -> Result<Response<pb::DescribeBreakerResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match engine.call(Command::BreakerDescribe { name }).await? {
+        match engine.query(Query::BreakerDescribe { name }).await? {
             Reply::BreakerDescription(info) => Ok(Response::new(describe_response(info))),
             other => Err(unexpected(&other)),
         }

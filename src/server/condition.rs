@@ -8,7 +8,7 @@ use super::convert::{wait_event, waiters, WaitEvent};
 use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
 use super::{open_wait, WaitResponse};
-use crate::core::{Command, Reply};
+use crate::core::{Command, Query, Reply};
 use crate::engine::EngineHandle;
 use crate::proto::v1::{self as pb, conditions_server::Conditions, wait_condition_response::Event};
 
@@ -63,7 +63,7 @@ impl Conditions for ConditionService {
     ) -> Result<Response<pb::DescribeConditionResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match engine.call(Command::ConditionDescribe { name }).await? {
+        match engine.query(Query::ConditionDescribe { name }).await? {
             Reply::ConditionDescription(info) => Ok(Response::new(pb::DescribeConditionResponse {
                 name: info.name,
                 lock: info.lock,

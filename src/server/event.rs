@@ -8,7 +8,7 @@ use super::convert::{wait_event, waiters, WaitEvent};
 use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
 use super::{open_wait, WaitResponse};
-use crate::core::{Command, Reply};
+use crate::core::{Command, Query, Reply};
 use crate::engine::EngineHandle;
 use crate::proto::v1::{self as pb, events_server::Events, wait_event_response::Event};
 
@@ -67,7 +67,7 @@ impl Events for EventService {
     ) -> Result<Response<pb::DescribeEventResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match engine.call(Command::EventDescribe { name }).await? {
+        match engine.query(Query::EventDescribe { name }).await? {
             Reply::EventDescription(info) => Ok(Response::new(pb::DescribeEventResponse {
                 name: info.name,
                 is_set: info.is_set,

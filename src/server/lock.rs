@@ -8,7 +8,7 @@ use super::convert::wait_event;
 use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
 use super::{open_wait, release, WaitResponse};
-use crate::core::{lock::LockInfo, Command, Kind, Reply};
+use crate::core::{lock::LockInfo, Command, Kind, Query, Reply};
 use crate::engine::EngineHandle;
 use crate::proto::v1::{self as pb, locks_server::Locks};
 
@@ -55,7 +55,7 @@ impl Locks for LockService {
     ) -> Result<Response<pb::DescribeLockResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match engine.call(Command::LockDescribe { name }).await? {
+        match engine.query(Query::LockDescribe { name }).await? {
             Reply::LockDescription(info) => Ok(Response::new(describe_response(info))),
             other => Err(unexpected(&other)),
         }

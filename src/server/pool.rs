@@ -9,7 +9,7 @@ use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
 use super::{open_wait, WaitResponse};
 use crate::core::pool::{Checkout, PoolInfo, ResourceInfo};
-use crate::core::{Command, Reply};
+use crate::core::{Command, Query, Reply};
 use crate::engine::EngineHandle;
 use crate::proto::v1::{self as pb, checkout_response::Event, pools_server::Pools};
 
@@ -67,7 +67,7 @@ impl Pools for PoolService {
     ) -> Result<Response<pb::DescribePoolResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match engine.call(Command::PoolDescribe { name }).await? {
+        match engine.query(Query::PoolDescribe { name }).await? {
             Reply::PoolDescription(info) => Ok(Response::new(describe_response(info))),
             other => Err(unexpected(&other)),
         }

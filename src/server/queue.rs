@@ -10,7 +10,7 @@ use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
 use super::{open_wait, WaitResponse};
 use crate::core::queue::{Delivery, QueueInfo};
-use crate::core::{Command, Reply};
+use crate::core::{Command, Query, Reply};
 use crate::engine::EngineHandle;
 use crate::proto::v1::{
     self as pb, get_response, join_response, put_response, queues_server::Queues,
@@ -126,7 +126,7 @@ impl Queues for QueueService {
     ) -> Result<Response<pb::DescribeQueueResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match engine.call(Command::QueueDescribe { name }).await? {
+        match engine.query(Query::QueueDescribe { name }).await? {
             Reply::QueueDescription(info) => Ok(Response::new(describe_response(info))),
             other => Err(unexpected(&other)),
         }

@@ -10,7 +10,7 @@ use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
 use super::{open_wait, WaitResponse};
 use crate::core::token_bucket::{BucketAsk, BucketInfo, BucketSettings, BucketVerdict};
-use crate::core::{Command, Reply};
+use crate::core::{Command, Query, Reply};
 use crate::engine::EngineHandle;
 use crate::proto::v1::{self as pb, rate_limits_server::RateLimits, take_tokens_response::Event};
 
@@ -108,7 +108,7 @@ impl RateLimits for RateLimitService {
     ) -> Result<Response<pb::DescribeRateLimitResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match engine.call(Command::BucketDescribe { name }).await? {
+        match engine.query(Query::BucketDescribe { name }).await? {
             Reply::BucketDescription(info) => Ok(Response::new(describe_response(info))),
             other => Err(unexpected(&other)),
         }

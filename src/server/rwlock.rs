@@ -8,7 +8,7 @@ use super::convert::{holder, pb_rw_mode, rw_mode, wait_event, waiter};
 use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
 use super::{open_wait, release, WaitResponse};
-use crate::core::{rwlock::RwLockInfo, Command, Kind, Reply};
+use crate::core::{rwlock::RwLockInfo, Command, Kind, Query, Reply};
 use crate::engine::EngineHandle;
 use crate::proto::v1::{self as pb, rw_locks_server::RwLocks};
 
@@ -57,7 +57,7 @@ impl RwLocks for RwLockService {
     ) -> Result<Response<pb::DescribeRwLockResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match engine.call(Command::RwLockDescribe { name }).await? {
+        match engine.query(Query::RwLockDescribe { name }).await? {
             Reply::RwLockDescription(info) => Ok(Response::new(describe_response(info))),
             other => Err(unexpected(&other)),
         }

@@ -8,7 +8,7 @@ use super::convert::{holder, wait_event, waiter};
 use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
 use super::{open_wait, release, WaitResponse};
-use crate::core::{semaphore::SemaphoreInfo, Command, Kind, Reply};
+use crate::core::{semaphore::SemaphoreInfo, Command, Kind, Query, Reply};
 use crate::engine::EngineHandle;
 use crate::proto::v1::{self as pb, semaphores_server::Semaphores};
 
@@ -57,7 +57,7 @@ impl Semaphores for SemaphoreService {
     ) -> Result<Response<pb::DescribeSemaphoreResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
         let name = request.into_inner().name;
-        match engine.call(Command::SemaphoreDescribe { name }).await? {
+        match engine.query(Query::SemaphoreDescribe { name }).await? {
             Reply::SemaphoreDescription(info) => Ok(Response::new(describe_response(info))),
             other => Err(unexpected(&other)),
         }

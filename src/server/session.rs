@@ -12,7 +12,7 @@ use super::auth::{Auth, Caller, Role, Standing};
 use super::convert;
 use super::status::unexpected;
 use crate::core::lost::REVOKE_DETAIL_BYTES_MAX;
-use crate::core::{Command, Reply};
+use crate::core::{Command, Query, Reply};
 use crate::engine::{EngineHandle, NoticeSubscription};
 use crate::proto::v1::{self as pb, sessions_server::Sessions};
 
@@ -126,11 +126,11 @@ impl Sessions for SessionService {
         // Sessions hold names of every prefix.
         Caller::of(&request)?.may_everything(Role::Read)?;
         let request = request.into_inner();
-        let command = Command::ListSessions {
+        let list = Query::ListSessions {
             after_session_id: request.after_session_id,
             limit: request.limit,
         };
-        match self.engine.call(command).await? {
+        match self.engine.query(list).await? {
             Reply::SessionList(infos) => Ok(Response::new(pb::ListSessionsResponse {
                 sessions: infos.into_iter().map(convert::session_info).collect(),
             })),
@@ -273,9 +273,9 @@ impl Renewer {
         session_id: u64,
         replies: &mpsc::Sender<Result<pb::KeepAliveResponse, Status>>,
     ) -> bool {
-        let command = Command::PendingNotices { session_id };
+        let pending = Query::PendingNotices { session_id };
         // A session that is gone is reported by the next keep-alive.
-        let Ok(Reply::Notices(lost)) = self.engine.call(command).await else {
+        let Ok(Reply::Notices(lost)) = self.engine.query(pending).await else {
             return true;
         };
         if lost.is_empty() {

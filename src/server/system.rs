@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{Auth, Caller, Role, Standing};
 use super::status::unexpected;
-use crate::core::{Command, Kind, Reply, Summary};
+use crate::core::{Kind, Query, Reply, Summary};
 use crate::engine::EngineHandle;
 use crate::proto::v1::{self as pb, system_server::System};
 
@@ -140,7 +140,7 @@ async fn list(
     kind: Option<Kind>,
     prefix: String,
 ) -> Result<Vec<Summary>, Status> {
-    match engine.call(Command::List { kind, prefix }).await? {
+    match engine.query(Query::List { kind, prefix }).await? {
         Reply::Listing(summaries) => Ok(summaries),
         other => Err(unexpected(&other)),
     }
