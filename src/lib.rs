@@ -30,7 +30,7 @@
 //!   persists their changes (group commit) and only then replies.
 //! - [`store`]: the [`store::Store`] trait, sled and in-memory backends.
 //! - [`server`]: tonic services translating protobuf ⇄ commands and
-//!   queries.
+//!   queries (one mapping of requests: [`server::requests`]).
 //! - [`metrics`]: Prometheus metrics (`--metrics-listen`), fed by the
 //!   server, the engine and the writer; the core only reports plain data.
 //! - [`client`]: the Rust client library (sessions, keep-alive, guards).
