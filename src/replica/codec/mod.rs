@@ -17,8 +17,8 @@
 //!   a node stops rather than apply something else than the leader meant.
 //! - Encoding is an exhaustive `match` over [`Command`], so a new variant
 //!   does not compile until it has a message here.
-//! - Read-only commands (describe, list, pending notices) are never logged:
-//!   encoding one is [`EncodeError::NotLogged`].
+//! - Read-only requests are not commands ([`crate::core::Query`]): they
+//!   are never logged.
 //!
 //! # Invariants
 //! - `decode(&encode(e)?) == Ok(e)` for every entry `encode` accepts.
@@ -64,8 +64,6 @@ pub struct Step {
 /// Why an entry could not be encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EncodeError {
-    /// A read-only command: it changes nothing, so it is never logged.
-    NotLogged,
     /// `Some("")` as an identity: the format writes "no identity" as empty,
     /// so it could not be told apart from `None`.
     EmptyIdentity,
@@ -74,9 +72,6 @@ pub enum EncodeError {
 impl fmt::Display for EncodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EncodeError::NotLogged => {
-                write!(f, "a read-only command (describe, list) is never logged")
-            }
             EncodeError::EmptyIdentity => {
                 write!(f, "an empty identity cannot be logged (it reads as none)")
             }

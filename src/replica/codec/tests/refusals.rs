@@ -209,18 +209,6 @@ fn truncated_bytes_are_refused() {
 }
 
 #[test]
-fn read_only_commands_are_not_logged() {
-    let entry = Entry {
-        now_ms: 1,
-        steps: vec![Step {
-            identity: None,
-            command: Command::LockDescribe { name: "l".into() },
-        }],
-    };
-    assert_eq!(encode(&entry), Err(EncodeError::NotLogged));
-}
-
-#[test]
 fn an_empty_identity_is_not_logged() {
     let entry = Entry {
         now_ms: 1,
