@@ -40,6 +40,7 @@ pub mod core;
 pub mod duration;
 pub mod engine;
 pub mod metrics;
+pub mod replica;
 pub mod server;
 pub mod store;
 

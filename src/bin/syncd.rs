@@ -157,6 +157,12 @@ struct ServeArgs {
     #[arg(long, env = "SYNCD_BATCH_MAX", default_value_t = 1024, value_parser = at_least_one)]
     batch_max: usize,
 
+    /// Run on the write-ahead log (openraft + raft-log, fdatasync'ed) instead
+    /// of flushing sled for every reply. Being brought in: hidden until it
+    /// is the default.
+    #[arg(long, env = "SYNCD_WRITE_AHEAD_LOG", hide = true)]
+    write_ahead_log: bool,
+
     /// How long a graceful shutdown may take before syncd exits anyway.
     #[arg(long, env = "SYNCD_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
     shutdown_grace: Duration,
@@ -276,6 +282,7 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_grace,
             tls: None,
             auth: None,
+            write_ahead_log: self.write_ahead_log,
         }
     }
 
@@ -405,7 +412,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         config.auth = Some(Arc::new(Auth::load(path).map_err(|e| e.0)?));
     }
     let auth = config.auth.clone();
-    let server = Server::open(config).map_err(|e| Failure {
+    let server = Server::open(config).await.map_err(|e| Failure {
         message: e.0,
         code: EXIT_DATA,
     })?;

@@ -26,9 +26,13 @@
 //! there, which covers a waiter dropped before the engine saw it.
 
 mod clock;
+mod deliver;
 mod metrics;
 mod notices;
+mod replicated;
 mod writer;
+
+pub use self::replicated::start as start_replicated;
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
