@@ -19,7 +19,12 @@ const API_PROTOS: &[&str] = &[
     "proto/syncd/v1/ratelimit.proto",
     "proto/syncd/v1/breaker.proto",
 ];
-const RECORD_PROTOS: &[&str] = &["proto/syncd/store/v1/records.proto"];
+/// What syncd keeps on disk (store records, log entries): not part of the
+/// API, so neither served nor in the reflection descriptor.
+const DISK_PROTOS: &[&str] = &[
+    "proto/syncd/store/v1/records.proto",
+    "proto/syncd/log/v1/entry.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
@@ -32,10 +37,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure().compile_fds(api)?;
 
-    let records = protox::compile(RECORD_PROTOS, ["proto"])?;
+    let disk = protox::compile(DISK_PROTOS, ["proto"])?;
     tonic_prost_build::configure()
         .build_client(false)
         .build_server(false)
-        .compile_fds(records)?;
+        .compile_fds(disk)?;
     Ok(())
 }

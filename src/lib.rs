@@ -28,6 +28,7 @@
 //! - [`engine`]: the single task that owns [`core::State`], batches commands,
 //!   persists their changes (group commit) and only then replies.
 //! - [`store`]: the [`store::Store`] trait, sled and in-memory backends.
+//! - [`replica`]: the replicated log under the core (its entry format).
 //! - [`server`]: tonic services translating protobuf ⇄ commands.
 //! - [`metrics`]: Prometheus metrics (`--metrics-listen`), fed by the
 //!   server, the engine and the writer; the core only reports plain data.
@@ -56,6 +57,12 @@ pub mod proto {
     #[allow(rustdoc::invalid_html_tags)]
     pub mod store {
         tonic::include_proto!("syncd.store.v1");
+    }
+
+    /// Entries of the replicated log, package `syncd.log.v1` (see
+    /// [`crate::replica::codec`], the only code that should read them).
+    pub mod log {
+        tonic::include_proto!("syncd.log.v1");
     }
 
     /// Status metadata that marks a refusal as "this session is gone"
