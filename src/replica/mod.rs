@@ -27,6 +27,7 @@ pub mod log_store;
 
 mod applied;
 mod dir;
+mod failpoint;
 mod network;
 mod snapshot;
 mod state_machine;

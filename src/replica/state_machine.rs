@@ -25,6 +25,7 @@ use openraft::{
 
 use super::applied::{AppliedStore, Membership};
 use super::codec;
+use super::failpoint;
 use super::snapshot;
 use super::types::{Applied, AppliedEntry, NodeId, TypeConfig};
 use super::ReplicaError;
@@ -128,6 +129,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let applied = match entry.payload {
                 EntryPayload::Blank => AppliedEntry::default(),
                 EntryPayload::Normal(payload) => {
+                    failpoint::pass("apply");
                     let decoded = codec::decode(&payload.0).map_err(|e| {
                         let why = ReplicaError::Corrupt(format!("log entry {}: {e}", entry.log_id));
                         apply_error(entry.log_id, why)
@@ -148,6 +150,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // The clock moves with every entry, also one that changed nothing:
         // a restart resumes time from what is stored.
         changes.push(inner.state.checkpoint());
+        failpoint::pass("state-write");
         let membership = membership_changed.then_some(&inner.membership);
         inner
             .store
