@@ -73,6 +73,8 @@ pub struct Syncd {
     pub addr: String,
     data: PathBuf,
     extra_args: Vec<String>,
+    /// More environment for the syncd process (see [`Syncd::start_in`]).
+    env: Vec<(String, String)>,
     /// Its stderr, when started with [`Syncd::start_logged`].
     log: Option<Log>,
     _dir: Option<tempfile::TempDir>,
@@ -100,15 +102,68 @@ impl Syncd {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let (child, addr) = try_spawn(&data, "127.0.0.1:0", &extra_args, log.as_ref())
+        let (child, addr) = try_spawn(&data, "127.0.0.1:0", &extra_args, &[], log.as_ref())
             .unwrap_or_else(|e| panic!("syncd did not start: {e}"));
         Syncd {
             child: Some(child),
             addr,
             data,
             extra_args,
+            env: Vec::new(),
             log,
             _dir: Some(dir),
+        }
+    }
+
+    /// Starts syncd on 127.0.0.1:0 over the data directory `data`, which
+    /// the caller owns (and may create first), with more environment for
+    /// the process (`LD_PRELOAD` and such), logging like
+    /// [`Syncd::start_logged`].
+    pub fn start_in(data: &Path, extra_args: &[&str], env: &[(String, String)]) -> Syncd {
+        let log = Some(Log::default());
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let (child, addr) = try_spawn(data, "127.0.0.1:0", &extra_args, env, log.as_ref())
+            .unwrap_or_else(|e| panic!("syncd did not start: {e}"));
+        Syncd {
+            child: Some(child),
+            addr,
+            data: data.to_path_buf(),
+            extra_args,
+            env: env.to_vec(),
+            log,
+            _dir: None,
+        }
+    }
+
+    /// Replaces the extra environment of later restarts.
+    pub fn set_env(&mut self, env: &[(String, String)]) {
+        self.env = env.to_vec();
+    }
+
+    /// Starts syncd again on the same data directory, once, on a new port
+    /// (so that no lingering port needs a retry); `Err` says why it did
+    /// not come up (with what it logged, when logged), e.g. a data
+    /// directory it refused.
+    pub fn try_restart_on_new_port(&mut self) -> Result<(), String> {
+        assert!(self.child.is_none(), "stop syncd before restarting it");
+        let spawned = try_spawn(
+            &self.data,
+            "127.0.0.1:0",
+            &self.extra_args,
+            &self.env,
+            self.log.as_ref(),
+        );
+        match spawned {
+            Ok((child, addr)) => {
+                self.child = Some(child);
+                self.addr = addr;
+                Ok(())
+            }
+            Err(e) => {
+                self.read_log_to_end();
+                let said = self.log.as_ref().map(|log| log.lines().join("\n"));
+                Err(format!("{e}; syncd logged:\n{}", said.unwrap_or_default()))
+            }
         }
     }
 
@@ -160,7 +215,8 @@ impl Syncd {
         let deadline = Instant::now() + HANG_GUARD;
         loop {
             // The port may linger briefly after a kill; retry binding.
-            match try_spawn(&self.data, &listen, &self.extra_args, self.log.as_ref()) {
+            let log = self.log.as_ref();
+            match try_spawn(&self.data, &listen, &self.extra_args, &self.env, log) {
                 Ok((child, addr)) => {
                     self.child = Some(child);
                     self.addr = addr;
@@ -188,6 +244,7 @@ fn try_spawn(
     data: &Path,
     listen: &str,
     extra_args: &[String],
+    env: &[(String, String)],
     log: Option<&Log>,
 ) -> Result<(Child, String), String> {
     let mut child = Command::new(syncd_bin())
@@ -197,6 +254,7 @@ fn try_spawn(
         .arg("--listen")
         .arg(listen)
         .args(extra_args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", if log.is_some() { "info" } else { "warn" })
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
