@@ -49,7 +49,7 @@ pub use self::types::AppliedEntry;
 use self::applied::AppliedStore;
 use self::network::NoPeers;
 use self::state_machine::{Shared, StateMachine};
-use self::types::{NodeId, Payload, TypeConfig};
+use self::types::{NodeId, TypeConfig};
 use crate::core::{Limits, State};
 
 /// This node's id while syncd runs alone.
@@ -124,9 +124,19 @@ impl Replica {
         let layout = dir::prepare(data_dir)?;
         let store = AppliedStore::open(data_dir)?;
         let loaded = store.load()?;
-        let log = log_store::LogStore::open(&layout.log_dir, options.sync)
-            .map_err(|e| ReplicaError::Io(e.to_string()))?;
-        let mut log = log;
+        let log_options = log_store::LogStoreOptions {
+            durability: if options.sync {
+                log_store::Durability::Sync
+            } else {
+                log_store::Durability::None
+            },
+            ..log_store::LogStoreOptions::default()
+        };
+        let log_dir = layout.log_dir.clone();
+        let mut log = tokio::task::spawn_blocking(move || log_store::LogStore::open(&log_dir, log_options))
+            .await
+            .map_err(|e| ReplicaError::Io(format!("opening the log failed: {e}")))?
+            .map_err(|e| log_open_error(&layout.log_dir, e))?;
         dir::check_log_covers(&mut log, loaded.applied.as_ref()).await?;
         let state = State::restore(options.limits.clone(), loaded.records).map_err(|e| {
             ReplicaError::Corrupt(format!("the applied state is invalid: {e}"))
@@ -171,7 +181,7 @@ impl Replica {
     pub async fn propose(&self, entry: Vec<u8>) -> Result<Proposal, ReplicaError> {
         let receiver = self
             .raft
-            .client_write_ff(Payload(entry))
+            .client_write_ff(entry)
             .await
             .map_err(raft_error)?;
         Ok(Proposal { receiver })
@@ -240,6 +250,19 @@ fn raft_config(options: &ReplicaOptions) -> Result<Arc<openraft::Config>, Replic
         .validate()
         .map(Arc::new)
         .map_err(|e| ReplicaError::Raft(format!("bad openraft settings: {e}")))
+}
+
+fn log_open_error(dir: &Path, error: std::io::Error) -> ReplicaError {
+    let shown = dir.display();
+    match error.kind() {
+        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
+            ReplicaError::Corrupt(format!("the write-ahead log in {shown} is damaged: {error}"))
+        }
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::AlreadyExists => {
+            ReplicaError::InUse(format!("the write-ahead log in {shown} is in use: {error}"))
+        }
+        _ => ReplicaError::Io(format!("cannot open the write-ahead log in {shown}: {error}")),
+    }
 }
 
 fn raft_error<E: fmt::Display>(error: E) -> ReplicaError {

@@ -1,8 +1,9 @@
-//! The openraft type configuration of syncd, and the two types that cross
-//! openraft: what a log entry carries ([`Payload`]) and what applying it
-//! gives back on the node that proposed it ([`Applied`]).
+//! The openraft type configuration of syncd, and what applying an entry
+//! gives back on the node that proposed it ([`Applied`]). An entry's payload
+//! is the bytes of one `syncd.log.v1.Entry` (see `codec`): encoded once by
+//! the proposer, stored in the log as they are, decoded by every node that
+//! applies them.
 
-use std::fmt;
 use std::io::Cursor;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -16,7 +17,7 @@ pub type NodeId = u64;
 openraft::declare_raft_types!(
     /// syncd's choice of openraft types.
     pub TypeConfig:
-        D = Payload,
+        D = Vec<u8>,
         R = Applied,
         NodeId = NodeId,
         Node = openraft::BasicNode,
@@ -25,24 +26,6 @@ openraft::declare_raft_types!(
         Responder = openraft::impls::OneshotResponder<TypeConfig>,
         AsyncRuntime = openraft::TokioRuntime,
 );
-
-/// The bytes of one `syncd.log.v1.Entry` (see `codec.rs`): encoded once by
-/// the proposer, stored in the log as they are, decoded by every node that
-/// applies them.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Payload(#[serde(with = "serde_bytes")] pub Vec<u8>);
-
-impl fmt::Debug for Payload {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Payload({} bytes)", self.0.len())
-    }
-}
-
-impl fmt::Display for Payload {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
-}
 
 /// What applying one entry gave: a reply per step, in the entry's order,
 /// and the effects on other callers (grants and timeouts of waiters), for
