@@ -10,11 +10,12 @@
 //!   syncctl (CLI) ─┐        client library ──┐        any gRPC client
 //!                  ▼                         ▼              ▼
 //!         ┌─────────────── server : tonic services, thin ───────────────┐
-//!         │  RPC → Command;  a waiting RPC streams until its grant      │
+//!         │  RPC → Command or Query; a wait streams until its end       │
 //!         └──────────────────────────────┬──────────────────────────────┘
 //!                                        ▼  (mpsc)
 //!         ┌──────────── engine: ONE task owns all state ────────────────┐
 //!         │  apply(Command, now) → reply + Outcome { events, changes }  │
+//!         │  query(&Query, now) → reply (reads change nothing)          │
 //!         │  timer: sleeps until core's next deadline, then ticks       │
 //!         └──────────────┬───────────────────────────────┬──────────────┘
 //!                        ▼                               ▼
@@ -29,7 +30,8 @@
 //!   persists their changes (group commit) and only then replies.
 //! - [`store`]: the [`store::Store`] trait, sled and in-memory backends.
 //! - [`replica`]: the replicated log under the core (its entry format).
-//! - [`server`]: tonic services translating protobuf ⇄ commands.
+//! - [`server`]: tonic services translating protobuf ⇄ commands and
+//!   queries (one mapping of requests: [`server::requests`]).
 //! - [`metrics`]: Prometheus metrics (`--metrics-listen`), fed by the
 //!   server, the engine and the writer; the core only reports plain data.
 //! - [`client`]: the Rust client library (sessions, keep-alive, guards).

@@ -1,6 +1,7 @@
-//! Arbitrary command sequences → `State::apply`/`tick` at simulated,
-//! never-decreasing times. After every step: cheap invariants visible
-//! through the public API (describe replies, fencing tokens). At the end:
+//! Arbitrary command sequences → `State::apply`/`tick` (and reads through
+//! `State::query`) at simulated, never-decreasing times. After every step:
+//! cheap invariants visible through the public API (describe replies,
+//! fencing tokens; a query never moves the clock). At the end:
 //! every open waiter is cancelled, and a restore from the persisted changes
 //! must succeed and list the same primitives (waiters and unset events are
 //! not persisted, so those are left out of the comparison).
@@ -13,7 +14,8 @@ use libfuzzer_sys::fuzz_target;
 use syncd::core::breaker::{BreakerAction, BreakerSettings};
 use syncd::core::token_bucket::{BucketAsk, BucketSettings};
 use syncd::core::{
-    Change, Command, Kind, Limits, Outcome, Reply, Result, RwMode, State, Summary, WaiterId,
+    Change, Command, Kind, Limits, Outcome, Query, Reply, Result, RwMode, State, Summary,
+    WaiterId,
 };
 
 /// Small, so that commands meet each other on the same primitives.
@@ -397,6 +399,14 @@ impl Sim {
         self.outcome(out);
     }
 
+    /// A read: it changes nothing, not even the clock.
+    fn ask(&self, query: &Query) -> Result<Reply> {
+        let clock = self.state.now_ms();
+        let reply = self.state.query(self.now, query);
+        assert_eq!(self.state.now_ms(), clock, "a query moved the clock");
+        reply
+    }
+
     fn outcome(&mut self, out: Outcome) {
         self.persist(&out.changes);
         for (w, event) in &out.events {
@@ -686,11 +696,18 @@ impl Sim {
                 },
             },
             BreakerDelete { n } => Command::BreakerDelete { name: name(n) },
-            Describe { kind, n } => describe(kind_of(kind), name(n)),
-            List { kind, prefix } => Command::List {
-                kind: kind.map(kind_of),
-                prefix: if prefix { "a".into() } else { String::new() },
-            },
+            Describe { kind, n } => {
+                let _ = self.ask(&describe(kind_of(kind), name(n)));
+                return;
+            }
+            List { kind, prefix } => {
+                let list = Query::List {
+                    kind: kind.map(kind_of),
+                    prefix: if prefix { "a".into() } else { String::new() },
+                };
+                let _ = self.ask(&list);
+                return;
+            }
             Cancel { w } => {
                 let waiter = pick(&self.waiters, w, WaiterId(u64::MAX));
                 self.open.remove(&waiter);
@@ -717,12 +734,9 @@ impl Sim {
     }
 
     /// Invariants readable from outside, on every name.
-    fn check(&mut self) {
+    fn check(&self) {
         for n in NAMES {
-            let mut out = Outcome::default();
-            let r = self
-                .state
-                .apply(self.now, describe(Kind::Lock, n.into()), &mut out);
+            let r = self.ask(&describe(Kind::Lock, n.into()));
             if let Ok(Reply::LockDescription(info)) = r {
                 assert!(
                     info.holder.is_some() || info.waiters.is_empty(),
@@ -731,7 +745,7 @@ impl Sim {
             } else {
                 panic!("lock describe: {r:?}");
             }
-            let r = (self.state).apply(self.now, describe(Kind::Semaphore, n.into()), &mut out);
+            let r = self.ask(&describe(Kind::Semaphore, n.into()));
             if let Ok(Reply::SemaphoreDescription(info)) = r {
                 let held: u32 = info.holders.iter().map(|(_, p)| p).sum();
                 assert_eq!(held, info.permits_held, "{info:?}");
@@ -742,9 +756,7 @@ impl Sim {
             } else {
                 panic!("semaphore describe: {r:?}");
             }
-            let r = self
-                .state
-                .apply(self.now, describe(Kind::RwLock, n.into()), &mut out);
+            let r = self.ask(&describe(Kind::RwLock, n.into()));
             if let Ok(Reply::RwLockDescription(info)) = r {
                 let writes = info
                     .holders
@@ -762,10 +774,6 @@ impl Sim {
             } else {
                 panic!("rwlock describe: {r:?}");
             }
-            assert!(
-                out.changes.is_empty() && out.events.is_empty(),
-                "describe had effects"
-            );
         }
         assert_eq!(self.state.waiter_count(), self.open.len(), "open waiters");
     }
@@ -793,7 +801,6 @@ impl Sim {
             Ok(s) => s,
             Err(e) => panic!("restore of a live state failed: {e:?}"),
         };
-        let mut restored = restored;
         assert_eq!(restored.now_ms(), self.state.now_ms(), "clock");
         assert_eq!(
             restored.session_count(),
@@ -801,24 +808,24 @@ impl Sim {
             "sessions"
         );
         assert_eq!(restored.hold_count(), self.state.hold_count(), "holds");
-        let live = listing(&mut self.state, self.now);
-        let back = listing(&mut restored, self.now);
+        let live = listing(&self.state, self.now);
+        let back = listing(&restored, self.now);
         assert_eq!(comparable(live), comparable(back), "listing after restore");
     }
 }
 
-fn describe(kind: Kind, name: String) -> Command {
+fn describe(kind: Kind, name: String) -> Query {
     match kind {
-        Kind::Lock => Command::LockDescribe { name },
-        Kind::Semaphore => Command::SemaphoreDescribe { name },
-        Kind::RwLock => Command::RwLockDescribe { name },
-        Kind::Event => Command::EventDescribe { name },
-        Kind::Condition => Command::ConditionDescribe { name },
-        Kind::Barrier => Command::BarrierDescribe { name },
-        Kind::Queue => Command::QueueDescribe { name },
-        Kind::Pool => Command::PoolDescribe { name },
-        Kind::TokenBucket => Command::BucketDescribe { name },
-        Kind::Breaker => Command::BreakerDescribe { name },
+        Kind::Lock => Query::LockDescribe { name },
+        Kind::Semaphore => Query::SemaphoreDescribe { name },
+        Kind::RwLock => Query::RwLockDescribe { name },
+        Kind::Event => Query::EventDescribe { name },
+        Kind::Condition => Query::ConditionDescribe { name },
+        Kind::Barrier => Query::BarrierDescribe { name },
+        Kind::Queue => Query::QueueDescribe { name },
+        Kind::Pool => Query::PoolDescribe { name },
+        Kind::TokenBucket => Query::BucketDescribe { name },
+        Kind::Breaker => Query::BreakerDescribe { name },
     }
 }
 
@@ -855,13 +862,12 @@ fn command_name(c: &Command) -> String {
     }
 }
 
-fn listing(state: &mut State, now: u64) -> Vec<Summary> {
-    let mut out = Outcome::default();
-    let list = Command::List {
+fn listing(state: &State, now: u64) -> Vec<Summary> {
+    let list = Query::List {
         kind: None,
         prefix: String::new(),
     };
-    match state.apply(now, list, &mut out) {
+    match state.query(now, &list) {
         Ok(Reply::Listing(lines)) => lines,
         other => panic!("list: {other:?}"),
     }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
-use syncd::core::{Command, Limits, Outcome, State};
+use syncd::core::{Limits, Outcome, Query, State};
 use syncd_fuzz::decode_records;
 
 fuzz_target!(|data: &[u8]| {
@@ -19,16 +19,16 @@ fuzz_target!(|data: &[u8]| {
     };
     let now = state.now_ms();
     let mut out = Outcome::default();
-    let list = Command::List {
+    let list = Query::List {
         kind: None,
         prefix: String::new(),
     };
-    let _ = state.apply(now, list.clone(), &mut out);
+    let _ = state.query(now, &list);
     let _ = state.checkpoint();
     let _ = state.next_deadline_ms();
     // Past every lease (TTLs are at most an hour by default, but a stored
     // record may claim any TTL).
     let later = now.saturating_add(4_000_000);
     state.tick(later, &mut out);
-    let _ = state.apply(later, list, &mut out);
+    let _ = state.query(later, &list);
 });

@@ -234,7 +234,7 @@ impl State {
         Ok(Reply::Count(aborted))
     }
 
-    pub(super) fn barrier_describe(&self, name: &str) -> Result<Reply> {
+    pub(super) fn barrier_describe(&self, now_ms: u64, name: &str) -> Result<Reply> {
         self.validate_name(Kind::Barrier, name)?;
         let barrier = self.barriers.get(name);
         Ok(Reply::BarrierDescription(BarrierInfo {
@@ -242,7 +242,7 @@ impl State {
             parties: barrier.map_or(0, |b| b.parties),
             generation: barrier.map_or(0, |b| b.generation),
             broken: barrier.is_some_and(|b| b.broken),
-            waiters: self.waiter_infos(barrier),
+            waiters: self.waiter_infos(now_ms, barrier),
         }))
     }
 

@@ -10,7 +10,9 @@ use super::{
     FencingToken, Kind, LostHold, SessionId, WaiterId,
 };
 
-/// Everything a client (or the engine) can ask of the state machine.
+/// Everything that changes the state machine, asked by a client or by the
+/// engine. Reads are `Query`s (see `query.rs`): they change nothing, so
+/// they never need to be a step of the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     CreateSession {
@@ -22,20 +24,10 @@ pub enum Command {
         /// use it afterwards; empty when the server checks no tokens.
         owner: String,
     },
-    /// Live sessions in id order, after `after_session_id`, at most `limit`.
-    ListSessions {
-        after_session_id: SessionId,
-        limit: u32,
-    },
     KeepAlive {
         session_id: SessionId,
         /// The highest lost-hold notice the client has seen (0: none).
         notices_seen_through: u64,
-    },
-    /// The unconfirmed lost-hold notices of a session, without renewing it
-    /// (what a keep-alive stream pushes when a notice is added).
-    PendingNotices {
-        session_id: SessionId,
     },
     /// An operator takes a hold away from its session (see `core::lost`).
     Revoke {
@@ -65,9 +57,6 @@ pub enum Command {
         name: String,
         fencing_token: FencingToken,
     },
-    LockDescribe {
-        name: String,
-    },
     SemaphoreAcquire {
         session_id: SessionId,
         name: String,
@@ -79,9 +68,6 @@ pub enum Command {
         /// 0 = 1.
         permits: u32,
     },
-    SemaphoreDescribe {
-        name: String,
-    },
     RwLockAcquire {
         session_id: SessionId,
         name: String,
@@ -89,9 +75,6 @@ pub enum Command {
         timeout_ms: Option<u64>,
         acquire_id: u64,
         mode: RwMode,
-    },
-    RwLockDescribe {
-        name: String,
     },
     EventSet {
         name: String,
@@ -104,9 +87,6 @@ pub enum Command {
         name: String,
         waiter: WaiterId,
         timeout_ms: Option<u64>,
-    },
-    EventDescribe {
-        name: String,
     },
     ConditionWait {
         session_id: SessionId,
@@ -123,9 +103,6 @@ pub enum Command {
         /// `None` wakes every waiter.
         count: Option<u32>,
     },
-    ConditionDescribe {
-        name: String,
-    },
     BarrierWait {
         session_id: SessionId,
         name: String,
@@ -135,9 +112,6 @@ pub enum Command {
         timeout_ms: Option<u64>,
     },
     BarrierReset {
-        name: String,
-    },
-    BarrierDescribe {
         name: String,
     },
     BarrierDelete {
@@ -182,9 +156,6 @@ pub enum Command {
         waiter: WaiterId,
         timeout_ms: Option<u64>,
     },
-    QueueDescribe {
-        name: String,
-    },
     PoolCheckout {
         session_id: SessionId,
         name: String,
@@ -205,9 +176,6 @@ pub enum Command {
         /// `None` keeps what the resource had.
         metadata: Option<Vec<u8>>,
     },
-    PoolDescribe {
-        name: String,
-    },
     /// Takes tokens from a bucket, waiting in line for them.
     BucketTake {
         session_id: SessionId,
@@ -226,9 +194,6 @@ pub enum Command {
     /// Takes from every named bucket, or from none; needs no session.
     BucketTryMany {
         asks: Vec<token_bucket::BucketAsk>,
-    },
-    BucketDescribe {
-        name: String,
     },
     /// Forgets a bucket; its waiters hear NOT_FOUND.
     BucketDelete {
@@ -259,16 +224,9 @@ pub enum Command {
         name: String,
         action: breaker::BreakerAction,
     },
-    BreakerDescribe {
-        name: String,
-    },
     /// Forgets a breaker, its permits and its watchers.
     BreakerDelete {
         name: String,
-    },
-    List {
-        kind: Option<Kind>,
-        prefix: String,
     },
     /// The waiter's caller went away: forget it.
     Cancel {
@@ -280,7 +238,7 @@ pub enum Command {
     },
 }
 
-/// The answer to a command, or an event for a waiter.
+/// The answer to a command or a query, or an event for a waiter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     SessionCreated {
@@ -292,7 +250,7 @@ pub enum Reply {
         /// Holds the session lost while it lived on, not yet confirmed.
         lost: Vec<LostHold>,
     },
-    /// The unconfirmed notices of a session (`PendingNotices`).
+    /// The unconfirmed notices of a session (`Query::PendingNotices`).
     Notices(Vec<LostHold>),
     Revoked {
         session_id: SessionId,
@@ -408,7 +366,7 @@ impl Reply {
     }
 }
 
-/// One line of `List`.
+/// One line of `Query::List`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Summary {
     pub kind: Kind,
@@ -584,7 +542,6 @@ impl Command {
     pub fn session_id(&self) -> Option<SessionId> {
         match self {
             Command::KeepAlive { session_id, .. }
-            | Command::PendingNotices { session_id }
             | Command::CloseSession { session_id, .. }
             | Command::LockAcquire { session_id, .. }
             | Command::Release { session_id, .. }
@@ -605,29 +562,17 @@ impl Command {
             | Command::BreakerRecord { session_id, .. }
             | Command::BreakerWatch { session_id, .. } => Some(*session_id),
             Command::CreateSession { .. }
-            | Command::ListSessions { .. }
             | Command::Revoke { .. }
-            | Command::LockDescribe { .. }
-            | Command::SemaphoreDescribe { .. }
-            | Command::RwLockDescribe { .. }
             | Command::EventSet { .. }
             | Command::EventClear { .. }
-            | Command::EventDescribe { .. }
             | Command::ConditionNotify { .. }
-            | Command::ConditionDescribe { .. }
             | Command::BarrierReset { .. }
-            | Command::BarrierDescribe { .. }
             | Command::BarrierDelete { .. }
-            | Command::QueueDescribe { .. }
-            | Command::PoolDescribe { .. }
             | Command::BucketTry { .. }
             | Command::BucketTryMany { .. }
-            | Command::BucketDescribe { .. }
             | Command::BucketDelete { .. }
             | Command::BreakerControl { .. }
-            | Command::BreakerDescribe { .. }
             | Command::BreakerDelete { .. }
-            | Command::List { .. }
             | Command::Cancel { .. }
             | Command::ReleaseUndelivered { .. } => None,
         }

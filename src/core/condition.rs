@@ -168,13 +168,13 @@ impl State {
         forget_if(&mut self.conditions, name, |c| c.waiters.is_empty());
     }
 
-    pub(super) fn condition_describe(&self, name: &str) -> Result<Reply> {
+    pub(super) fn condition_describe(&self, now_ms: u64, name: &str) -> Result<Reply> {
         self.validate_name(Kind::Condition, name)?;
         let condition = self.conditions.get(name);
         Ok(Reply::ConditionDescription(ConditionInfo {
             name: name.to_owned(),
             lock: condition.map(|c| c.lock.clone()).unwrap_or_default(),
-            waiters: self.waiter_infos(condition),
+            waiters: self.waiter_infos(now_ms, condition),
         }))
     }
 

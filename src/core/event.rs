@@ -126,15 +126,15 @@ impl State {
         forget_if(&mut self.events, name, Event::is_unused);
     }
 
-    pub(super) fn event_describe(&self, name: &str) -> Result<Reply> {
+    pub(super) fn event_describe(&self, now_ms: u64, name: &str) -> Result<Reply> {
         self.validate_name(Kind::Event, name)?;
         let event = self.events.get(name);
         let set_at_ms = event.and_then(|e| e.set_at_ms);
-        let waiters = self.waiter_infos(event);
+        let waiters = self.waiter_infos(now_ms, event);
         Ok(Reply::EventDescription(EventInfo {
             name: name.to_owned(),
             is_set: set_at_ms.is_some(),
-            set_ms: set_at_ms.map_or(0, |at| self.now_ms.saturating_sub(at)),
+            set_ms: set_at_ms.map_or(0, |at| now_ms.saturating_sub(at)),
             waiters,
         }))
     }

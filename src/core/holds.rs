@@ -362,34 +362,40 @@ impl State {
         self.counters.last_object_id
     }
 
-    /// Describes a hold for `describe`.
-    pub(super) fn holder_info(&self, hold: &Hold) -> HolderInfo {
+    /// Describes a hold for `describe`, as of `now_ms`.
+    pub(super) fn holder_info(&self, now_ms: u64, hold: &Hold) -> HolderInfo {
         HolderInfo {
             session_id: hold.session_id,
             client_name: self.client_name(hold.session_id),
             host: self.host(hold.session_id),
             identity: self.identity(hold.session_id),
             fencing_token: hold.fencing_token,
-            held_ms: self.now_ms.saturating_sub(hold.acquired_at_ms),
-            lease_left_ms: self.lease_left_ms(hold.session_id),
+            held_ms: now_ms.saturating_sub(hold.acquired_at_ms),
+            lease_left_ms: self.lease_left_ms(now_ms, hold.session_id),
         }
     }
 
     /// Describes every waiter of a primitive without a request of its own.
-    pub(super) fn waiter_infos<P: Queueing>(&self, primitive: Option<&P>) -> Vec<WaiterInfo> {
+    pub(super) fn waiter_infos<P: Queueing>(
+        &self,
+        now_ms: u64,
+        primitive: Option<&P>,
+    ) -> Vec<WaiterInfo> {
         primitive.map_or_else(Vec::new, |p| {
-            p.waiting().iter().map(|w| self.waiter_info(w)).collect()
+            (p.waiting().iter())
+                .map(|w| self.waiter_info(now_ms, w))
+                .collect()
         })
     }
 
-    /// Describes a waiter for `describe`.
-    pub(super) fn waiter_info<R>(&self, waiter: &Waiter<R>) -> WaiterInfo {
+    /// Describes a waiter for `describe`, as of `now_ms`.
+    pub(super) fn waiter_info<R>(&self, now_ms: u64, waiter: &Waiter<R>) -> WaiterInfo {
         WaiterInfo {
             session_id: waiter.session_id,
             client_name: self.client_name(waiter.session_id),
             host: self.host(waiter.session_id),
             identity: self.identity(waiter.session_id),
-            waiting_ms: self.now_ms.saturating_sub(waiter.enqueued_at_ms),
+            waiting_ms: now_ms.saturating_sub(waiter.enqueued_at_ms),
         }
     }
 
@@ -532,10 +538,10 @@ impl State {
             .unwrap_or_default()
     }
 
-    pub(super) fn lease_left_ms(&self, session_id: SessionId) -> u64 {
+    pub(super) fn lease_left_ms(&self, now_ms: u64, session_id: SessionId) -> u64 {
         self.sessions
             .get(session_id)
-            .map_or(0, |s| s.lease_left_ms(self.now_ms))
+            .map_or(0, |s| s.lease_left_ms(now_ms))
     }
 
     /// Checks a primitive's name: 1 to `name_bytes_max` bytes, no control

@@ -160,7 +160,7 @@ impl State {
         holder.is_some_and(|h| h.session_id == session_id && h.fencing_token == fencing_token)
     }
 
-    pub(super) fn lock_describe(&self, name: &str) -> Result<Reply> {
+    pub(super) fn lock_describe(&self, now_ms: u64, name: &str) -> Result<Reply> {
         self.validate_name(Kind::Lock, name)?;
         let mut info = LockInfo {
             name: name.to_owned(),
@@ -168,8 +168,8 @@ impl State {
             waiters: Vec::new(),
         };
         if let Some(lock) = self.locks.get(name) {
-            info.holder = lock.holder.as_ref().map(|h| self.holder_info(h));
-            info.waiters = self.waiter_infos(Some(lock));
+            info.holder = lock.holder.as_ref().map(|h| self.holder_info(now_ms, h));
+            info.waiters = self.waiter_infos(now_ms, Some(lock));
         }
         Ok(Reply::LockDescription(info))
     }

@@ -13,10 +13,17 @@
 //! - [`State::next_deadline_ms`] says when something will happen by itself
 //!   (a lease expiry, a wait deadline); call [`State::tick`] at or after that
 //!   time. `now_ms` must never decrease between calls.
+//! - [`State::query`] answers one [`Query`] (a describe, a listing, a
+//!   session's pending notices) from `&self` at a `now_ms` no earlier than
+//!   the last `apply`/`tick`: it changes nothing, not even the clock, so
+//!   reads need not be steps of a log, and a node that answers them stays
+//!   the same as one that does not.
 //! - Everything a reply or event reveals depends only on changes already in
 //!   the same or earlier outcomes, so an engine that persists an outcome's
 //!   changes before sending its replies never shows anything that a crash
-//!   could take back.
+//!   could take back. A query reveals every change applied so far: an
+//!   engine that applies before it persists holds a query's answer until
+//!   the changes applied before it are durable, like a reply.
 
 pub mod barrier;
 pub mod breaker;
@@ -27,6 +34,7 @@ mod holds;
 pub mod lock;
 pub mod lost;
 pub mod pool;
+mod query;
 pub mod queue;
 pub mod records;
 pub mod rwlock;
@@ -42,6 +50,7 @@ pub use command::{Code, Command, Outcome, Rejection, Reply, Result, RwMode, Summ
 pub use holds::{Hold, HolderInfo, WaiterInfo};
 use holds::{HoldRef, WaiterRef};
 pub use lost::{LossCause, LostHold};
+pub use query::Query;
 pub use records::{Change, RestoreError};
 use session::{SessionEnd, Sessions};
 
@@ -259,15 +268,10 @@ impl State {
                 host,
                 owner,
             } => self.create_session(ttl_ms, client_name, host, owner, out),
-            Command::ListSessions {
-                after_session_id,
-                limit,
-            } => Ok(self.list_sessions(after_session_id, limit)),
             Command::KeepAlive {
                 session_id,
                 notices_seen_through,
             } => self.keep_alive(session_id, notices_seen_through, out),
-            Command::PendingNotices { session_id } => self.pending_notices(session_id),
             Command::Revoke {
                 fencing_token,
                 detail,
@@ -294,7 +298,6 @@ impl State {
                 self.require_session(session_id)?;
                 self.release(kind, session_id, &name, fencing_token, out)
             }
-            Command::LockDescribe { name } => self.lock_describe(&name),
             Command::SemaphoreAcquire {
                 session_id,
                 name,
@@ -306,7 +309,6 @@ impl State {
             } => self.semaphore_acquire(
                 session_id, name, waiter, timeout_ms, acquire_id, capacity, permits, out,
             ),
-            Command::SemaphoreDescribe { name } => self.semaphore_describe(&name),
             Command::RwLockAcquire {
                 session_id,
                 name,
@@ -318,7 +320,6 @@ impl State {
                 let request = rwlock::RwRequest { acquire_id, mode };
                 self.rwlock_acquire(session_id, name, waiter, timeout_ms, request, out)
             }
-            Command::RwLockDescribe { name } => self.rwlock_describe(&name),
             Command::EventSet { name } => self.event_set(name, out),
             Command::EventClear { name } => self.event_clear(name, out),
             Command::EventWait {
@@ -327,7 +328,6 @@ impl State {
                 waiter,
                 timeout_ms,
             } => self.event_wait(session_id, name, waiter, timeout_ms),
-            Command::EventDescribe { name } => self.event_describe(&name),
             Command::ConditionWait {
                 session_id,
                 name,
@@ -345,7 +345,6 @@ impl State {
                 out,
             ),
             Command::ConditionNotify { name, count } => self.condition_notify(name, count, out),
-            Command::ConditionDescribe { name } => self.condition_describe(&name),
             Command::BarrierWait {
                 session_id,
                 name,
@@ -354,7 +353,6 @@ impl State {
                 timeout_ms,
             } => self.barrier_wait(session_id, name, waiter, parties, timeout_ms, out),
             Command::BarrierReset { name } => self.barrier_reset(name, out),
-            Command::BarrierDescribe { name } => self.barrier_describe(&name),
             Command::BarrierDelete { name } => self.barrier_delete(name, out),
             Command::QueuePut {
                 session_id,
@@ -406,7 +404,6 @@ impl State {
                 waiter,
                 timeout_ms,
             } => self.queue_join(session_id, name, waiter, timeout_ms),
-            Command::QueueDescribe { name } => self.queue_describe(&name),
             Command::PoolCheckout {
                 session_id,
                 name,
@@ -432,7 +429,6 @@ impl State {
                 healthy,
                 metadata,
             } => self.pool_checkin(session_id, name, fencing_token, healthy, metadata, out),
-            Command::PoolDescribe { name } => self.pool_describe(&name),
             Command::BucketTake {
                 session_id,
                 name,
@@ -447,7 +443,6 @@ impl State {
                 tokens,
             } => self.bucket_try(&name, settings, tokens, out),
             Command::BucketTryMany { asks } => self.bucket_try_many(asks, out),
-            Command::BucketDescribe { name } => self.bucket_describe(&name),
             Command::BucketDelete { name } => self.bucket_delete(&name, out),
             Command::BreakerAllow {
                 session_id,
@@ -467,9 +462,7 @@ impl State {
                 waiter,
             } => self.breaker_watch(session_id, &name, waiter, out),
             Command::BreakerControl { name, action } => self.breaker_control(&name, action, out),
-            Command::BreakerDescribe { name } => self.breaker_describe(&name),
             Command::BreakerDelete { name } => self.breaker_delete(&name, out),
-            Command::List { kind, prefix } => Ok(Reply::Listing(self.list(kind, &prefix))),
             Command::Cancel { waiter } => {
                 self.cancel_waiter(waiter, out);
                 Ok(Reply::Done)
@@ -529,28 +522,6 @@ impl State {
     /// The record of counters and clock, to write with every batch.
     pub fn checkpoint(&self) -> Change {
         records::counters_change(&self.counters, self.now_ms)
-    }
-
-    fn list(&self, kind: Option<Kind>, prefix: &str) -> Vec<Summary> {
-        let mut out = Vec::new();
-        for each in Kind::ALL {
-            if kind.is_some_and(|k| k != each) {
-                continue;
-            }
-            out.extend(match each {
-                Kind::Lock => self.lock_summaries(prefix),
-                Kind::Semaphore => self.semaphore_summaries(prefix),
-                Kind::RwLock => self.rwlock_summaries(prefix),
-                Kind::Event => self.event_summaries(prefix),
-                Kind::Condition => self.condition_summaries(prefix),
-                Kind::Barrier => self.barrier_summaries(prefix),
-                Kind::Queue => self.queue_summaries(prefix),
-                Kind::Pool => self.pool_summaries(prefix),
-                Kind::TokenBucket => self.bucket_summaries(prefix),
-                Kind::Breaker => self.breaker_summaries(prefix),
-            });
-        }
-        out
     }
 
     /// Refuses a command that would take a session past its holds or

@@ -189,7 +189,7 @@ impl State {
         fencing_token
     }
 
-    pub(super) fn rwlock_describe(&self, name: &str) -> Result<Reply> {
+    pub(super) fn rwlock_describe(&self, now_ms: u64, name: &str) -> Result<Reply> {
         self.validate_name(Kind::RwLock, name)?;
         let mut info = RwLockInfo {
             name: name.to_owned(),
@@ -198,10 +198,10 @@ impl State {
         };
         if let Some(rwlock) = self.rwlocks.get(name) {
             info.holders = (rwlock.holds.values())
-                .map(|(hold, mode)| (self.holder_info(hold), *mode))
+                .map(|(hold, mode)| (self.holder_info(now_ms, hold), *mode))
                 .collect();
             info.waiters = (rwlock.waiters.iter())
-                .map(|w| (self.waiter_info(w), w.request.mode))
+                .map(|w| (self.waiter_info(now_ms, w), w.request.mode))
                 .collect();
         }
         Ok(Reply::RwLockDescription(info))

@@ -259,7 +259,7 @@ impl State {
         fencing_token
     }
 
-    pub(super) fn semaphore_describe(&self, name: &str) -> Result<Reply> {
+    pub(super) fn semaphore_describe(&self, now_ms: u64, name: &str) -> Result<Reply> {
         self.validate_name(Kind::Semaphore, name)?;
         let mut info = SemaphoreInfo {
             name: name.to_owned(),
@@ -272,10 +272,10 @@ impl State {
             info.capacity = semaphore.capacity;
             info.permits_held = semaphore.permits_held;
             info.holders = (semaphore.holds.values())
-                .map(|h| (self.holder_info(&h.hold), h.permits))
+                .map(|h| (self.holder_info(now_ms, &h.hold), h.permits))
                 .collect();
             info.waiters = (semaphore.waiters.iter())
-                .map(|w| (self.waiter_info(w), w.request.permits))
+                .map(|w| (self.waiter_info(now_ms, w), w.request.permits))
                 .collect();
         }
         Ok(Reply::SemaphoreDescription(info))

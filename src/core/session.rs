@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use super::lost::LostNotices;
 use super::records;
 use super::{
-    Code, Command, FencingToken, Kind, Outcome, Rejection, Reply, Result, SessionId, State,
+    Code, Command, FencingToken, Kind, Outcome, Query, Rejection, Reply, Result, SessionId, State,
     WaiterId,
 };
 
@@ -241,7 +241,12 @@ impl State {
 
     /// Live sessions in id order after `after_session_id`: at most `limit`
     /// (capped at [`SESSIONS_LISTED_MAX`]), each with what it holds.
-    pub(super) fn list_sessions(&self, after_session_id: SessionId, limit: u32) -> Reply {
+    pub(super) fn list_sessions(
+        &self,
+        now_ms: u64,
+        after_session_id: SessionId,
+        limit: u32,
+    ) -> Reply {
         // 0 asks for a full page, as the proto says.
         let limit = match limit as usize {
             0 => SESSIONS_LISTED_MAX,
@@ -252,12 +257,12 @@ impl State {
             .by_id
             .range(after_session_id.saturating_add(1)..)
             .take(limit)
-            .map(|(_, session)| self.session_info(session))
+            .map(|(_, session)| self.session_info(now_ms, session))
             .collect();
         Reply::SessionList(infos)
     }
 
-    fn session_info(&self, session: &Session) -> SessionInfo {
+    fn session_info(&self, now_ms: u64, session: &Session) -> SessionInfo {
         let holds = session
             .holds
             .iter()
@@ -276,7 +281,7 @@ impl State {
             host: session.host.clone(),
             identity: session.owner.clone(),
             ttl_ms: session.ttl_ms,
-            lease_left_ms: session.lease_left_ms(self.now_ms),
+            lease_left_ms: session.lease_left_ms(now_ms),
             holds,
             waiting: session.waiters.len() as u32,
             lost_holds_unconfirmed: session.lost.unconfirmed().count() as u32,
@@ -287,7 +292,17 @@ impl State {
     /// identity: a session is usable only by the token that created it. An
     /// unknown session passes (the command itself answers NOT_FOUND).
     pub fn check_session_owner(&self, command: &Command, identity: &str) -> Result<()> {
-        let Some(session) = command.session_id().and_then(|id| self.sessions.get(id)) else {
+        self.check_owner(command.session_id(), identity)
+    }
+
+    /// As [`State::check_session_owner`], for a query: another identity
+    /// may not read a session's notices either.
+    pub fn check_query_owner(&self, query: &Query, identity: &str) -> Result<()> {
+        self.check_owner(query.session_id(), identity)
+    }
+
+    fn check_owner(&self, session_id: Option<SessionId>, identity: &str) -> Result<()> {
+        let Some(session) = session_id.and_then(|id| self.sessions.get(id)) else {
             return Ok(());
         };
         if session.owner == identity {

@@ -382,9 +382,8 @@ impl State {
         })
     }
 
-    pub(super) fn bucket_describe(&self, name: &str) -> Result<Reply> {
+    pub(super) fn bucket_describe(&self, now_ms: u64, name: &str) -> Result<Reply> {
         self.validate_name(Kind::TokenBucket, name)?;
-        let now_ms = self.now_ms;
         let mut info = BucketInfo {
             name: name.to_owned(),
             rate_per_s: 0,
@@ -399,17 +398,17 @@ impl State {
             info.capacity = now.capacity;
             info.tokens = now.whole_tokens();
             info.waiters = (bucket.waiters.iter())
-                .map(|w| (self.waiter_info(w), w.request))
+                .map(|w| (self.waiter_info(now_ms, w), w.request))
                 .collect();
         }
         Ok(Reply::BucketDescription(info))
     }
 
-    pub(super) fn bucket_summaries(&self, prefix: &str) -> Vec<Summary> {
+    pub(super) fn bucket_summaries(&self, now_ms: u64, prefix: &str) -> Vec<Summary> {
         super::named(&self.buckets, prefix)
             .map(|(name, b)| {
                 let mut now = b.clone();
-                now.refill(self.now_ms);
+                now.refill(now_ms);
                 Summary {
                     kind: Kind::TokenBucket,
                     name: name.clone(),

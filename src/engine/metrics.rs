@@ -35,7 +35,7 @@ impl Tracker {
         }
     }
 
-    /// A turn applies `commands` commands.
+    /// A turn applies `commands` commands (its queries counted with them).
     pub(super) fn start_turn(&mut self, commands: usize) {
         self.turn += 1;
         if commands > 0 {

@@ -6,7 +6,8 @@
 //!    re-armed every turn to [`State::next_deadline_ms`]), or for the writer
 //!    to report progress;
 //! 2. drains up to `batch_max` more commands that are already queued;
-//! 3. ticks the core, then applies every command at the same `now`;
+//! 3. ticks the core, then applies every command at the same `now`, and
+//!    answers every query ([`State::query`]) in its place among them;
 //! 4. hands the turn's changes to the writer thread (numbered), and holds
 //!    the turn's replies and events;
 //! 5. sends held replies in order once the writer reports their changes
@@ -17,7 +18,7 @@
 //! next commands, and the writer then writes all that queued up as one
 //! batch with one flush (group commit, see `writer.rs`). A turn that changed
 //! nothing is still held behind earlier turns, because what it reveals may
-//! depend on their changes.
+//! depend on their changes; so is a query's answer, for the same reason.
 //!
 //! Waiters: a waiting RPC gets a [`WaitStream`]. When the client goes away
 //! the stream is dropped, and its `Drop` tells the engine (`Cancel`, and
@@ -35,6 +36,7 @@ mod writer;
 pub use self::replicated::start as start_replicated;
 
 use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -49,7 +51,7 @@ use self::metrics::Tracker;
 use self::notices::NoticeBoard;
 pub use self::notices::NoticeSubscription;
 use self::writer::{Job, Progress, Writer};
-use crate::core::{self, Code, Command, Limits, Outcome, Rejection, Reply, State, WaiterId};
+use crate::core::{self, Code, Command, Limits, Outcome, Query, Rejection, Reply, State, WaiterId};
 use crate::metrics::{Metrics, StateSizes};
 use crate::store::{Store, StoreError};
 
@@ -95,6 +97,13 @@ impl Default for EngineConfig {
 enum Envelope {
     Call {
         command: Command,
+        acting_as: Option<Identity>,
+        reply: oneshot::Sender<Event>,
+    },
+    /// A read: answered in its turn, from the state as the commands before
+    /// it left it, and held with the turn's replies (see `turn`).
+    Query {
+        query: Query,
         acting_as: Option<Identity>,
         reply: oneshot::Sender<Event>,
     },
@@ -160,13 +169,32 @@ impl EngineHandle {
 
     /// Runs a command that answers once.
     pub async fn call(&self, command: Command) -> Event {
-        let (reply, answer) = oneshot::channel();
-        let envelope = Envelope::Call {
+        let acting_as = self.acting_as.clone();
+        let envelope = |reply| Envelope::Call {
             command,
-            acting_as: self.acting_as.clone(),
+            acting_as,
             reply,
         };
-        if self.commands.send(envelope).await.is_err() {
+        self.answered(envelope).await
+    }
+
+    /// Answers a read. It changes nothing, but it is answered in turn
+    /// order and held like a reply: what it shows was applied before it and
+    /// is durable when the answer arrives.
+    pub async fn query(&self, query: Query) -> Event {
+        let acting_as = self.acting_as.clone();
+        let envelope = |reply| Envelope::Query {
+            query,
+            acting_as,
+            reply,
+        };
+        self.answered(envelope).await
+    }
+
+    /// Sends what `envelope` makes of a reply channel; the answer.
+    async fn answered(&self, envelope: impl FnOnce(oneshot::Sender<Event>) -> Envelope) -> Event {
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(envelope(reply)).await.is_err() {
             return Err(shutting_down());
         }
         answer.await.unwrap_or_else(|_| Err(shutting_down()))
@@ -174,6 +202,19 @@ impl EngineHandle {
 
     /// Runs a command that may wait. `make` receives the waiter's id.
     pub async fn wait(&self, make: impl FnOnce(WaiterId) -> Command) -> WaitStream {
+        let infallible = |waiter| Ok::<_, Infallible>(make(waiter));
+        self.try_wait(infallible)
+            .await
+            .unwrap_or_else(|never| match never {})
+    }
+
+    /// As [`EngineHandle::wait`], for a command that `make` may refuse to
+    /// build (a request that names no valid mode, say): then nothing is
+    /// sent and its error is returned.
+    pub async fn try_wait<E>(
+        &self,
+        make: impl FnOnce(WaiterId) -> Result<Command, E>,
+    ) -> Result<WaitStream, E> {
         // Room for every event a waiter can get: `Queued`, then one final.
         self.open_stream(4, make).await
     }
@@ -183,18 +224,32 @@ impl EngineHandle {
     /// behind is cut off with RESOURCE_EXHAUSTED rather than slowing the
     /// engine.
     pub async fn watch(&self, make: impl FnOnce(WaiterId) -> Command) -> WaitStream {
+        let infallible = |waiter| Ok::<_, Infallible>(make(waiter));
+        self.try_watch(infallible)
+            .await
+            .unwrap_or_else(|never| match never {})
+    }
+
+    /// As [`EngineHandle::watch`], for a command that `make` may refuse to
+    /// build.
+    pub async fn try_watch<E>(
+        &self,
+        make: impl FnOnce(WaiterId) -> Result<Command, E>,
+    ) -> Result<WaitStream, E> {
         self.open_stream(WATCH_BACKLOG_MAX, make).await
     }
 
-    async fn open_stream(
+    async fn open_stream<E>(
         &self,
         backlog: usize,
-        make: impl FnOnce(WaiterId) -> Command,
-    ) -> WaitStream {
+        make: impl FnOnce(WaiterId) -> Result<Command, E>,
+    ) -> Result<WaitStream, E> {
+        // A refused build wastes its id: ids need only be unique.
         let waiter = WaiterId(self.next_waiter.fetch_add(1, Ordering::Relaxed));
+        let command = make(waiter)?;
         let (events, receiver) = mpsc::channel(backlog);
         let envelope = Envelope::Wait {
-            command: make(waiter),
+            command,
             acting_as: self.acting_as.clone(),
             waiter,
             events,
@@ -210,7 +265,7 @@ impl EngineHandle {
             stream.peeked = Some(Err(shutting_down()));
             stream.finished = true;
         }
-        stream
+        Ok(stream)
     }
 
     /// Asks the engine to stop: waiters get UNAVAILABLE, the store is
@@ -527,6 +582,16 @@ impl Engine {
                     let result = self.apply_as(now_ms, command, acting_as, &mut outcome);
                     deliveries.replies.push((reply, result));
                 }
+                Envelope::Query {
+                    query,
+                    acting_as,
+                    reply,
+                } => {
+                    // Held with the turn's replies: the commands before it
+                    // may not be durable yet.
+                    let result = self.query_as(now_ms, &query, acting_as);
+                    deliveries.replies.push((reply, result));
+                }
                 Envelope::Wait {
                     command,
                     acting_as,
@@ -575,6 +640,15 @@ impl Engine {
             self.state.check_session_owner(&command, &identity)?;
         }
         self.state.apply(now_ms, command, outcome)
+    }
+
+    /// Answers a caller's query, first checking that a session it names
+    /// belongs to the caller's identity (as `apply_as`).
+    fn query_as(&self, now_ms: u64, query: &Query, acting_as: Option<Identity>) -> Event {
+        if let Some(identity) = acting_as {
+            self.state.check_query_owner(query, &identity)?;
+        }
+        self.state.query(now_ms, query)
     }
 
     fn state_sizes(&self) -> StateSizes {

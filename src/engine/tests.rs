@@ -105,10 +105,7 @@ async fn held_and_waiting() -> (
 }
 
 async fn describe(engine: &EngineHandle) -> LockInfo {
-    match engine
-        .call(Command::LockDescribe { name: "l".into() })
-        .await
-    {
+    match engine.query(Query::LockDescribe { name: "l".into() }).await {
         Ok(Reply::LockDescription(info)) => info,
         other => panic!("expected a description, got {other:?}"),
     }
@@ -152,7 +149,7 @@ async fn replies_wait_until_their_changes_are_flushed() {
         let engine = engine.clone();
         async move {
             engine
-                .call(Command::List {
+                .query(Query::List {
                     kind: None,
                     prefix: String::new(),
                 })
@@ -290,9 +287,9 @@ async fn a_watcher_that_falls_behind_is_told_and_cut_off() {
         "{end:?}"
     );
     assert!(watching.next().await.is_none(), "the stream is over");
-    let describe = || Command::BreakerDescribe { name: "b".into() };
+    let describe = || Query::BreakerDescribe { name: "b".into() };
     eventually(|| async {
-        matches!(engine.call(describe()).await,
+        matches!(engine.query(describe()).await,
             Ok(Reply::BreakerDescription(info)) if info.watchers == 0)
     })
     .await;
@@ -324,6 +321,11 @@ async fn a_handle_acting_for_an_identity_may_only_use_its_own_sessions() {
     }
     let refused = ops.call(release(session_id, fencing_token)).await;
     assert_eq!(refused.map_err(|r| r.code), Err(Code::PermissionDenied));
+    // Nor read its notices: a query that names a session is checked too.
+    let notices = Query::PendingNotices { session_id };
+    let refused = ops.query(notices.clone()).await;
+    assert_eq!(refused.map_err(|r| r.code), Err(Code::PermissionDenied));
+    assert_eq!(ci.query(notices).await, Ok(Reply::Notices(Vec::new())));
     // The owner can, and so can a handle that checks no identity (a server
     // without tokens, or an admin closing the session).
     assert_eq!(

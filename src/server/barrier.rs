@@ -5,10 +5,9 @@ use tonic::{Request, Response, Status};
 use super::auth::{authorize, Role};
 
 use super::convert::{wait_event, waiters, WaitEvent};
-use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
-use super::{open_wait, WaitResponse};
-use crate::core::{Command, Reply};
+use super::{call, open_wait, query, WaitResponse};
+use crate::core::Reply;
 use crate::engine::EngineHandle;
 use crate::proto::v1::{self as pb, barriers_server::Barriers, wait_barrier_response::Event};
 
@@ -25,17 +24,7 @@ impl Barriers for BarrierService {
         request: Request<pb::WaitBarrierRequest>,
     ) -> Result<Response<Self::WaitStream>, Status> {
         let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
-        let grpc = grpc_timeout(request.metadata());
-        let request = request.into_inner();
-        let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
-        let make = |waiter| Command::BarrierWait {
-            session_id: request.session_id,
-            name: request.name,
-            waiter,
-            parties: request.parties,
-            timeout_ms,
-        };
-        open_wait(&engine, make, wait_event).await
+        open_wait(&engine, request, wait_event).await
     }
 
     async fn reset(
@@ -43,8 +32,7 @@ impl Barriers for BarrierService {
         request: Request<pb::ResetBarrierRequest>,
     ) -> Result<Response<pb::ResetBarrierResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Admin, &request.get_ref().name)?;
-        let name = request.into_inner().name;
-        match engine.call(Command::BarrierReset { name }).await? {
+        match call(&engine, request.into_inner()).await? {
             Reply::Count(aborted) => Ok(Response::new(pb::ResetBarrierResponse { aborted })),
             other => Err(unexpected(&other)),
         }
@@ -55,8 +43,7 @@ impl Barriers for BarrierService {
         request: Request<pb::DescribeBarrierRequest>,
     ) -> Result<Response<pb::DescribeBarrierResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
-        let name = request.into_inner().name;
-        match engine.call(Command::BarrierDescribe { name }).await? {
+        match query(&engine, request.into_inner()).await? {
             Reply::BarrierDescription(info) => Ok(Response::new(pb::DescribeBarrierResponse {
                 name: info.name,
                 parties: info.parties,
@@ -73,8 +60,7 @@ impl Barriers for BarrierService {
         request: Request<pb::DeleteBarrierRequest>,
     ) -> Result<Response<pb::DeleteBarrierResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Admin, &request.get_ref().name)?;
-        let name = request.into_inner().name;
-        match engine.call(Command::BarrierDelete { name }).await? {
+        match call(&engine, request.into_inner()).await? {
             Reply::Count(aborted) => Ok(Response::new(pb::DeleteBarrierResponse { aborted })),
             other => Err(unexpected(&other)),
         }

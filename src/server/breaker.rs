@@ -6,13 +6,11 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{authorize, Role};
 
-use super::convert::{
-    breaker_settings, call_failed, holder, pb_breaker_settings, pb_breaker_state,
-};
+use super::convert::{holder, pb_breaker_settings, pb_breaker_state};
 use super::status::unexpected;
-use super::{open_watch, WaitResponse};
+use super::{call, open_watch, query, WaitResponse};
 use crate::core::breaker::{BreakerAction, BreakerInfo, StateChange, Verdict};
-use crate::core::{Command, Reply};
+use crate::core::Reply;
 use crate::engine::EngineHandle;
 use crate::proto::v1::{
     self as pb, allow_call_response::Verdict as PbVerdict, circuit_breakers_server::CircuitBreakers,
@@ -31,14 +29,7 @@ impl CircuitBreakers for BreakerService {
         request: Request<pb::AllowCallRequest>,
     ) -> Result<Response<pb::AllowCallResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
-        let request = request.into_inner();
-        let command = Command::BreakerAllow {
-            session_id: request.session_id,
-            name: request.name,
-            settings: request.settings.map(breaker_settings),
-            acquire_id: request.acquire_id,
-        };
-        match engine.call(command).await? {
+        match call(&engine, request.into_inner()).await? {
             Reply::BreakerVerdict(verdict) => Ok(Response::new(allow_response(verdict))),
             other => Err(unexpected(&other)),
         }
@@ -49,14 +40,7 @@ impl CircuitBreakers for BreakerService {
         request: Request<pb::RecordCallRequest>,
     ) -> Result<Response<pb::RecordCallResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
-        let request = request.into_inner();
-        let command = Command::BreakerRecord {
-            failed: call_failed(request.outcome)?,
-            session_id: request.session_id,
-            name: request.name,
-            fencing_token: request.fencing_token,
-        };
-        match engine.call(command).await? {
+        match call(&engine, request.into_inner()).await? {
             Reply::BreakerRecorded { state, counted } => {
                 let state = pb_breaker_state(state);
                 Ok(Response::new(pb::RecordCallResponse { state, counted }))
@@ -70,13 +54,7 @@ impl CircuitBreakers for BreakerService {
         request: Request<pb::WatchBreakerRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
-        let request = request.into_inner();
-        let make = |waiter| Command::BreakerWatch {
-            session_id: request.session_id,
-            name: request.name,
-            waiter,
-        };
-        open_watch(&engine, make, watch_event).await
+        open_watch(&engine, request, watch_event).await
     }
 
     async fn describe(
@@ -84,8 +62,7 @@ impl CircuitBreakers for BreakerService {
         request: Request<pb::DescribeBreakerRequest>,
     ) -> Result<Response<pb::DescribeBreakerResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
-        let name = request.into_inner().name;
-        match engine.call(Command::BreakerDescribe { name }).await? {
+        match query(&engine, request.into_inner()).await? {
             Reply::BreakerDescription(info) => Ok(Response::new(describe_response(info))),
             other => Err(unexpected(&other)),
         }
@@ -117,8 +94,7 @@ impl CircuitBreakers for BreakerService {
         request: Request<pb::DeleteBreakerRequest>,
     ) -> Result<Response<pb::DeleteBreakerResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Admin, &request.get_ref().name)?;
-        let name = request.into_inner().name;
-        match engine.call(Command::BreakerDelete { name }).await? {
+        match call(&engine, request.into_inner()).await? {
             Reply::Deleted {
                 waiters_ended,
                 holds_dropped,
@@ -139,11 +115,7 @@ impl BreakerService {
         action: BreakerAction,
     ) -> Result<Response<pb::ControlBreakerResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Admin, &request.get_ref().name)?;
-        let name = request.into_inner().name;
-        match engine
-            .call(Command::BreakerControl { name, action })
-            .await?
-        {
+        match call(&engine, (action, request.into_inner())).await? {
             Reply::BreakerStateIs(state) => Ok(Response::new(pb::ControlBreakerResponse {
                 state: pb_breaker_state(state),
             })),

@@ -5,10 +5,9 @@ use tonic::{Request, Response, Status};
 use super::auth::{authorize, Role};
 
 use super::convert::{wait_event, waiters, WaitEvent};
-use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
-use super::{open_wait, WaitResponse};
-use crate::core::{Command, Reply};
+use super::{call, open_wait, query, WaitResponse};
+use crate::core::Reply;
 use crate::engine::EngineHandle;
 use crate::proto::v1::{self as pb, conditions_server::Conditions, wait_condition_response::Event};
 
@@ -27,18 +26,7 @@ impl Conditions for ConditionService {
         let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
         // Waiting releases and re-acquires the lock: it is used too.
         authorize(&request, &self.engine, Role::Use, &request.get_ref().lock)?;
-        let grpc = grpc_timeout(request.metadata());
-        let request = request.into_inner();
-        let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
-        let make = |waiter| Command::ConditionWait {
-            session_id: request.session_id,
-            name: request.name,
-            lock: request.lock,
-            fencing_token: request.fencing_token,
-            waiter,
-            timeout_ms,
-        };
-        open_wait(&engine, make, wait_event).await
+        open_wait(&engine, request, wait_event).await
     }
 
     async fn notify(
@@ -46,12 +34,7 @@ impl Conditions for ConditionService {
         request: Request<pb::NotifyConditionRequest>,
     ) -> Result<Response<pb::NotifyConditionResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
-        let request = request.into_inner();
-        let command = Command::ConditionNotify {
-            name: request.name,
-            count: (!request.all).then_some(request.count),
-        };
-        match engine.call(command).await? {
+        match call(&engine, request.into_inner()).await? {
             Reply::Count(woken) => Ok(Response::new(pb::NotifyConditionResponse { woken })),
             other => Err(unexpected(&other)),
         }
@@ -62,8 +45,7 @@ impl Conditions for ConditionService {
         request: Request<pb::DescribeConditionRequest>,
     ) -> Result<Response<pb::DescribeConditionResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
-        let name = request.into_inner().name;
-        match engine.call(Command::ConditionDescribe { name }).await? {
+        match query(&engine, request.into_inner()).await? {
             Reply::ConditionDescription(info) => Ok(Response::new(pb::DescribeConditionResponse {
                 name: info.name,
                 lock: info.lock,

@@ -1,7 +1,7 @@
-//! Conversions that several services share: the events of waiting streams,
-//! holders and waiters for Describe, the read-write mode, a pool
-//! resource's freshness, and a circuit breaker's state, settings and call
-//! outcomes; lost-hold notices.
+//! Conversions of replies that several services share: the events of
+//! waiting streams, holders and waiters for Describe, the read-write mode,
+//! a pool resource's freshness, a circuit breaker's state and settings;
+//! lost-hold notices. (Requests are mapped in `requests`.)
 
 use tonic::Status;
 
@@ -89,19 +89,6 @@ pub(super) fn waiters(infos: Vec<WaiterInfo>) -> Vec<pb::Waiter> {
     infos.into_iter().map(waiter).collect()
 }
 
-/// A request's mode; UNSPECIFIED and unknown numbers are refused.
-pub(super) fn rw_mode(value: i32) -> Result<RwMode, Status> {
-    let given = match pb::RwMode::try_from(value) {
-        Ok(pb::RwMode::Read) => return Ok(RwMode::Read),
-        Ok(pb::RwMode::Write) => return Ok(RwMode::Write),
-        Ok(unspecified) => unspecified.as_str_name().to_owned(),
-        Err(_) => value.to_string(),
-    };
-    Err(Status::invalid_argument(format!(
-        "mode must be RW_MODE_READ or RW_MODE_WRITE, not {given}"
-    )))
-}
-
 /// A hold's or waiter's mode, for Describe.
 pub(super) fn pb_rw_mode(mode: RwMode) -> i32 {
     match mode {
@@ -132,20 +119,6 @@ pub(super) fn pb_breaker_state(state: BreakerState) -> i32 {
     state.into()
 }
 
-/// A request's breaker settings, as given (the core fills in defaults and
-/// checks bounds).
-pub(super) fn breaker_settings(s: pb::BreakerSettings) -> BreakerSettings {
-    BreakerSettings {
-        failure_threshold: s.failure_threshold,
-        open_timeout_ms: s.open_timeout_ms,
-        half_open_max_probes: s.half_open_max_probes,
-        success_threshold: s.success_threshold,
-        window_calls: s.window_calls,
-        failure_rate_percent: s.failure_rate_percent,
-        min_calls: s.min_calls,
-    }
-}
-
 /// A breaker's settings for Describe.
 pub(super) fn pb_breaker_settings(s: BreakerSettings) -> pb::BreakerSettings {
     pb::BreakerSettings {
@@ -157,20 +130,6 @@ pub(super) fn pb_breaker_settings(s: BreakerSettings) -> pb::BreakerSettings {
         failure_rate_percent: s.failure_rate_percent,
         min_calls: s.min_calls,
     }
-}
-
-/// Whether a recorded call failed; UNSPECIFIED and unknown numbers are
-/// refused.
-pub(super) fn call_failed(outcome: i32) -> Result<bool, Status> {
-    let given = match pb::CallOutcome::try_from(outcome) {
-        Ok(pb::CallOutcome::Success) => return Ok(false),
-        Ok(pb::CallOutcome::Failure) => return Ok(true),
-        Ok(unspecified) => unspecified.as_str_name().to_owned(),
-        Err(_) => outcome.to_string(),
-    };
-    Err(Status::invalid_argument(format!(
-        "outcome must be CALL_OUTCOME_SUCCESS or CALL_OUTCOME_FAILURE, not {given}"
-    )))
 }
 
 /// A session as `Sessions.List` shows it.
@@ -217,25 +176,8 @@ pub(super) fn lost_hold(notice: LostHold) -> pb::LostHold {
 
 #[cfg(test)]
 mod tests {
+    use super::super::requests::breaker_settings;
     use super::*;
-
-    #[test]
-    fn rw_mode_accepts_read_and_write_only() {
-        assert_eq!(rw_mode(1).unwrap(), RwMode::Read);
-        assert_eq!(rw_mode(2).unwrap(), RwMode::Write);
-        for bad in [0, 3, -1] {
-            let status = rw_mode(bad).unwrap_err();
-            assert_eq!(status.code(), tonic::Code::InvalidArgument);
-        }
-        assert!(rw_mode(0)
-            .unwrap_err()
-            .message()
-            .contains("RW_MODE_UNSPECIFIED"));
-        assert!(rw_mode(7).unwrap_err().message().ends_with("not 7"));
-        for mode in [RwMode::Read, RwMode::Write] {
-            assert_eq!(rw_mode(pb_rw_mode(mode)).unwrap(), mode);
-        }
-    }
 
     #[test]
     fn wait_events_map_queued_and_the_final_reply_and_refuse_other_shapes() {
@@ -296,18 +238,5 @@ mod tests {
         assert_eq!(core.open_timeout_ms, 2);
         assert_eq!(core.min_calls, 7);
         assert_eq!(pb_breaker_settings(core), given);
-    }
-
-    #[test]
-    fn call_outcome_accepts_success_and_failure_only() {
-        assert!(!call_failed(1).unwrap());
-        assert!(call_failed(2).unwrap());
-        for bad in [0, 3, -1] {
-            let status = call_failed(bad).unwrap_err();
-            assert_eq!(status.code(), tonic::Code::InvalidArgument);
-        }
-        let unspecified = call_failed(0).unwrap_err();
-        assert!(unspecified.message().contains("CALL_OUTCOME_UNSPECIFIED"));
-        assert!(call_failed(9).unwrap_err().message().ends_with("not 9"));
     }
 }

@@ -5,10 +5,9 @@ use tonic::{Request, Response, Status};
 use super::auth::{authorize, Role};
 
 use super::convert::{wait_event, waiters, WaitEvent};
-use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
-use super::{open_wait, WaitResponse};
-use crate::core::{Command, Reply};
+use super::{call, open_wait, query, WaitResponse};
+use crate::core::Reply;
 use crate::engine::EngineHandle;
 use crate::proto::v1::{self as pb, events_server::Events, wait_event_response::Event};
 
@@ -25,8 +24,7 @@ impl Events for EventService {
         request: Request<pb::SetEventRequest>,
     ) -> Result<Response<pb::SetEventResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
-        let name = request.into_inner().name;
-        match engine.call(Command::EventSet { name }).await? {
+        match call(&engine, request.into_inner()).await? {
             Reply::Count(woken) => Ok(Response::new(pb::SetEventResponse { woken })),
             other => Err(unexpected(&other)),
         }
@@ -37,8 +35,7 @@ impl Events for EventService {
         request: Request<pb::ClearEventRequest>,
     ) -> Result<Response<pb::ClearEventResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
-        let name = request.into_inner().name;
-        match engine.call(Command::EventClear { name }).await? {
+        match call(&engine, request.into_inner()).await? {
             Reply::Done => Ok(Response::new(pb::ClearEventResponse {})),
             other => Err(unexpected(&other)),
         }
@@ -49,16 +46,7 @@ impl Events for EventService {
         request: Request<pb::WaitEventRequest>,
     ) -> Result<Response<Self::WaitStream>, Status> {
         let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
-        let grpc = grpc_timeout(request.metadata());
-        let request = request.into_inner();
-        let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
-        let make = |waiter| Command::EventWait {
-            session_id: request.session_id,
-            name: request.name,
-            waiter,
-            timeout_ms,
-        };
-        open_wait(&engine, make, wait_event).await
+        open_wait(&engine, request, wait_event).await
     }
 
     async fn describe(
@@ -66,8 +54,7 @@ impl Events for EventService {
         request: Request<pb::DescribeEventRequest>,
     ) -> Result<Response<pb::DescribeEventResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
-        let name = request.into_inner().name;
-        match engine.call(Command::EventDescribe { name }).await? {
+        match query(&engine, request.into_inner()).await? {
             Reply::EventDescription(info) => Ok(Response::new(pb::DescribeEventResponse {
                 name: info.name,
                 is_set: info.is_set,

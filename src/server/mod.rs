@@ -1,6 +1,6 @@
 //! The gRPC face of syncd: thin tonic services that turn requests into
-//! commands ([`crate::core::Command`]) for the engine and replies back into
-//! protobuf. No rules live here.
+//! commands and queries for the engine ([`requests`], the one mapping) and
+//! replies back into protobuf. No rules live here.
 //!
 //! Also served: standard health checking (`grpc.health.v1`) and server
 //! reflection (`v1` and `v1alpha`), so generic tools such as grpcurl can call
@@ -23,6 +23,7 @@ pub mod metrics;
 mod pool;
 mod queue;
 mod ratelimit;
+pub mod requests;
 mod rwlock;
 mod semaphore;
 mod session;
@@ -40,13 +41,13 @@ use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
-use tonic::{Response, Status};
+use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tower::util::MapResponseLayer;
 
-use status::unexpected;
+use requests::{Context, ToCommand, ToQuery, ToWait};
 
-use crate::core::{Command, FencingToken, Kind, Reply, SessionId, WaiterId};
+use crate::core::Reply;
 use crate::engine::{self, EngineConfig, EngineHandle, WaitStream};
 use crate::proto::v1::{
     barriers_server::BarriersServer, circuit_breakers_server::CircuitBreakersServer,
@@ -83,24 +84,45 @@ pub struct ServerConfig {
 /// A stream of events for a waiting RPC.
 pub type WaitResponse<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// Starts a waiting command. An immediate refusal becomes the call's status;
-/// otherwise the events stream to the client, mapped by `map`.
+/// Runs the command a request asks for (nothing added from the call): its
+/// reply.
+async fn call(engine: &EngineHandle, request: impl ToCommand) -> Result<Reply, Status> {
+    let command = request.to_command(&Context::EMPTY)?;
+    Ok(engine.call(command).await?)
+}
+
+/// Answers the query a request asks for.
+async fn query(engine: &EngineHandle, request: impl ToQuery) -> Result<Reply, Status> {
+    let query = request.to_query()?;
+    Ok(engine.query(query).await?)
+}
+
+/// Starts the waiting command a request asks for, bounded by the call's
+/// deadline. A refusal (of the request or at once by the engine) becomes
+/// the call's status; otherwise the events stream to the client, mapped
+/// by `map`.
 async fn open_wait<T: Send + 'static>(
     engine: &EngineHandle,
-    make: impl FnOnce(WaiterId) -> Command,
+    request: Request<impl ToWait>,
     map: fn(Reply) -> Result<T, Status>,
 ) -> Result<Response<WaitResponse<T>>, Status> {
-    respond(engine.wait(make).await, map).await
+    let context = Context::waiting(&request);
+    let request = request.into_inner();
+    let events = engine.try_wait(|waiter| request.to_wait(&context, waiter));
+    respond(events.await?, map).await
 }
 
 /// Starts a command whose events go on until the client leaves (a
 /// breaker's watch); otherwise as [`open_wait`].
 async fn open_watch<T: Send + 'static>(
     engine: &EngineHandle,
-    make: impl FnOnce(WaiterId) -> Command,
+    request: Request<impl ToWait>,
     map: fn(Reply) -> Result<T, Status>,
 ) -> Result<Response<WaitResponse<T>>, Status> {
-    respond(engine.watch(make).await, map).await
+    let context = Context::waiting(&request);
+    let request = request.into_inner();
+    let events = engine.try_watch(|waiter| request.to_wait(&context, waiter));
+    respond(events.await?, map).await
 }
 
 /// An immediate refusal becomes the call's status; otherwise the events
@@ -117,22 +139,10 @@ async fn respond<T: Send + 'static>(
 }
 
 /// Gives back a hold of a lock, semaphore or read-write lock.
-async fn release(
-    engine: &EngineHandle,
-    kind: Kind,
-    session_id: SessionId,
-    name: String,
-    fencing_token: FencingToken,
-) -> Result<(), Status> {
-    let command = Command::Release {
-        kind,
-        session_id,
-        name,
-        fencing_token,
-    };
-    match engine.call(command).await? {
+async fn release(engine: &EngineHandle, request: impl ToCommand) -> Result<(), Status> {
+    match call(engine, request).await? {
         Reply::Done => Ok(()),
-        other => Err(unexpected(&other)),
+        other => Err(status::unexpected(&other)),
     }
 }
 

@@ -5,11 +5,10 @@ use tonic::{Request, Response, Status};
 use super::auth::{authorize, Role};
 
 use super::convert::{pb_freshness, wait_event, waiters, WaitEvent};
-use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
-use super::{open_wait, WaitResponse};
+use super::{call, open_wait, query, WaitResponse};
 use crate::core::pool::{Checkout, PoolInfo, ResourceInfo};
-use crate::core::{Command, Reply};
+use crate::core::Reply;
 use crate::engine::EngineHandle;
 use crate::proto::v1::{self as pb, checkout_response::Event, pools_server::Pools};
 
@@ -26,20 +25,7 @@ impl Pools for PoolService {
         request: Request<pb::CheckoutRequest>,
     ) -> Result<Response<Self::CheckoutStream>, Status> {
         let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
-        let grpc = grpc_timeout(request.metadata());
-        let request = request.into_inner();
-        let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
-        let make = |waiter| Command::PoolCheckout {
-            session_id: request.session_id,
-            name: request.name,
-            waiter,
-            timeout_ms,
-            acquire_id: request.acquire_id,
-            size: request.size,
-            max_age_ms: request.max_age_ms,
-            max_idle_ms: request.max_idle_ms,
-        };
-        open_wait(&engine, make, wait_event).await
+        open_wait(&engine, request, wait_event).await
     }
 
     async fn checkin(
@@ -47,15 +33,7 @@ impl Pools for PoolService {
         request: Request<pb::CheckinRequest>,
     ) -> Result<Response<pb::CheckinResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
-        let request = request.into_inner();
-        let command = Command::PoolCheckin {
-            session_id: request.session_id,
-            name: request.name,
-            fencing_token: request.fencing_token,
-            healthy: request.healthy,
-            metadata: request.metadata,
-        };
-        match engine.call(command).await? {
+        match call(&engine, request.into_inner()).await? {
             Reply::CheckedIn { evicted } => Ok(Response::new(pb::CheckinResponse { evicted })),
             other => Err(unexpected(&other)),
         }
@@ -66,8 +44,7 @@ impl Pools for PoolService {
         request: Request<pb::DescribePoolRequest>,
     ) -> Result<Response<pb::DescribePoolResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
-        let name = request.into_inner().name;
-        match engine.call(Command::PoolDescribe { name }).await? {
+        match query(&engine, request.into_inner()).await? {
             Reply::PoolDescription(info) => Ok(Response::new(describe_response(info))),
             other => Err(unexpected(&other)),
         }

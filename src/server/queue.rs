@@ -6,11 +6,10 @@ use tonic::{Request, Response, Status};
 use super::auth::{authorize, Role};
 
 use super::convert::{wait_event, WaitEvent};
-use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
-use super::{open_wait, WaitResponse};
+use super::{call, open_wait, query, WaitResponse};
 use crate::core::queue::{Delivery, QueueInfo};
-use crate::core::{Command, Reply};
+use crate::core::Reply;
 use crate::engine::EngineHandle;
 use crate::proto::v1::{
     self as pb, get_response, join_response, put_response, queues_server::Queues,
@@ -31,21 +30,7 @@ impl Queues for QueueService {
         request: Request<pb::PutRequest>,
     ) -> Result<Response<Self::PutStream>, Status> {
         let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
-        let grpc = grpc_timeout(request.metadata());
-        let request = request.into_inner();
-        let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
-        let make = |waiter| Command::QueuePut {
-            session_id: request.session_id,
-            name: request.name,
-            waiter,
-            timeout_ms,
-            value: request.value,
-            priority: request.priority,
-            capacity: request.capacity,
-            max_deliveries: request.max_deliveries,
-            put_id: request.put_id,
-        };
-        open_wait(&engine, make, wait_event).await
+        open_wait(&engine, request, wait_event).await
     }
 
     async fn get(
@@ -53,18 +38,7 @@ impl Queues for QueueService {
         request: Request<pb::GetRequest>,
     ) -> Result<Response<Self::GetStream>, Status> {
         let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
-        let grpc = grpc_timeout(request.metadata());
-        let request = request.into_inner();
-        let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
-        let make = |waiter| Command::QueueGet {
-            session_id: request.session_id,
-            name: request.name,
-            waiter,
-            timeout_ms,
-            visibility_timeout_ms: request.visibility_timeout_ms,
-            no_ack: request.no_ack,
-        };
-        open_wait(&engine, make, wait_event).await
+        open_wait(&engine, request, wait_event).await
     }
 
     async fn ack(
@@ -72,13 +46,7 @@ impl Queues for QueueService {
         request: Request<pb::AckRequest>,
     ) -> Result<Response<pb::AckResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
-        let request = request.into_inner();
-        let command = Command::QueueAck {
-            session_id: request.session_id,
-            name: request.name,
-            item_id: request.item_id,
-        };
-        match engine.call(command).await? {
+        match call(&engine, request.into_inner()).await? {
             Reply::Done => Ok(Response::new(pb::AckResponse {})),
             other => Err(unexpected(&other)),
         }
@@ -89,13 +57,7 @@ impl Queues for QueueService {
         request: Request<pb::NackRequest>,
     ) -> Result<Response<pb::NackResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
-        let request = request.into_inner();
-        let command = Command::QueueNack {
-            session_id: request.session_id,
-            name: request.name,
-            item_id: request.item_id,
-        };
-        match engine.call(command).await? {
+        match call(&engine, request.into_inner()).await? {
             Reply::Nacked { dead_lettered } => {
                 Ok(Response::new(pb::NackResponse { dead_lettered }))
             }
@@ -108,16 +70,7 @@ impl Queues for QueueService {
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<Self::JoinStream>, Status> {
         let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
-        let grpc = grpc_timeout(request.metadata());
-        let request = request.into_inner();
-        let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
-        let make = |waiter| Command::QueueJoin {
-            session_id: request.session_id,
-            name: request.name,
-            waiter,
-            timeout_ms,
-        };
-        open_wait(&engine, make, wait_event).await
+        open_wait(&engine, request, wait_event).await
     }
 
     async fn describe(
@@ -125,8 +78,7 @@ impl Queues for QueueService {
         request: Request<pb::DescribeQueueRequest>,
     ) -> Result<Response<pb::DescribeQueueResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
-        let name = request.into_inner().name;
-        match engine.call(Command::QueueDescribe { name }).await? {
+        match query(&engine, request.into_inner()).await? {
             Reply::QueueDescription(info) => Ok(Response::new(describe_response(info))),
             other => Err(unexpected(&other)),
         }

@@ -6,11 +6,10 @@ use tonic::{Request, Response, Status};
 use super::auth::{authorize, Caller, Role};
 
 use super::convert::{wait_event, waiter, WaitEvent};
-use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
-use super::{open_wait, WaitResponse};
-use crate::core::token_bucket::{BucketAsk, BucketInfo, BucketSettings, BucketVerdict};
-use crate::core::{Command, Reply};
+use super::{call, open_wait, query, WaitResponse};
+use crate::core::token_bucket::{BucketInfo, BucketVerdict};
+use crate::core::Reply;
 use crate::engine::EngineHandle;
 use crate::proto::v1::{self as pb, rate_limits_server::RateLimits, take_tokens_response::Event};
 
@@ -27,18 +26,7 @@ impl RateLimits for RateLimitService {
         request: Request<pb::TakeTokensRequest>,
     ) -> Result<Response<Self::TakeStream>, Status> {
         let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
-        let grpc = grpc_timeout(request.metadata());
-        let request = request.into_inner();
-        let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
-        let make = |waiter| Command::BucketTake {
-            session_id: request.session_id,
-            name: request.name,
-            waiter,
-            timeout_ms,
-            settings: settings(request.rate_per_s, request.capacity),
-            tokens: tokens(request.tokens),
-        };
-        open_wait(&engine, make, wait_event).await
+        open_wait(&engine, request, wait_event).await
     }
 
     async fn try_take(
@@ -46,17 +34,7 @@ impl RateLimits for RateLimitService {
         request: Request<pb::TryTakeTokensRequest>,
     ) -> Result<Response<pb::TryTakeTokensResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
-        let BucketAsk {
-            name,
-            settings,
-            tokens,
-        } = ask(request.into_inner());
-        let command = Command::BucketTry {
-            name,
-            settings,
-            tokens,
-        };
-        match engine.call(command).await? {
+        match call(&engine, request.into_inner()).await? {
             Reply::TryTaken {
                 taken,
                 retry_after_ms,
@@ -75,8 +53,7 @@ impl RateLimits for RateLimitService {
         request: Request<pb::DeleteRateLimitRequest>,
     ) -> Result<Response<pb::DeleteRateLimitResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Admin, &request.get_ref().name)?;
-        let name = request.into_inner().name;
-        match engine.call(Command::BucketDelete { name }).await? {
+        match call(&engine, request.into_inner()).await? {
             Reply::Deleted { waiters_ended, .. } => {
                 Ok(Response::new(pb::DeleteRateLimitResponse { waiters_ended }))
             }
@@ -93,8 +70,7 @@ impl RateLimits for RateLimitService {
             caller.may(Role::Use, &bucket.name)?;
         }
         let engine = caller.engine(&self.engine);
-        let asks = request.into_inner().buckets.into_iter().map(ask).collect();
-        match engine.call(Command::BucketTryMany { asks }).await? {
+        match call(&engine, request.into_inner()).await? {
             Reply::TriedMany { taken, verdicts } => {
                 Ok(Response::new(try_take_many_response(taken, &verdicts)))
             }
@@ -107,32 +83,10 @@ impl RateLimits for RateLimitService {
         request: Request<pb::DescribeRateLimitRequest>,
     ) -> Result<Response<pb::DescribeRateLimitResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
-        let name = request.into_inner().name;
-        match engine.call(Command::BucketDescribe { name }).await? {
+        match query(&engine, request.into_inner()).await? {
             Reply::BucketDescription(info) => Ok(Response::new(describe_response(info))),
             other => Err(unexpected(&other)),
         }
-    }
-}
-
-/// The settings a request names (0 = the existing bucket's).
-fn settings(rate_per_s: u32, capacity: u32) -> BucketSettings {
-    BucketSettings {
-        rate_per_s,
-        capacity,
-    }
-}
-
-/// A request's token count: 0 means 1.
-fn tokens(asked: u32) -> u32 {
-    asked.max(1)
-}
-
-fn ask(request: pb::TryTakeTokensRequest) -> BucketAsk {
-    BucketAsk {
-        name: request.name,
-        settings: settings(request.rate_per_s, request.capacity),
-        tokens: tokens(request.tokens),
     }
 }
 
@@ -206,20 +160,6 @@ mod tests {
             retry_after_ms,
             remaining,
         }
-    }
-
-    #[test]
-    fn zero_tokens_mean_one() {
-        let request = pb::TryTakeTokensRequest {
-            name: "api".into(),
-            rate_per_s: 5,
-            capacity: 10,
-            tokens: 0,
-        };
-        let asked = ask(request);
-        assert_eq!(asked.tokens, 1);
-        assert_eq!(asked.settings, settings(5, 10));
-        assert_eq!(tokens(7), 7);
     }
 
     #[test]

@@ -4,11 +4,10 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{authorize, Role};
 
-use super::convert::{holder, pb_rw_mode, rw_mode, wait_event, waiter};
-use super::deadline::{effective_timeout_ms, grpc_timeout};
+use super::convert::{holder, pb_rw_mode, wait_event, waiter};
 use super::status::unexpected;
-use super::{open_wait, release, WaitResponse};
-use crate::core::{rwlock::RwLockInfo, Command, Kind, Reply};
+use super::{open_wait, query, release, WaitResponse};
+use crate::core::{rwlock::RwLockInfo, Reply};
 use crate::engine::EngineHandle;
 use crate::proto::v1::{self as pb, rw_locks_server::RwLocks};
 
@@ -25,19 +24,7 @@ impl RwLocks for RwLockService {
         request: Request<pb::AcquireRwLockRequest>,
     ) -> Result<Response<Self::AcquireStream>, Status> {
         let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
-        let grpc = grpc_timeout(request.metadata());
-        let request = request.into_inner();
-        let mode = rw_mode(request.mode)?;
-        let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
-        let make = |waiter| Command::RwLockAcquire {
-            session_id: request.session_id,
-            name: request.name,
-            waiter,
-            timeout_ms,
-            acquire_id: request.acquire_id,
-            mode,
-        };
-        open_wait(&engine, make, wait_event).await
+        open_wait(&engine, request, wait_event).await
     }
 
     async fn release(
@@ -45,9 +32,7 @@ impl RwLocks for RwLockService {
         request: Request<pb::ReleaseRwLockRequest>,
     ) -> Result<Response<pb::ReleaseRwLockResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
-        let request = request.into_inner();
-        let (session_id, name, token) = (request.session_id, request.name, request.fencing_token);
-        release(&engine, Kind::RwLock, session_id, name, token).await?;
+        release(&engine, request.into_inner()).await?;
         Ok(Response::new(pb::ReleaseRwLockResponse {}))
     }
 
@@ -56,8 +41,7 @@ impl RwLocks for RwLockService {
         request: Request<pb::DescribeRwLockRequest>,
     ) -> Result<Response<pb::DescribeRwLockResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
-        let name = request.into_inner().name;
-        match engine.call(Command::RwLockDescribe { name }).await? {
+        match query(&engine, request.into_inner()).await? {
             Reply::RwLockDescription(info) => Ok(Response::new(describe_response(info))),
             other => Err(unexpected(&other)),
         }

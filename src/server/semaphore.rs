@@ -5,10 +5,9 @@ use tonic::{Request, Response, Status};
 use super::auth::{authorize, Role};
 
 use super::convert::{holder, wait_event, waiter};
-use super::deadline::{effective_timeout_ms, grpc_timeout};
 use super::status::unexpected;
-use super::{open_wait, release, WaitResponse};
-use crate::core::{semaphore::SemaphoreInfo, Command, Kind, Reply};
+use super::{open_wait, query, release, WaitResponse};
+use crate::core::{semaphore::SemaphoreInfo, Reply};
 use crate::engine::EngineHandle;
 use crate::proto::v1::{self as pb, semaphores_server::Semaphores};
 
@@ -25,19 +24,7 @@ impl Semaphores for SemaphoreService {
         request: Request<pb::AcquireSemaphoreRequest>,
     ) -> Result<Response<Self::AcquireStream>, Status> {
         let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
-        let grpc = grpc_timeout(request.metadata());
-        let request = request.into_inner();
-        let timeout_ms = effective_timeout_ms(request.timeout_ms, grpc);
-        let make = |waiter| Command::SemaphoreAcquire {
-            session_id: request.session_id,
-            name: request.name,
-            waiter,
-            timeout_ms,
-            acquire_id: request.acquire_id,
-            capacity: request.capacity,
-            permits: request.permits,
-        };
-        open_wait(&engine, make, wait_event).await
+        open_wait(&engine, request, wait_event).await
     }
 
     async fn release(
@@ -45,9 +32,7 @@ impl Semaphores for SemaphoreService {
         request: Request<pb::ReleaseSemaphoreRequest>,
     ) -> Result<Response<pb::ReleaseSemaphoreResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Use, &request.get_ref().name)?;
-        let request = request.into_inner();
-        let (session_id, name, token) = (request.session_id, request.name, request.fencing_token);
-        release(&engine, Kind::Semaphore, session_id, name, token).await?;
+        release(&engine, request.into_inner()).await?;
         Ok(Response::new(pb::ReleaseSemaphoreResponse {}))
     }
 
@@ -56,8 +41,7 @@ impl Semaphores for SemaphoreService {
         request: Request<pb::DescribeSemaphoreRequest>,
     ) -> Result<Response<pb::DescribeSemaphoreResponse>, Status> {
         let engine = authorize(&request, &self.engine, Role::Read, &request.get_ref().name)?;
-        let name = request.into_inner().name;
-        match engine.call(Command::SemaphoreDescribe { name }).await? {
+        match query(&engine, request.into_inner()).await? {
             Reply::SemaphoreDescription(info) => Ok(Response::new(describe_response(info))),
             other => Err(unexpected(&other)),
         }

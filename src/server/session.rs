@@ -9,10 +9,10 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{Auth, Caller, Role, Standing};
-use super::convert;
+use super::requests::{Context, ToCommand};
 use super::status::unexpected;
-use crate::core::lost::REVOKE_DETAIL_BYTES_MAX;
-use crate::core::{Command, Reply};
+use super::{call, convert, query};
+use crate::core::{Query, Reply};
 use crate::engine::{EngineHandle, NoticeSubscription};
 use crate::proto::v1::{self as pb, sessions_server::Sessions};
 
@@ -35,20 +35,16 @@ impl Sessions for SessionService {
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
         // A session grants nothing by itself: every token may open one.
         let engine = Caller::of(&request)?.engine(&self.engine);
-        let host = request
-            .remote_addr()
-            .map(|addr| addr.to_string())
-            .unwrap_or_default();
-        let request = request.into_inner();
-        let command = Command::CreateSession {
-            ttl_ms: request.ttl_ms,
-            client_name: request.client_name,
-            host,
-            owner: engine
-                .identity()
+        let context = Context {
+            host: (request.remote_addr())
+                .map(|addr| addr.to_string())
+                .unwrap_or_default(),
+            identity: (engine.identity())
                 .map(|id| id.to_string())
                 .unwrap_or_default(),
+            ..Context::EMPTY
         };
+        let command = request.into_inner().to_command(&context)?;
         match engine.call(command).await? {
             Reply::SessionCreated { session_id, ttl_ms } => {
                 tracing::debug!(session_id, ttl_ms, "session created");
@@ -94,18 +90,8 @@ impl Sessions for SessionService {
         };
         let by = caller.name();
         let request = request.into_inner();
-        let (session_id, reason) = (request.session_id, request.reason);
-        if reason.len() > REVOKE_DETAIL_BYTES_MAX {
-            return Err(Status::invalid_argument(format!(
-                "reason is {} bytes, the limit is {REVOKE_DETAIL_BYTES_MAX}",
-                reason.len()
-            )));
-        }
-        let command = Command::CloseSession {
-            session_id,
-            reason: reason.clone(),
-        };
-        match engine.call(command).await? {
+        let (session_id, reason) = (request.session_id, request.reason.clone());
+        match call(&engine, request).await? {
             Reply::SessionClosed { released } if reason.is_empty() => {
                 tracing::debug!(session_id, released, "session closed");
                 Ok(Response::new(pb::CloseSessionResponse { released }))
@@ -125,12 +111,7 @@ impl Sessions for SessionService {
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         // Sessions hold names of every prefix.
         Caller::of(&request)?.may_everything(Role::Read)?;
-        let request = request.into_inner();
-        let command = Command::ListSessions {
-            after_session_id: request.after_session_id,
-            limit: request.limit,
-        };
-        match self.engine.call(command).await? {
+        match query(&self.engine, request.into_inner()).await? {
             Reply::SessionList(infos) => Ok(Response::new(pb::ListSessionsResponse {
                 sessions: infos.into_iter().map(convert::session_info).collect(),
             })),
@@ -148,12 +129,8 @@ impl Sessions for SessionService {
         caller.may_everything(Role::Admin)?;
         let by = caller.name();
         let request = request.into_inner();
-        let fencing_token = request.fencing_token;
-        let command = Command::Revoke {
-            fencing_token,
-            detail: request.reason.clone(),
-        };
-        match self.engine.call(command).await? {
+        let (fencing_token, reason) = (request.fencing_token, request.reason.clone());
+        match call(&self.engine, request).await? {
             Reply::Revoked {
                 session_id,
                 kind,
@@ -167,7 +144,7 @@ impl Sessions for SessionService {
                     session_id,
                     kind = kind.as_str(),
                     name = %name,
-                    reason = %request.reason,
+                    reason = %reason,
                     "hold revoked"
                 );
                 Ok(Response::new(pb::RevokeResponse {
@@ -242,20 +219,7 @@ impl Renewer {
                 return;
             }
             let session_id = request.session_id;
-            let command = Command::KeepAlive {
-                session_id,
-                notices_seen_through: request.notices_seen_through,
-            };
-            let reply = match self.engine.call(command).await {
-                Ok(Reply::SessionRenewed { ttl_ms, lost }) => Ok(pb::KeepAliveResponse {
-                    session_id,
-                    ttl_ms,
-                    lost_holds: lost.into_iter().map(convert::lost_hold).collect(),
-                    pushed: false,
-                }),
-                Ok(other) => Err(unexpected(&other)),
-                Err(rejection) => Err(Status::from(rejection)),
-            };
+            let reply = self.renew(request).await;
             let failed = reply.is_err();
             if replies.send(reply).await.is_err() || failed {
                 return;
@@ -266,6 +230,19 @@ impl Renewer {
         }
     }
 
+    async fn renew(&self, request: pb::KeepAliveRequest) -> Result<pb::KeepAliveResponse, Status> {
+        let session_id = request.session_id;
+        match call(&self.engine, request).await? {
+            Reply::SessionRenewed { ttl_ms, lost } => Ok(pb::KeepAliveResponse {
+                session_id,
+                ttl_ms,
+                lost_holds: lost.into_iter().map(convert::lost_hold).collect(),
+                pushed: false,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Sends the session's unconfirmed notices as a push (answers no
     /// request, renews nothing). False when the client is gone.
     async fn push_notices(
@@ -273,9 +250,9 @@ impl Renewer {
         session_id: u64,
         replies: &mpsc::Sender<Result<pb::KeepAliveResponse, Status>>,
     ) -> bool {
-        let command = Command::PendingNotices { session_id };
+        let pending = Query::PendingNotices { session_id };
         // A session that is gone is reported by the next keep-alive.
-        let Ok(Reply::Notices(lost)) = self.engine.call(command).await else {
+        let Ok(Reply::Notices(lost)) = self.engine.query(pending).await else {
             return true;
         };
         if lost.is_empty() {

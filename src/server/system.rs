@@ -17,8 +17,9 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::auth::{Auth, Caller, Role, Standing};
+use super::requests::{list_kind, ToQuery};
 use super::status::unexpected;
-use crate::core::{Command, Kind, Reply, Summary};
+use crate::core::{Kind, Query, Reply, Summary};
 use crate::engine::EngineHandle;
 use crate::proto::v1::{self as pb, system_server::System};
 
@@ -70,9 +71,7 @@ impl System for SystemService {
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
         Caller::of(&request)?.may_all_under(Role::Read, &request.get_ref().prefix)?;
-        let request = request.into_inner();
-        let kind = parse_kind(&request.kind)?;
-        let summaries = list(&self.engine, kind, request.prefix).await?;
+        let summaries = list(&self.engine, request.into_inner().to_query()?).await?;
         Ok(Response::new(pb::ListResponse {
             primitives: summaries.into_iter().map(summary).collect(),
         }))
@@ -93,7 +92,7 @@ impl System for SystemService {
         }
         let request = request.into_inner();
         let filter = Filter {
-            kind: parse_kind(&request.kind)?,
+            kind: list_kind(&request.kind)?,
             name: request.name,
             prefix: request.prefix,
         };
@@ -120,27 +119,9 @@ impl System for SystemService {
     }
 }
 
-/// `""` is every kind; an unknown kind is INVALID_ARGUMENT.
-fn parse_kind(text: &str) -> Result<Option<Kind>, Status> {
-    if text.is_empty() {
-        return Ok(None);
-    }
-    let kind = Kind::parse(text).ok_or_else(|| {
-        let known: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
-        Status::invalid_argument(format!(
-            "unknown kind {text:?}; known kinds: {}",
-            known.join(", ")
-        ))
-    })?;
-    Ok(Some(kind))
-}
-
-async fn list(
-    engine: &EngineHandle,
-    kind: Option<Kind>,
-    prefix: String,
-) -> Result<Vec<Summary>, Status> {
-    match engine.call(Command::List { kind, prefix }).await? {
+/// The lines of a `Query::List`.
+async fn list(engine: &EngineHandle, list: Query) -> Result<Vec<Summary>, Status> {
+    match engine.query(list).await? {
         Reply::Listing(summaries) => Ok(summaries),
         other => Err(unexpected(&other)),
     }
@@ -164,7 +145,11 @@ struct Filter {
 impl Filter {
     /// The matching primitives now, at most [`WATCH_MATCHES_MAX`].
     async fn matching(&self, engine: &EngineHandle) -> Result<Vec<Summary>, Status> {
-        let mut found = list(engine, self.kind, self.name.clone()).await?;
+        let listing = Query::List {
+            kind: self.kind,
+            prefix: self.name.clone(),
+        };
+        let mut found = list(engine, listing).await?;
         if !self.prefix {
             found.retain(|s| s.name == self.name);
         }

@@ -184,7 +184,7 @@ impl State {
         })
     }
 
-    pub(in crate::core) fn breaker_describe(&self, name: &str) -> Result<Reply> {
+    pub(in crate::core) fn breaker_describe(&self, now_ms: u64, name: &str) -> Result<Reply> {
         self.validate_name(Kind::Breaker, name)?;
         let mut info = BreakerInfo {
             name: name.to_owned(),
@@ -194,14 +194,14 @@ impl State {
             info.settings = Some(b.settings);
             info.state = b.state;
             info.reason = b.reason.clone();
-            info.retry_after_ms = b.retry_after_ms(self.now_ms);
+            info.retry_after_ms = b.retry_after_ms(now_ms);
             info.consecutive_failures = b.consecutive_failures;
             info.window_calls_seen = b.window.len() as u32;
             info.window_failures = b.window.iter().filter(|f| **f).count() as u32;
             info.half_open_successes = b.half_open_successes;
             info.probes_in_flight = b.probes_in_flight;
             info.permits = (b.permits.values())
-                .map(|p| self.holder_info(&p.hold))
+                .map(|p| self.holder_info(now_ms, &p.hold))
                 .collect();
             info.watchers = b.watchers.len() as u32;
         }

@@ -185,7 +185,7 @@ impl State {
         }
     }
 
-    pub(in crate::core) fn pool_describe(&self, name: &str) -> Result<Reply> {
+    pub(in crate::core) fn pool_describe(&self, now_ms: u64, name: &str) -> Result<Reply> {
         self.validate_name(Kind::Pool, name)?;
         let mut info = PoolInfo {
             name: name.to_owned(),
@@ -197,16 +197,15 @@ impl State {
             evicted: 0,
         };
         if let Some(pool) = self.pools.get(name) {
-            let now_ms = self.now_ms;
             info.size = pool.settings.size;
             info.max_age_ms = pool.settings.max_age_ms;
             info.max_idle_ms = pool.settings.max_idle_ms;
             info.evicted = pool.evicted;
-            info.waiters = self.waiter_infos(Some(pool));
+            info.waiters = self.waiter_infos(now_ms, Some(pool));
             info.resources = (pool.resources.iter())
                 .map(|(id, r)| {
                     let (holder, idle_ms) = match &r.usage {
-                        Use::Out { hold, .. } => (Some(self.holder_info(hold)), 0),
+                        Use::Out { hold, .. } => (Some(self.holder_info(now_ms, hold)), 0),
                         Use::Idle { since_ms, .. } => (None, now_ms.saturating_sub(*since_ms)),
                     };
                     ResourceInfo {

@@ -250,13 +250,13 @@ impl State {
         }
     }
 
-    pub(in crate::core) fn queue_describe(&self, name: &str) -> Result<Reply> {
+    pub(in crate::core) fn queue_describe(&self, now_ms: u64, name: &str) -> Result<Reply> {
         self.validate_queue_name(name)?;
         let queue = self.queues.get(name);
         let waiters = queue.map_or_else(Vec::new, |q| {
             (q.waiter_queues().into_iter())
                 .flat_map(|line| line.iter())
-                .map(|w| self.waiter_info(w))
+                .map(|w| self.waiter_info(now_ms, w))
                 .collect()
         });
         Ok(Reply::QueueDescription(QueueInfo {

@@ -10,6 +10,7 @@ use super::{code, Events, Sim};
 use crate::core::breaker::{
     BreakerAction, BreakerInfo, BreakerSettings, BreakerState, StateChange, Verdict,
 };
+use crate::core::Query;
 use crate::core::{
     Code, Command, FencingToken, Outcome, Reply, Result, SessionId, State, WaiterId,
 };
@@ -78,7 +79,7 @@ impl Sim {
     }
 
     fn breaker(&mut self) -> BreakerInfo {
-        match self.apply(Command::BreakerDescribe { name: "db".into() }) {
+        match self.query(Query::BreakerDescribe { name: "db".into() }) {
             Ok(Reply::BreakerDescription(info)) => info,
             other => panic!("describe: {other:?}"),
         }
@@ -368,7 +369,8 @@ fn the_state_and_its_permits_survive_a_restart() {
     let mut restored = restored(&sim);
     let mut out = Outcome::default();
     restored.tick(1_000, &mut out);
-    let Ok(Reply::BreakerDescription(info)) = restored.breaker_describe("db") else {
+    let Ok(Reply::BreakerDescription(info)) = restored.breaker_describe(restored.now_ms(), "db")
+    else {
         panic!()
     };
     assert_eq!(info.state, BreakerState::HalfOpen, "the alarm was re-armed");
@@ -377,7 +379,8 @@ fn the_state_and_its_permits_survive_a_restart() {
     sim.tick_at(1_000);
     sim.allow_with(a, SEED).permit.unwrap();
     let restored = restored_at(&sim);
-    let Ok(Reply::BreakerDescription(info)) = restored.breaker_describe("db") else {
+    let Ok(Reply::BreakerDescription(info)) = restored.breaker_describe(restored.now_ms(), "db")
+    else {
         panic!()
     };
     assert_eq!((info.probes_in_flight, info.permits.len()), (1, 1));
@@ -554,7 +557,8 @@ fn check(sim: &mut Sim, model: &Model) -> std::result::Result<(), TestCaseError>
     // A restart keeps the state, the counts and the probes in flight.
     let restored = restored_at(sim);
     prop_assert_eq!(&restored.alarms, &sim.state.alarms, "the alarm is re-armed");
-    let Ok(Reply::BreakerDescription(again)) = restored.breaker_describe("db") else {
+    let Ok(Reply::BreakerDescription(again)) = restored.breaker_describe(restored.now_ms(), "db")
+    else {
         return Err(TestCaseError::fail("no breaker after restore"));
     };
     // Restored leases start over, and watchers do not come back.

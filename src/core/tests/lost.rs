@@ -5,6 +5,7 @@
 
 use super::{code, granted, Sim};
 use crate::core::breaker::BreakerSettings;
+use crate::core::Query;
 use crate::core::{Code, Command, Kind, LossCause, LostHold, Reply, Result, SessionId, WaiterId};
 
 const TTL: u64 = 10_000;
@@ -235,11 +236,11 @@ fn a_step_that_adds_a_notice_names_its_session_and_pending_notices_renews_nothin
     // Reading the notices (what a keep-alive stream pushes) neither
     // confirms them nor renews the lease.
     sim.at(TTL - 1);
-    let pending =
-        |sim: &mut Sim, session_id| match sim.apply(Command::PendingNotices { session_id }) {
-            Ok(Reply::Notices(notices)) => notices,
-            other => panic!("pending notices: {other:?}"),
-        };
+    let pending = |sim: &mut Sim, session_id| match sim.query(Query::PendingNotices { session_id })
+    {
+        Ok(Reply::Notices(notices)) => notices,
+        other => panic!("pending notices: {other:?}"),
+    };
     assert_eq!(pending(&mut sim, holder).len(), 1);
     assert_eq!(
         pending(&mut sim, holder).len(),
@@ -248,7 +249,7 @@ fn a_step_that_adds_a_notice_names_its_session_and_pending_notices_renews_nothin
     );
     assert!(pending(&mut sim, other).is_empty());
     sim.tick_at(TTL);
-    let gone = sim.apply(Command::PendingNotices { session_id: holder });
+    let gone = sim.query(Query::PendingNotices { session_id: holder });
     assert_eq!(
         code(&gone),
         Some(Code::NotFound),

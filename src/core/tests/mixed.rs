@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 use proptest::test_runner::{RngSeed, TestCaseError};
 
-use super::{persist, Sim};
+use super::{listing, persist, Sim};
 use crate::core::{
     Command, FencingToken, Kind, Limits, Reply, Result, RwMode, SessionId, State, WaiterId,
 };
@@ -538,7 +538,7 @@ impl Mixed {
         state.check_indexes().map_err(TestCaseError::fail)?;
         prop_assert_eq!(state.waiter_count(), self.open.len(), "open waiters");
         for (name, s) in &state.semaphores {
-            let info = match state.semaphore_describe(name) {
+            let info = match state.semaphore_describe(state.now_ms(), name) {
                 Ok(Reply::SemaphoreDescription(info)) => info,
                 other => return Err(TestCaseError::fail(format!("{other:?}"))),
             };
@@ -557,7 +557,8 @@ impl Mixed {
             );
         }
         for name in state.rwlocks.keys() {
-            let Ok(Reply::RwLockDescription(info)) = state.rwlock_describe(name) else {
+            let Ok(Reply::RwLockDescription(info)) = state.rwlock_describe(state.now_ms(), name)
+            else {
                 return Err(TestCaseError::fail("rwlock describe"));
             };
             let writes = info
@@ -576,13 +577,13 @@ impl Mixed {
         }
         for (name, lock) in &state.locks {
             prop_assert!(
-                lock.holder.is_some() || state.waiter_infos(Some(lock)).is_empty(),
+                lock.holder.is_some() || state.waiter_infos(state.now_ms(), Some(lock)).is_empty(),
                 "free lock {} with waiters",
                 name
             );
         }
         for (name, b) in &state.barriers {
-            let waiting = state.waiter_infos(Some(b)).len() as u32;
+            let waiting = state.waiter_infos(state.now_ms(), Some(b)).len() as u32;
             prop_assert!(
                 waiting < b.parties && (!b.broken || waiting == 0),
                 "barrier {}",
@@ -607,8 +608,8 @@ impl Mixed {
         };
         prop_assert_eq!(barriers(&restored), barriers(live));
         prop_assert_eq!(
-            restored.list(Some(Kind::Event), ""),
-            live.list(Some(Kind::Event), "")
+            listing(&restored, Some(Kind::Event), ""),
+            listing(live, Some(Kind::Event), "")
                 .into_iter()
                 .filter(|e| e.state == "set")
                 .collect::<Vec<_>>()
@@ -634,7 +635,10 @@ impl Mixed {
         prop_assert!(self.open.is_empty(), "waiters left: {:?}", self.open);
         let state = &self.sim.state;
         prop_assert_eq!(state.hold_count(), 0);
-        let left: Vec<Kind> = state.list(None, "").into_iter().map(|s| s.kind).collect();
+        let left: Vec<Kind> = listing(state, None, "")
+            .into_iter()
+            .map(|s| s.kind)
+            .collect();
         prop_assert!(
             left.iter()
                 .all(|k| matches!(k, Kind::Event | Kind::Barrier | Kind::Queue)),

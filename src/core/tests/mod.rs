@@ -83,6 +83,11 @@ impl Sim {
         reply
     }
 
+    /// Answers a query at the current time.
+    fn query(&self, query: Query) -> Result<Reply> {
+        self.state.query(self.now_ms, &query)
+    }
+
     /// Moves the clock to `now_ms` and ticks.
     fn tick_at(&mut self, now_ms: u64) -> Events {
         self.at(now_ms);
@@ -189,17 +194,17 @@ impl Sim {
         })
     }
 
-    fn describe(&mut self, name: &str) -> LockInfo {
-        describe(&mut self.state, self.now_ms, name)
+    fn describe(&self, name: &str) -> LockInfo {
+        describe(&self.state, self.now_ms, name)
     }
 
-    fn holder(&mut self, name: &str) -> Option<(SessionId, FencingToken)> {
+    fn holder(&self, name: &str) -> Option<(SessionId, FencingToken)> {
         self.describe(name)
             .holder
             .map(|h| (h.session_id, h.fencing_token))
     }
 
-    fn waiting_sessions(&mut self, name: &str) -> Vec<SessionId> {
+    fn waiting_sessions(&self, name: &str) -> Vec<SessionId> {
         self.describe(name)
             .waiters
             .iter()
@@ -208,18 +213,19 @@ impl Sim {
     }
 }
 
-fn describe(state: &mut State, now_ms: u64, name: &str) -> LockInfo {
-    let mut out = Outcome::default();
-    let command = Command::LockDescribe {
+fn describe(state: &State, now_ms: u64, name: &str) -> LockInfo {
+    let query = Query::LockDescribe {
         name: name.to_owned(),
     };
-    match state.apply(now_ms, command, &mut out) {
-        Ok(Reply::LockDescription(info)) => {
-            assert!(out.events.is_empty() && out.changes.is_empty());
-            info
-        }
+    match state.query(now_ms, &query) {
+        Ok(Reply::LockDescription(info)) => info,
         other => panic!("describe {name:?}: {other:?}"),
     }
+}
+
+/// The state's `List` lines at its own clock.
+fn listing(state: &State, kind: Option<Kind>, prefix: &str) -> Vec<Summary> {
+    state.list(state.now_ms(), kind, prefix)
 }
 
 fn code(reply: &Result<Reply>) -> Option<Code> {
@@ -301,7 +307,7 @@ fn waiters_are_granted_in_fifo_order() {
     let (_, events) = sim.release(s3, "db", t0 + 3);
     assert_eq!(events, vec![]);
     // A lock nobody holds or awaits vanishes.
-    let listing = sim.apply(Command::List {
+    let listing = sim.query(Query::List {
         kind: None,
         prefix: String::new(),
     });
@@ -598,7 +604,7 @@ fn bad_lock_names_are_invalid_argument() {
             Some(Code::InvalidArgument),
             "release {name:?}"
         );
-        let reply = sim.apply(Command::LockDescribe { name: name.clone() });
+        let reply = sim.query(Query::LockDescribe { name: name.clone() });
         assert_eq!(
             code(&reply),
             Some(Code::InvalidArgument),
@@ -880,7 +886,7 @@ fn describe_and_list_show_holders_waiters_and_times() {
     assert_eq!(info.waiters[0].waiting_ms, 700);
     assert_eq!(sim.describe("never").holder, None);
 
-    let listing = sim.apply(Command::List {
+    let listing = sim.query(Query::List {
         kind: Some(Kind::Lock),
         prefix: "jobs/".to_owned(),
     });
@@ -890,7 +896,7 @@ fn describe_and_list_show_holders_waiters_and_times() {
     let names: Vec<&str> = lines.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["jobs/1", "jobs/2"]);
     assert!(lines[0].state.contains("1 waiting"), "{}", lines[0].state);
-    let listing = sim.apply(Command::List {
+    let listing = sim.query(Query::List {
         kind: None,
         prefix: "jobs/2".to_owned(),
     });
@@ -958,7 +964,7 @@ fn restore_rebuilds_holders_sessions_and_counters() {
     let ttl = |s: SessionId| [2_000, 5_000, 3_000, 1_500, 1_000][s as usize - 1];
     for name in HISTORY_NAMES {
         let live = sim.describe(name);
-        let back = describe(&mut restored, now, name);
+        let back = describe(&restored, now, name);
         assert!(back.waiters.is_empty());
         match (live.holder, back.holder) {
             (None, None) => {}
@@ -1038,7 +1044,7 @@ fn restored_leases_run_from_the_restored_clock() {
     assert_eq!(restored.hold_count(), 3);
     restored.tick(clock + 2_000, &mut out);
     assert_eq!(restored.session_count(), 2);
-    assert!(describe(&mut restored, clock + 2_000, "x").holder.is_none());
+    assert!(describe(&restored, clock + 2_000, "x").holder.is_none());
     assert!(out.events.is_empty());
     restored.tick(clock + 5_000, &mut out);
     assert_eq!(restored.session_count(), 0);
@@ -1114,13 +1120,12 @@ fn a_restored_lock_whose_name_is_now_too_long_is_still_released() {
         0,
         "the expired session's hold is gone"
     );
-    let listing = restored.apply(
+    let listing = restored.query(
         1_000,
-        Command::List {
+        &Query::List {
             kind: None,
             prefix: String::new(),
         },
-        &mut out,
     );
     assert_eq!(listing, Ok(Reply::Listing(vec![])));
 }
@@ -1318,10 +1323,9 @@ proptest! {
             prop_assert_eq!(state.session_count(), 0);
             prop_assert_eq!(state.hold_count(), 0);
             prop_assert_eq!(state.next_deadline_ms(), None);
-            let listing = state.apply(
+            let listing = state.query(
                 u64::MAX,
-                Command::List { kind: None, prefix: String::new() },
-                &mut out,
+                &Query::List { kind: None, prefix: String::new() },
             );
             prop_assert_eq!(listing, Ok(Reply::Listing(vec![])));
         }
@@ -2026,7 +2030,7 @@ impl Checker {
         prop_assert_eq!(restored.session_count(), self.model.sessions.len());
         prop_assert_eq!(restored.waiter_count(), 0);
         for (lock, name) in LOCKS.iter().enumerate() {
-            let back = describe(&mut restored, now, name);
+            let back = describe(&restored, now, name);
             prop_assert!(back.waiters.is_empty());
             match (&self.model.holders[lock], &back.holder) {
                 (None, None) => {}
@@ -2137,14 +2141,12 @@ impl Checker {
         prop_assert_eq!(state.waiter_count(), 0);
         prop_assert_eq!(state.hold_count(), 0);
         prop_assert_eq!(state.next_deadline_ms(), None);
-        let mut out = Outcome::default();
-        let listing = state.apply(
+        let listing = state.query(
             far,
-            Command::List {
+            &Query::List {
                 kind: None,
                 prefix: String::new(),
             },
-            &mut out,
         );
         prop_assert_eq!(listing, Ok(Reply::Listing(vec![])));
         // Only the counters remain on "disk".
@@ -2184,5 +2186,6 @@ mod mixed;
 mod owner;
 mod pool;
 mod primitives;
+mod query;
 mod queue;
 mod token_bucket;

@@ -77,12 +77,23 @@ fn only_the_creating_identity_may_act_for_a_session() {
             "{command:?}"
         );
     }
-    // Commands without a session, and unknown sessions, are left to the
-    // command itself.
-    let describe = Command::LockDescribe {
+    // A query that names the session is covered too.
+    let notices = Query::PendingNotices { session_id: ci };
+    assert_eq!(
+        state.check_query_owner(&notices, "ops").map_err(|r| r.code),
+        Err(Code::PermissionDenied)
+    );
+    assert_eq!(state.check_query_owner(&notices, "ci"), Ok(()));
+    // Commands and queries without a session, and unknown sessions, are
+    // left to the command itself.
+    let describe = Query::LockDescribe {
         name: "build-db".into(),
     };
-    assert_eq!(state.check_session_owner(&describe, "ops"), Ok(()));
+    assert_eq!(state.check_query_owner(&describe, "ops"), Ok(()));
+    let event = Command::EventSet {
+        name: "build-ready".into(),
+    };
+    assert_eq!(state.check_session_owner(&event, "ops"), Ok(()));
     assert_eq!(state.check_session_owner(&acquire(999), "ops"), Ok(()));
 }
 
@@ -109,16 +120,11 @@ fn the_owner_is_shown_and_survives_a_restart() {
             .map_err(|r| r.code),
         Err(Code::PermissionDenied)
     );
-    let mut out = Outcome::default();
-    let mut restored = restored;
-    match restored.apply(
-        0,
-        Command::ListSessions {
-            after_session_id: 0,
-            limit: 0,
-        },
-        &mut out,
-    ) {
+    let list = Query::ListSessions {
+        after_session_id: 0,
+        limit: 0,
+    };
+    match restored.query(restored.now_ms(), &list) {
         Ok(Reply::SessionList(infos)) => {
             // A limit of 0 is a full page.
             let identities: Vec<&str> = infos.iter().map(|s| s.identity.as_str()).collect();

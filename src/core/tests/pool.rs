@@ -7,8 +7,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{RngSeed, TestCaseError};
 use prost::Message;
 
-use super::{code, persist, Events, Sim, Store};
+use super::{code, listing, persist, Events, Sim, Store};
 use crate::core::pool::{Checkout, Freshness, PoolInfo};
+use crate::core::Query;
 use crate::core::{
     Alarm, Code, Command, FencingToken, Kind, Limits, Reply, RestoreError, Result, SessionId,
     State, WaiterId,
@@ -84,7 +85,7 @@ impl Sim {
 }
 
 fn pool_info(state: &State) -> PoolInfo {
-    match state.pool_describe("p") {
+    match state.pool_describe(state.now_ms(), "p") {
         Ok(Reply::PoolDescription(info)) => info,
         other => panic!("describe: {other:?}"),
     }
@@ -141,7 +142,7 @@ fn checkouts_take_free_slots_then_queue_in_fifo_order() {
     assert_eq!(reply, Ok(Reply::Queued { position: 1 }));
     let (wd, reply, _) = sim.pool_checkout_with(d, PLAIN, None, 0);
     assert_eq!(reply, Ok(Reply::Queued { position: 2 }));
-    let listing = sim.state.list(Some(Kind::Pool), "");
+    let listing = listing(&sim.state, Some(Kind::Pool), "");
     assert_eq!(listing[0].state, "2 of 2 slots out, 0 idle, 2 waiting");
 
     sim.at(50);
@@ -178,7 +179,7 @@ fn a_healthy_checkin_is_reused_with_its_metadata_last_in_first_out() {
         .0
         .unwrap();
     assert_eq!(
-        sim.state.list(Some(Kind::Pool), "")[0].state,
+        listing(&sim.state, Some(Kind::Pool), "")[0].state,
         "0 of 2 slots out, 2 idle, 0 waiting"
     );
     sim.at(30);
@@ -226,7 +227,7 @@ fn an_unhealthy_checkin_evicts_and_the_next_checkout_gets_a_new_resource() {
         .store
         .keys()
         .all(|k| !k.starts_with(b"pool/") && !k.starts_with(b"pres/")));
-    assert_eq!(sim.state.list(None, ""), vec![]);
+    assert_eq!(listing(&sim.state, None, ""), vec![]);
 }
 
 #[test]
@@ -373,7 +374,7 @@ fn settings_are_fixed_by_the_first_checkout() {
     }
     checked_out(&checkout(&mut sim, (2, 1_000, 0)));
     // Names, sessions and metadata are checked.
-    let bad_name = sim.apply(Command::PoolDescribe {
+    let bad_name = sim.query(Query::PoolDescribe {
         name: String::new(),
     });
     assert_eq!(code(&bad_name), Some(Code::InvalidArgument));

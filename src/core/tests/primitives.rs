@@ -1,7 +1,8 @@
 //! Unit tests of the semaphore, read-write lock, event, condition and
 //! barrier rules, with simulated time.
 
-use super::{code, Events, Sim};
+use super::{code, listing, Events, Sim};
+use crate::core::Query;
 use crate::core::{
     barrier::BarrierInfo, semaphore::SemaphoreInfo, Code, Command, FencingToken, Kind, Limits,
     Reply, Result, RwMode, SessionId, State, WaiterId,
@@ -69,7 +70,7 @@ impl Sim {
     }
 
     fn sem_info(&mut self, name: &str) -> SemaphoreInfo {
-        match self.apply(Command::SemaphoreDescribe {
+        match self.query(Query::SemaphoreDescribe {
             name: name.to_owned(),
         }) {
             Ok(Reply::SemaphoreDescription(info)) => info,
@@ -129,7 +130,7 @@ impl Sim {
     }
 
     fn barrier_info(&mut self) -> BarrierInfo {
-        match self.apply(Command::BarrierDescribe { name: "b".into() }) {
+        match self.query(Query::BarrierDescribe { name: "b".into() }) {
             Ok(Reply::BarrierDescription(info)) => info,
             other => panic!("describe: {other:?}"),
         }
@@ -214,7 +215,11 @@ fn releasing_what_the_session_does_not_hold_is_refused() {
     // Over-release: the same hold twice.
     let (reply, _) = sim.give_back(Kind::Semaphore, a, "s", token);
     assert_eq!(code(&reply), Some(Code::FailedPrecondition));
-    assert_eq!(sim.state.list(None, ""), vec![], "nothing is left behind");
+    assert_eq!(
+        listing(&sim.state, None, ""),
+        vec![],
+        "nothing is left behind"
+    );
 }
 
 #[test]
@@ -262,13 +267,8 @@ fn semaphore_holds_survive_a_restore() {
     let mut sim = Sim::new();
     let s = sim.session(TTL);
     let token = granted(&sim.sem(s, "s", 2).1);
-    let mut restored = sim.restored();
-    let mut out = crate::core::Outcome::default();
-    let info = restored.apply(
-        sim.now_ms,
-        Command::SemaphoreDescribe { name: "s".into() },
-        &mut out,
-    );
+    let restored = sim.restored();
+    let info = restored.query(sim.now_ms, &Query::SemaphoreDescribe { name: "s".into() });
     let Ok(Reply::SemaphoreDescription(info)) = info else {
         panic!("{info:?}")
     };
@@ -367,10 +367,10 @@ fn an_event_is_persisted_while_set_and_forgotten_when_cleared() {
     let s = sim.session(TTL);
     sim.apply(Command::EventSet { name: "e".into() }).unwrap();
     let restored = sim.restored();
-    assert_eq!(restored.list(Some(Kind::Event), "").len(), 1);
+    assert_eq!(listing(&restored, Some(Kind::Event), "").len(), 1);
     sim.apply(Command::EventClear { name: "e".into() }).unwrap();
-    assert_eq!(sim.state.list(None, ""), vec![]);
-    assert_eq!(sim.restored().list(None, ""), vec![]);
+    assert_eq!(listing(&sim.state, None, ""), vec![]);
+    assert_eq!(listing(&sim.restored(), None, ""), vec![]);
     let (_, reply) = sim.event_wait(s, "e", Some(0));
     assert_eq!(code(&reply), Some(Code::DeadlineExceeded));
     let (waiter, reply) = sim.event_wait(s, "e", Some(50));
@@ -381,7 +381,7 @@ fn an_event_is_persisted_while_set_and_forgotten_when_cleared() {
         vec![(waiter, Err(Code::DeadlineExceeded))]
     );
     assert_eq!(
-        sim.state.list(None, ""),
+        listing(&sim.state, None, ""),
         vec![],
         "a timed-out wait leaves nothing"
     );
@@ -456,7 +456,7 @@ fn a_timed_out_condition_wait_takes_the_lock_again_and_says_so() {
     let (again, timed_out) = reacquired(&events, waiter);
     assert!(timed_out && again > token);
     assert_eq!(sim.holder("lock"), Some((s, again)));
-    assert_eq!(sim.state.list(Some(Kind::Condition), ""), vec![]);
+    assert_eq!(listing(&sim.state, Some(Kind::Condition), ""), vec![]);
 }
 
 #[test]
@@ -582,8 +582,8 @@ fn barrier_parties_are_fixed_and_delete_forgets_it() {
     let (reply, events) = sim.run(Command::BarrierDelete { name: "b".into() });
     assert_eq!(reply, Ok(Reply::Count(1)));
     assert_eq!(super::codes(&events), vec![(waiter, Err(Code::Aborted))]);
-    assert_eq!(sim.state.list(None, ""), vec![]);
-    assert_eq!(sim.restored().list(None, ""), vec![]);
+    assert_eq!(listing(&sim.state, None, ""), vec![]);
+    assert_eq!(listing(&sim.restored(), None, ""), vec![]);
     let (reply, _) = sim.run(Command::BarrierReset { name: "b".into() });
     assert_eq!(code(&reply), Some(Code::NotFound));
 }

@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 use proptest::test_runner::{RngSeed, TestCaseError};
 
-use super::{code, Events, Sim};
+use super::{code, listing, Events, Sim};
 use crate::core::queue::{Delivery, QueueInfo};
+use crate::core::Query;
 use crate::core::{Code, Command, Limits, Reply, Result, SessionId, State, WaiterId};
 
 const TTL: u64 = 10_000;
@@ -87,7 +88,7 @@ impl Sim {
     }
 
     fn queue_info(&mut self, name: &str) -> QueueInfo {
-        match self.apply(Command::QueueDescribe { name: name.into() }) {
+        match self.query(Query::QueueDescribe { name: name.into() }) {
             Ok(Reply::QueueDescription(info)) => info,
             other => panic!("describe: {other:?}"),
         }
@@ -217,7 +218,7 @@ fn an_item_delivered_too_often_goes_to_the_dead_letter_queue() {
         panic!("{reply:?}")
     };
     assert_eq!((value(&item), item.deliveries), ("poison".into(), 1));
-    assert_eq!(sim.state.list(None, ""), vec![], "nothing left behind");
+    assert_eq!(listing(&sim.state, None, ""), vec![], "nothing left behind");
 }
 
 #[test]
@@ -259,7 +260,7 @@ fn a_retried_put_is_stored_once() {
         sim.put_with(s, "q", "x", 0, None, 77).1,
         Ok(Reply::Stored { item_id })
     );
-    assert_eq!(sim.state.list(None, ""), vec![]);
+    assert_eq!(listing(&sim.state, None, ""), vec![]);
     // It survives a restore; the session's end forgets it.
     let mut restored = sim.restored_queue_state();
     let mut out = crate::core::Outcome::default();
@@ -349,8 +350,8 @@ fn ready_and_in_flight_items_survive_a_restore() {
         item_id: flying.id,
     };
     assert_eq!(restored.apply(sim.now_ms, ack, &mut out), Ok(Reply::Done));
-    let describe = Command::QueueDescribe { name: "q".into() };
-    let Ok(Reply::QueueDescription(info)) = restored.apply(sim.now_ms, describe, &mut out) else {
+    let describe = Query::QueueDescribe { name: "q".into() };
+    let Ok(Reply::QueueDescription(info)) = restored.query(sim.now_ms, &describe) else {
         panic!()
     };
     assert_eq!((info.ready, info.in_flight), (1, 0));

@@ -6,6 +6,7 @@ use proptest::test_runner::{RngSeed, TestCaseError};
 
 use super::{code, Events, Sim};
 use crate::core::token_bucket::{BucketAsk, BucketInfo, BucketSettings};
+use crate::core::Query;
 use crate::core::{Code, Command, Reply, Result, SessionId, State, WaiterId};
 
 const TTL: u64 = 60_000;
@@ -44,7 +45,7 @@ impl Sim {
     }
 
     fn bucket_info(&mut self) -> BucketInfo {
-        match self.apply(Command::BucketDescribe { name: "api".into() }) {
+        match self.query(Query::BucketDescribe { name: "api".into() }) {
             Ok(Reply::BucketDescription(info)) => info,
             other => panic!("describe: {other:?}"),
         }
@@ -247,7 +248,8 @@ fn a_restart_neither_refills_the_burst_nor_loses_time() {
     assert!(taken(&sim.try_tokens(10)));
     sim.at(600);
     let restored = restored(&sim);
-    let Ok(Reply::BucketDescription(info)) = restored.bucket_describe("api") else {
+    let Ok(Reply::BucketDescription(info)) = restored.bucket_describe(restored.now_ms(), "api")
+    else {
         panic!()
     };
     // 3 tokens refilled by 600 ms, as before the restart.
