@@ -278,6 +278,11 @@ pub enum Command {
     ReleaseUndelivered {
         fencing_token: FencingToken,
     },
+    /// The grace of a restart, applied by the engine right after `restore`
+    /// and before anything else: every lease and visibility timeout starts
+    /// again in full, and every waiter ends with UNAVAILABLE (its stream is
+    /// gone; the client waits again). Answers `Reply::Done`.
+    Resume,
 }
 
 /// The answer to a command, or an event for a waiter.
@@ -572,6 +577,8 @@ impl Command {
                 named: None,
                 buckets: asks,
             },
+            // Adds nothing: it renews leases and ends waits.
+            Command::Resume => Demand::default(),
             _ => Demand::default(),
         }
     }
@@ -629,7 +636,8 @@ impl Command {
             | Command::BreakerDelete { .. }
             | Command::List { .. }
             | Command::Cancel { .. }
-            | Command::ReleaseUndelivered { .. } => None,
+            | Command::ReleaseUndelivered { .. }
+            | Command::Resume => None,
         }
     }
 }

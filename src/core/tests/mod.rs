@@ -40,12 +40,16 @@ fn persist(store: &mut Store, changes: &[Change]) {
 }
 
 /// A `State` driven at simulated times, with every change persisted into a
-/// fake store.
+/// fake store as the engine does (the checkpoint with every batch that
+/// changed something). With a `twin` (see `exact`), every command and tick
+/// also runs on a state restored from that store, which must behave the
+/// same.
 struct Sim {
     state: State,
     now_ms: u64,
     store: Store,
     next_waiter: u64,
+    twin: Option<State>,
 }
 
 impl Sim {
@@ -59,6 +63,7 @@ impl Sim {
             now_ms: 0,
             store: Store::new(),
             next_waiter: 0,
+            twin: None,
         }
     }
 
@@ -71,9 +76,22 @@ impl Sim {
     /// Runs a command at the current time: its reply and the events.
     fn run(&mut self, command: Command) -> (Result<Reply>, Events) {
         let mut out = Outcome::default();
+        let twin_command = self.twin.is_some().then(|| command.clone());
         let reply = self.state.apply(self.now_ms, command, &mut out);
-        persist(&mut self.store, &out.changes);
+        self.persist(&out);
+        if let Some(command) = twin_command {
+            self.twin_apply(command, &reply, &out);
+        }
         (reply, out.events)
+    }
+
+    /// What the engine writes for a step: its changes, and the checkpoint
+    /// if there were any.
+    fn persist(&mut self, out: &Outcome) {
+        if !out.changes.is_empty() {
+            persist(&mut self.store, &out.changes);
+            persist(&mut self.store, &[self.state.checkpoint()]);
+        }
     }
 
     /// Runs a command that must not cause events for anyone else.
@@ -88,7 +106,10 @@ impl Sim {
         self.at(now_ms);
         let mut out = Outcome::default();
         self.state.tick(now_ms, &mut out);
-        persist(&mut self.store, &out.changes);
+        self.persist(&out);
+        if self.twin.is_some() {
+            self.twin_tick(&out);
+        }
         out.events
     }
 
@@ -953,7 +974,18 @@ fn restore_rebuilds_holders_sessions_and_counters() {
     assert_eq!(restored.now_ms(), now);
     assert_eq!(restored.session_count(), sim.state.session_count());
     assert_eq!(restored.hold_count(), sim.state.hold_count());
-    assert_eq!(restored.waiter_count(), 0, "waiters are not persisted");
+    assert_eq!(restored.waiter_count(), 2, "c waits on x, a on y");
+    assert_eq!(restored.next_deadline_ms(), sim.state.next_deadline_ms());
+    // After a restart the engine applies Resume: the waiters end, and every
+    // lease starts over.
+    let mut out = Outcome::default();
+    assert_eq!(
+        restored.apply(now, Command::Resume, &mut out),
+        Ok(Reply::Done)
+    );
+    let ended: Vec<Option<Code>> = out.events.iter().map(|(_, e)| code(e)).collect();
+    assert_eq!(ended, vec![Some(Code::Unavailable); 2]);
+    assert_eq!(restored.waiter_count(), 0);
 
     let ttl = |s: SessionId| [2_000, 5_000, 3_000, 1_500, 1_000][s as usize - 1];
     for name in HISTORY_NAMES {
@@ -988,10 +1020,8 @@ fn restore_rebuilds_holders_sessions_and_counters() {
             },
             &mut out,
         );
-        // How an ended session ended is not persisted: after a restore it
-        // is just not found.
-        let gone = |reply: Result<Reply>| reply.map_err(|r| (r.code, r.session_gone));
-        assert_eq!(gone(back), gone(live), "session {id}");
+        // How an ended session ended is kept too.
+        assert_eq!(back, live, "session {id}");
     }
     // The next grant's token is larger than every earlier one.
     let mut out = Outcome::default();
@@ -1023,13 +1053,17 @@ fn restore_rebuilds_holders_sessions_and_counters() {
 }
 
 #[test]
-fn restored_leases_run_from_the_restored_clock() {
+fn restored_leases_run_from_the_restored_clock_after_resume() {
     let (sim, _) = history();
-    // No final checkpoint: the clock is the one of the last stored counters
-    // (written with the last grant, at 1200).
+    // The clock is the one of the last stored counters (written with the
+    // last step that changed something, at 1200).
     let mut restored = State::restore(Limits::default(), sim.store.clone()).unwrap();
     let clock = restored.now_ms();
     assert_eq!(clock, 1_200);
+    // Restored as they were: a's lease (renewed at 900) ends at 2900.
+    assert_eq!(restored.next_deadline_ms(), Some(900 + 2_000));
+    let mut out = Outcome::default();
+    restored.apply(clock, Command::Resume, &mut out).unwrap();
     assert_eq!(restored.next_deadline_ms(), Some(clock + 2_000));
     // a (ttl 2 s, holding x) survives until clock + 2 s, then lets go.
     let mut out = Outcome::default();
@@ -2023,6 +2057,19 @@ impl Checker {
             Err(e) => return Err(TestCaseError::fail(format!("restore: {e}"))),
         };
         prop_assert_eq!(restored.now_ms(), now);
+        prop_assert_eq!(restored.waiter_count(), self.sim.state.waiter_count());
+        prop_assert_eq!(
+            restored.next_deadline_ms(),
+            self.sim.state.next_deadline_ms()
+        );
+        // What the engine does after a restart: the waiters end, every
+        // lease starts over.
+        let mut resumed = Outcome::default();
+        prop_assert_eq!(
+            restored.apply(now, Command::Resume, &mut resumed),
+            Ok(Reply::Done)
+        );
+        prop_assert_eq!(resumed.events.len(), self.sim.state.waiter_count());
         prop_assert_eq!(restored.session_count(), self.model.sessions.len());
         prop_assert_eq!(restored.waiter_count(), 0);
         for (lock, name) in LOCKS.iter().enumerate() {
@@ -2147,8 +2194,12 @@ impl Checker {
             &mut out,
         );
         prop_assert_eq!(listing, Ok(Reply::Listing(vec![])));
-        // Only the counters remain on "disk".
-        prop_assert!(self.sim.store.keys().all(|k| k == b"meta/counters"));
+        // Only the counters and how the sessions ended remain on "disk".
+        prop_assert!(self
+            .sim
+            .store
+            .keys()
+            .all(|k| k == b"meta/counters" || k.starts_with(b"ended/")));
         Ok(())
     }
 }
@@ -2178,6 +2229,7 @@ proptest! {
 }
 
 mod breaker;
+mod exact;
 mod limits;
 mod lost;
 mod mixed;
