@@ -19,8 +19,8 @@
 //! Invariants:
 //! - a waiter is in the condition's queue or in the lock's queue, never
 //!   both; in the lock's queue it has no deadline;
-//! - a condition without waiters does not exist (nothing is persisted: its
-//!   waiters live with their streams, and their locks were released).
+//! - a condition without waiters does not exist: it has no record of its
+//!   own; its waiters' records name its lock (`records::waiters`).
 
 use super::holds::{forget_if, Queueing, Table, WaiterInfo};
 use super::lock::{LockAnswer, LockRequest};

@@ -7,8 +7,8 @@
 //!   the next `set` (or its timeout, or its session's end). A `timeout_ms`
 //!   of 0 only checks.
 //! - Setting and clearing need no session; waiting does.
-//! - The flag is persisted while set; a clear event without waiters does
-//!   not exist.
+//! - The flag is persisted while set, and each waiter as a waiter record; a
+//!   clear event without waiters does not exist.
 //!
 //! Invariants:
 //! - a set event has no waiters;

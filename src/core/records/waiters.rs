@@ -25,7 +25,7 @@ use super::super::holds::{Queueing, WaiterRef};
 use super::super::lock::{LockAnswer, LockRequest};
 use super::super::pool::CheckoutRequest;
 use super::super::rwlock::{RwMode, RwRequest};
-use super::super::semaphore::SemaphoreRequest;
+use super::super::semaphore::{Semaphore, SemaphoreRequest};
 use super::super::waitq::Waiter;
 use super::super::{Kind, Outcome, SessionId, State, WaiterId};
 use super::{Change, RestoreError};
@@ -113,76 +113,40 @@ impl State {
     fn waiter_record(&self, id: WaiterId, place: &WaiterRef) -> Option<pb::WaiterRecord> {
         let name = place.name.as_str();
         let (stub, request) = match place.kind {
-            Kind::Lock => {
-                let w = find(self.locks.get(name)?, id)?;
-                let (reacquire, timed_out) = match w.request.answer {
-                    LockAnswer::Acquire => (false, false),
-                    LockAnswer::ConditionWait { timed_out } => (true, timed_out),
-                };
-                let acquire_id = w.request.acquire_id;
-                let record = pb::LockWaiter {
-                    acquire_id,
-                    reacquire,
-                    timed_out,
-                };
-                (Stub::of(w), Request::Lock(record))
-            }
-            Kind::Semaphore => {
-                let semaphore = self.semaphores.get(name)?;
-                let w = find(semaphore, id)?;
-                let record = pb::SemaphoreWaiter {
-                    acquire_id: w.request.acquire_id,
-                    permits: w.request.permits,
-                    capacity: semaphore.capacity(),
-                };
-                (Stub::of(w), Request::Semaphore(record))
-            }
-            Kind::RwLock => {
-                let w = find(self.rwlocks.get(name)?, id)?;
-                let record = pb::RwLockWaiter {
-                    acquire_id: w.request.acquire_id,
-                    write: w.request.mode == RwMode::Write,
-                };
-                (Stub::of(w), Request::Rwlock(record))
-            }
-            Kind::Event => {
-                let w = find(self.events.get(name)?, id)?;
-                (Stub::of(w), Request::Event(pb::EventWaiter {}))
-            }
+            Kind::Lock => lock_waiter(find(self.locks.get(name)?, id)?),
+            Kind::Semaphore => semaphore_waiter(self.semaphores.get(name)?, id)?,
+            Kind::RwLock => rwlock_waiter(find(self.rwlocks.get(name)?, id)?),
+            Kind::Event => plain(
+                self.events.get(name)?,
+                id,
+                Request::Event(pb::EventWaiter {}),
+            )?,
             Kind::Condition => {
                 let condition = self.conditions.get(name)?;
-                let w = find(condition, id)?;
                 let lock = condition.lock().to_owned();
-                (
-                    Stub::of(w),
+                plain(
+                    condition,
+                    id,
                     Request::Condition(pb::ConditionWaiter { lock }),
-                )
+                )?
             }
-            Kind::Barrier => {
-                let w = find(self.barriers.get(name)?, id)?;
-                (Stub::of(w), Request::Barrier(pb::BarrierWaiter {}))
-            }
+            Kind::Barrier => plain(
+                self.barriers.get(name)?,
+                id,
+                Request::Barrier(pb::BarrierWaiter {}),
+            )?,
             Kind::Queue => self.queue_waiter_record(name, id)?,
-            Kind::Pool => {
-                let w = find(self.pools.get(name)?, id)?;
-                let r = &w.request;
-                let record = pb::PoolWaiter {
-                    acquire_id: r.acquire_id,
-                    size: r.size,
-                    max_age_ms: r.max_age_ms,
-                    max_idle_ms: r.max_idle_ms,
-                };
-                (Stub::of(w), Request::Pool(record))
-            }
+            Kind::Pool => pool_waiter(find(self.pools.get(name)?, id)?),
             Kind::TokenBucket => {
                 let w = find(self.buckets.get(name)?, id)?;
                 let tokens = w.request;
                 (Stub::of(w), Request::Bucket(pb::BucketWaiter { tokens }))
             }
-            Kind::Breaker => {
-                let w = find(self.breakers.get(name)?, id)?;
-                (Stub::of(w), Request::Breaker(pb::BreakerWatcher {}))
-            }
+            Kind::Breaker => plain(
+                self.breakers.get(name)?,
+                id,
+                Request::Breaker(pb::BreakerWatcher {}),
+            )?,
         };
         debug_assert_eq!(stub.session_id, place.session_id);
         Some(pb::WaiterRecord {
@@ -267,6 +231,32 @@ impl State {
                 push(rwlock, stub.with(RwRequest { acquire_id, mode }))?;
                 Ok(Kind::RwLock)
             }
+            Request::Pool(r) => {
+                let request = CheckoutRequest {
+                    acquire_id: r.acquire_id,
+                    size: r.size,
+                    max_age_ms: r.max_age_ms,
+                    max_idle_ms: r.max_idle_ms,
+                };
+                self.restore_pool_waiter(name, stub.with(request))?;
+                Ok(Kind::Pool)
+            }
+            Request::QueuePut(_) | Request::QueueGet(_) | Request::QueueJoin(_) => {
+                self.restore_queue_waiter(name, stub, request)?;
+                Ok(Kind::Queue)
+            }
+            other => self.place_plain_waiter(name, stub, other),
+        }
+    }
+
+    /// `place_waiter` for the kinds whose waiters ask for no hold.
+    fn place_plain_waiter(
+        &mut self,
+        name: &str,
+        stub: Stub,
+        request: Request,
+    ) -> Result<Kind, &'static str> {
+        match request {
             Request::Event(_) => {
                 let event = self.events.entry(name.to_owned()).or_default();
                 event.restore_waiter(stub.with(()))?;
@@ -289,20 +279,6 @@ impl State {
                 push(barrier, stub.with(()))?;
                 Ok(Kind::Barrier)
             }
-            Request::QueuePut(_) | Request::QueueGet(_) | Request::QueueJoin(_) => {
-                self.restore_queue_waiter(name, stub, request)?;
-                Ok(Kind::Queue)
-            }
-            Request::Pool(r) => {
-                let request = CheckoutRequest {
-                    acquire_id: r.acquire_id,
-                    size: r.size,
-                    max_age_ms: r.max_age_ms,
-                    max_idle_ms: r.max_idle_ms,
-                };
-                self.restore_pool_waiter(name, stub.with(request))?;
-                Ok(Kind::Pool)
-            }
             Request::Bucket(r) => {
                 self.restore_bucket_waiter(name, stub.with(r.tokens))?;
                 Ok(Kind::TokenBucket)
@@ -315,6 +291,60 @@ impl State {
                 push(breaker, stub.with(()))?;
                 Ok(Kind::Breaker)
             }
+            Request::Lock(_)
+            | Request::Semaphore(_)
+            | Request::Rwlock(_)
+            | Request::Pool(_)
+            | Request::QueuePut(_)
+            | Request::QueueGet(_)
+            | Request::QueueJoin(_) => unreachable!("placed by `place_waiter`"),
         }
     }
+}
+
+/// A waiter whose request says nothing more than its kind.
+fn plain<P: Queueing>(primitive: &P, id: WaiterId, request: Request) -> Option<(Stub, Request)> {
+    Some((Stub::of(find(primitive, id)?), request))
+}
+
+fn lock_waiter(w: &Waiter<LockRequest>) -> (Stub, Request) {
+    let (reacquire, timed_out) = match w.request.answer {
+        LockAnswer::Acquire => (false, false),
+        LockAnswer::ConditionWait { timed_out } => (true, timed_out),
+    };
+    let record = pb::LockWaiter {
+        acquire_id: w.request.acquire_id,
+        reacquire,
+        timed_out,
+    };
+    (Stub::of(w), Request::Lock(record))
+}
+
+fn semaphore_waiter(semaphore: &Semaphore, id: WaiterId) -> Option<(Stub, Request)> {
+    let w = find(semaphore, id)?;
+    let record = pb::SemaphoreWaiter {
+        acquire_id: w.request.acquire_id,
+        permits: w.request.permits,
+        capacity: semaphore.capacity(),
+    };
+    Some((Stub::of(w), Request::Semaphore(record)))
+}
+
+fn rwlock_waiter(w: &Waiter<RwRequest>) -> (Stub, Request) {
+    let record = pb::RwLockWaiter {
+        acquire_id: w.request.acquire_id,
+        write: w.request.mode == RwMode::Write,
+    };
+    (Stub::of(w), Request::Rwlock(record))
+}
+
+fn pool_waiter(w: &Waiter<CheckoutRequest>) -> (Stub, Request) {
+    let r = &w.request;
+    let record = pb::PoolWaiter {
+        acquire_id: r.acquire_id,
+        size: r.size,
+        max_age_ms: r.max_age_ms,
+        max_idle_ms: r.max_idle_ms,
+    };
+    (Stub::of(w), Request::Pool(record))
 }

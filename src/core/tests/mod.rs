@@ -1183,6 +1183,42 @@ fn session_key(id: u64) -> Vec<u8> {
     [b"session/".as_slice(), &id.to_be_bytes()].concat()
 }
 
+fn lease_key(id: u64) -> Vec<u8> {
+    [b"lease/".as_slice(), &id.to_be_bytes()].concat()
+}
+
+fn lease_record(expires_at_ms: u64) -> Vec<u8> {
+    pb::LeaseRecord { expires_at_ms }.encode_to_vec()
+}
+
+fn ended_key(id: u64) -> Vec<u8> {
+    [b"ended/".as_slice(), &id.to_be_bytes()].concat()
+}
+
+fn ended_record(order: u64) -> Vec<u8> {
+    let record = pb::EndedSessionRecord {
+        order,
+        closed: false,
+        reason: String::new(),
+    };
+    record.encode_to_vec()
+}
+
+fn waiter_key(id: u64) -> Vec<u8> {
+    [b"waiter/".as_slice(), &id.to_be_bytes()].concat()
+}
+
+/// The first stored waiter record.
+fn some_waiter(store: &Store) -> (Vec<u8>, pb::WaiterRecord) {
+    let (key, value) = (store.iter())
+        .find(|(key, _)| key.starts_with(b"waiter/"))
+        .expect("a stored waiter");
+    (
+        key.clone(),
+        pb::WaiterRecord::decode(value.as_slice()).unwrap(),
+    )
+}
+
 #[test]
 fn corrupt_records_are_a_restore_error() {
     let (sim, _) = history();
@@ -1274,6 +1310,67 @@ fn corrupt_records_are_a_restore_error() {
                 s.remove(b"meta/counters".as_slice());
             }),
         ),
+        (
+            "lease of a session that is not stored",
+            Box::new(|s| {
+                s.insert(lease_key(77), lease_record(5_000));
+            }),
+        ),
+        (
+            "garbage lease record",
+            Box::new(|s| {
+                s.insert(lease_key(1), vec![0xff; 3]);
+            }),
+        ),
+        (
+            "lease key of the wrong length",
+            Box::new(|s| {
+                s.insert(b"lease/\x01".to_vec(), lease_record(5_000));
+            }),
+        ),
+        (
+            "a live session stored as ended",
+            Box::new(|s| {
+                s.insert(ended_key(1), ended_record(9));
+            }),
+        ),
+        (
+            "two ends in the same place",
+            Box::new(|s| {
+                s.insert(ended_key(5), ended_record(0));
+            }),
+        ),
+        (
+            "waiter of a session that is not stored",
+            Box::new(|s| {
+                let (key, mut record) = some_waiter(s);
+                record.session_id = 77;
+                s.insert(key, record.encode_to_vec());
+            }),
+        ),
+        (
+            "waiter on a lock nobody holds",
+            Box::new(|s| {
+                let (key, mut record) = some_waiter(s);
+                record.name = "free".to_owned();
+                s.insert(key, record.encode_to_vec());
+            }),
+        ),
+        (
+            "waiter without a request",
+            Box::new(|s| {
+                let (key, mut record) = some_waiter(s);
+                record.request = None;
+                s.insert(key, record.encode_to_vec());
+            }),
+        ),
+        (
+            "two waiters in the same place of a queue",
+            Box::new(|s| {
+                let (_, record) = some_waiter(s);
+                s.insert(waiter_key(1_000), record.encode_to_vec());
+            }),
+        ),
     ];
     for (what, edit) in cases {
         let mut store = base.clone();
@@ -1290,7 +1387,10 @@ fn arb_key() -> impl Strategy<Value = Vec<u8>> {
     let prefix = prop_oneof![
         Just(b"meta/counters".to_vec()),
         Just(b"session/".to_vec()),
+        Just(b"lease/".to_vec()),
+        Just(b"ended/".to_vec()),
         Just(b"lock/".to_vec()),
+        Just(b"waiter/".to_vec()),
         Just(b"meta/".to_vec()),
         Just(Vec::new()),
     ];
@@ -1321,13 +1421,31 @@ fn arb_value() -> impl Strategy<Value = Vec<u8>> {
             ..Default::default()
         }
         .encode_to_vec()),
-        (small.clone(), small.clone(), small).prop_map(|(s, t, at)| pb::LockRecord {
+        (small.clone(), small.clone(), small.clone()).prop_map(|(s, t, at)| pb::LockRecord {
             session_id: s,
             fencing_token: t,
             acquired_at_ms: at,
             acquire_id: 1,
         }
         .encode_to_vec()),
+        small.clone().prop_map(lease_record),
+        small.clone().prop_map(ended_record),
+        (small.clone(), small, any::<bool>()).prop_map(|(s, at, reacquire)| {
+            let lock = pb::LockWaiter {
+                acquire_id: 0,
+                reacquire,
+                timed_out: false,
+            };
+            pb::WaiterRecord {
+                session_id: s,
+                name: "x".to_owned(),
+                enqueued_at_ms: at,
+                deadline_ms: Some(at),
+                arrival: at,
+                request: Some(pb::waiter_record::Request::Lock(lock)),
+            }
+            .encode_to_vec()
+        }),
     ]
 }
 
@@ -2237,4 +2355,5 @@ mod owner;
 mod pool;
 mod primitives;
 mod queue;
+mod resume;
 mod token_bucket;
