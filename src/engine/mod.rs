@@ -383,13 +383,14 @@ impl Drop for WaitStream {
 /// Loads the state from `store` and starts the engine task and its writer
 /// thread. The task ends with an error if the store fails.
 pub fn start<S: Store>(
-    store: S,
+    mut store: S,
     config: EngineConfig,
 ) -> Result<(EngineHandle, JoinHandle<Result<(), StoreError>>), StoreError> {
     let records = store.load()?;
-    let state = State::restore(config.limits.clone(), records)
+    let mut state = State::restore(config.limits.clone(), records)
         .map_err(|e| StoreError(format!("the data directory holds invalid state: {e}")))?;
     let clock = Clock::resume_from(state.now_ms());
+    resume(&mut state, &mut store, clock.now_ms())?;
     let (progress_tx, progress) = mpsc::unbounded_channel();
     let writer_metrics = config.metrics.clone();
     let writer = Writer::start(
@@ -431,6 +432,30 @@ pub fn start<S: Store>(
         notices,
     };
     Ok((handle, tokio::spawn(engine.run())))
+}
+
+/// Gives the grace of a restart (`Command::Resume`: fresh leases and
+/// visibility timeouts, every restored wait ended) before anything else is
+/// applied, and makes its changes durable before the engine serves: what a
+/// client sees after a restart does not depend on a later write.
+fn resume<S: Store>(state: &mut State, store: &mut S, now_ms: u64) -> Result<(), StoreError> {
+    let mut outcome = Outcome::default();
+    let _ = state.apply(now_ms, Command::Resume, &mut outcome);
+    // Nobody listens to the ended waits: their streams went with the old
+    // process.
+    if !outcome.events.is_empty() || state.session_count() > 0 {
+        tracing::info!(
+            sessions = state.session_count(),
+            waits_ended = outcome.events.len(),
+            "resumed: every lease starts again with its full TTL"
+        );
+    }
+    if outcome.changes.is_empty() {
+        return Ok(());
+    }
+    outcome.changes.push(state.checkpoint());
+    store.write(&outcome.changes)?;
+    store.flush()
 }
 
 /// Turns whose changes may wait for the writer at once; beyond it the engine
