@@ -329,10 +329,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// What is logged without RUST_LOG: syncd's own lines from info up; the
+/// consensus engine and the write-ahead log only when something is wrong
+/// (their info lines narrate every election and file lock).
+const DEFAULT_LOG_FILTER: &str = "info,openraft=warn,chunked_wal=warn,raft_log=warn";
+
 /// Logs go to stderr, filtered by RUST_LOG (default info).
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);

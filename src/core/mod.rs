@@ -267,6 +267,12 @@ impl State {
         self.waiters.len()
     }
 
+    /// The highest id of a waiter in the state (restored ones included), so
+    /// that an engine can hand out new ids above every one in use.
+    pub fn max_waiter_id(&self) -> Option<WaiterId> {
+        self.waiters.keys().next_back().copied()
+    }
+
     pub fn hold_count(&self) -> usize {
         self.holds.len()
     }

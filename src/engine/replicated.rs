@@ -21,7 +21,7 @@
 //! any entry ticks the core at its time first.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
@@ -58,8 +58,10 @@ pub async fn start(
     };
     let replica = Replica::open(data_dir, options).await.map_err(store_error)?;
     let clock = Clock::resume_from(replica.read(|state| state.now_ms()));
-    resume(&replica, &clock).await?;
+    // Above the ids of the waits from before the restart, as the log has
+    // them: no new wait can be taken for an old one.
     let next_waiter = replica.read(|state| state.max_waiter_id()).map_or(1, |id| id.0 + 1);
+    resume(&replica, &clock).await?;
     let (commands, command_rx) = mpsc::channel(config.queue_capacity);
     let (internal, internal_rx) = mpsc::unbounded_channel();
     let changes = Arc::new(watch::Sender::new(0));
@@ -211,8 +213,8 @@ impl Replicated {
                 None => std::future::pending().await,
             }
         };
-        let front = self.in_flight.front_mut();
-        let applied = poll_fn(move |cx| match front {
+        let mut front = self.in_flight.front_mut();
+        let applied = poll_fn(move |cx| match front.as_mut() {
             Some(in_flight) => Pin::new(&mut in_flight.proposal).poll(cx),
             None => Poll::Pending,
         });

@@ -124,6 +124,9 @@ impl Replica {
         let layout = dir::prepare(data_dir)?;
         let store = AppliedStore::open(data_dir)?;
         let loaded = store.load()?;
+        let state = State::restore(options.limits.clone(), loaded.records).map_err(|e| {
+            ReplicaError::Corrupt(format!("the applied state is invalid: {e}"))
+        })?;
         let log_options = log_store::LogStoreOptions {
             durability: if options.sync {
                 log_store::Durability::Sync
@@ -138,9 +141,6 @@ impl Replica {
             .map_err(|e| ReplicaError::Io(format!("opening the log failed: {e}")))?
             .map_err(|e| log_open_error(&layout.log_dir, e))?;
         dir::check_log_covers(&mut log, loaded.applied.as_ref()).await?;
-        let state = State::restore(options.limits.clone(), loaded.records).map_err(|e| {
-            ReplicaError::Corrupt(format!("the applied state is invalid: {e}"))
-        })?;
         let shared = Shared::new(state, store, loaded.applied, loaded.membership);
         let machine = StateMachine::new(shared.clone(), options.limits.clone());
         let raft = Raft::new(NODE_ID, raft_config(&options)?, NoPeers, log, machine)

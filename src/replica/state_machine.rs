@@ -130,7 +130,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => AppliedEntry::default(),
                 EntryPayload::Normal(payload) => {
                     failpoint::pass("apply");
-                    let decoded = codec::decode(&payload.0).map_err(|e| {
+                    let decoded = codec::decode(&payload).map_err(|e| {
                         let why = ReplicaError::Corrupt(format!("log entry {}: {e}", entry.log_id));
                         apply_error(entry.log_id, why)
                     })?;

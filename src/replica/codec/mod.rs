@@ -17,8 +17,8 @@
 //!   a node stops rather than apply something else than the leader meant.
 //! - Encoding is an exhaustive `match` over [`Command`], so a new variant
 //!   does not compile until it has a message here.
-//! - Read-only commands (describe, list, pending notices) are never logged:
-//!   encoding one is [`EncodeError::NotLogged`].
+//! - Read-only requests are not commands ([`crate::core::Query`]): they
+//!   are never logged.
 //!
 //! # Invariants
 //! - `decode(&encode(e)?) == Ok(e)` for every entry `encode` accepts.
@@ -64,8 +64,6 @@ pub struct Step {
 /// Why an entry could not be encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EncodeError {
-    /// A read-only command: it changes nothing, so it is never logged.
-    NotLogged,
     /// `Some("")` as an identity: the format writes "no identity" as empty,
     /// so it could not be told apart from `None`.
     EmptyIdentity,
@@ -74,9 +72,6 @@ pub enum EncodeError {
 impl fmt::Display for EncodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EncodeError::NotLogged => {
-                write!(f, "a read-only command (describe, list) is never logged")
-            }
             EncodeError::EmptyIdentity => {
                 write!(f, "an empty identity cannot be logged (it reads as none)")
             }
@@ -109,8 +104,6 @@ pub enum DecodeError {
 pub enum StepProblem {
     /// No command, or one this build's protobuf does not know.
     NoCommand,
-    /// A command the format knows but this build cannot apply.
-    NotInThisBuild(&'static str),
     /// An enum field with a value this build does not know, or unspecified.
     EnumValue { field: &'static str, value: i32 },
     /// A message that must be there is absent.
@@ -145,9 +138,6 @@ impl fmt::Display for StepProblem {
         match self {
             StepProblem::NoCommand => {
                 write!(f, "no command, or a command unknown to this build")
-            }
-            StepProblem::NotInThisBuild(name) => {
-                write!(f, "command {name} cannot be applied by this build")
             }
             StepProblem::EnumValue { field, value } => {
                 write!(f, "{field} has value {value}, unknown to this build")

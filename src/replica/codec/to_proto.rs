@@ -328,21 +328,7 @@ fn command(command: &Command) -> Result<C, EncodeError> {
                 fencing_token: *fencing_token,
             })
         }
-        // Read-only: never logged. This arm goes when they move out of
-        // `Command` into the query type.
-        Command::ListSessions { .. }
-        | Command::PendingNotices { .. }
-        | Command::LockDescribe { .. }
-        | Command::SemaphoreDescribe { .. }
-        | Command::RwLockDescribe { .. }
-        | Command::EventDescribe { .. }
-        | Command::ConditionDescribe { .. }
-        | Command::BarrierDescribe { .. }
-        | Command::QueueDescribe { .. }
-        | Command::PoolDescribe { .. }
-        | Command::BucketDescribe { .. }
-        | Command::BreakerDescribe { .. }
-        | Command::List { .. } => return Err(EncodeError::NotLogged),
+        Command::Resume => C::Resume(pb::Resume {}),
     })
 }
 

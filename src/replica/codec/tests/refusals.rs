@@ -173,13 +173,6 @@ fn missing_bucket_settings_are_refused() {
     }
 }
 
-#[test]
-fn a_command_this_build_cannot_apply_is_refused() {
-    let (problem, text) = step_problem(Some(C::Resume(pb::Resume {})));
-    assert_eq!(problem, StepProblem::NotInThisBuild("Resume"));
-    assert!(text.contains("Resume cannot be applied"), "{text}");
-}
-
 /// prost skips fields it does not know; the codec must not.
 #[test]
 fn fields_this_build_does_not_read_are_refused() {
@@ -206,18 +199,6 @@ fn truncated_bytes_are_refused() {
     let error = decode(&bytes[..bytes.len() - 1]).expect_err("must be refused");
     assert!(matches!(error, DecodeError::Malformed(_)), "{error:?}");
     assert!(error.to_string().contains("not valid protobuf"), "{error}");
-}
-
-#[test]
-fn read_only_commands_are_not_logged() {
-    let entry = Entry {
-        now_ms: 1,
-        steps: vec![Step {
-            identity: None,
-            command: Command::LockDescribe { name: "l".into() },
-        }],
-    };
-    assert_eq!(encode(&entry), Err(EncodeError::NotLogged));
 }
 
 #[test]
