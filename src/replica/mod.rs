@@ -268,3 +268,20 @@ fn log_open_error(dir: &Path, error: std::io::Error) -> ReplicaError {
 fn raft_error<E: fmt::Display>(error: E) -> ReplicaError {
     ReplicaError::Raft(error.to_string())
 }
+
+/// How many entries the log in `data_dir` holds (for tests; the log must
+/// not be open).
+#[cfg(test)]
+pub(crate) async fn log_entries_on_disk(data_dir: &Path) -> u64 {
+    use openraft::storage::RaftLogStorage;
+    let dir = data_dir.join("log");
+    let options = log_store::LogStoreOptions::default();
+    let mut log = tokio::task::spawn_blocking(move || log_store::LogStore::<TypeConfig>::open(&dir, options))
+        .await
+        .unwrap()
+        .expect("the log opens");
+    let state = log.get_log_state().await.expect("log state");
+    let last = state.last_log_id.map_or(0, |id| id.index + 1);
+    let purged = state.last_purged_log_id.map_or(0, |id| id.index + 1);
+    last - purged
+}

@@ -178,7 +178,7 @@ fn resume_ends_every_wait_and_renews_every_lease_granting_nothing() {
     // Nothing was granted: the semaphore keeps its one hold of 2 permits,
     // though a's 1 permit would fit once b's 3 left the head.
     assert_eq!(state.hold_count(), sim.state.hold_count(), "none granted");
-    let summaries = state.list(None, "");
+    let summaries = state.list(state.now_ms(), None, "");
     let line = |kind: Kind, name: &str| {
         let found = summaries.iter().find(|s| s.kind == kind && s.name == name);
         found.map(|s| s.state.clone())

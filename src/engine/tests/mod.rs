@@ -12,6 +12,8 @@ use super::*;
 use crate::core::lock::LockInfo;
 use crate::store::{MemoryStore, Record};
 
+mod replicated;
+
 /// A memory store whose flush blocks until the test lets it through.
 struct GatedStore {
     inner: MemoryStore,
