@@ -329,10 +329,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// What is logged without RUST_LOG: syncd's own lines from info up; the
-/// consensus engine and the write-ahead log only when something is wrong
-/// (their info lines narrate every election and file lock).
-const DEFAULT_LOG_FILTER: &str = "info,openraft=warn,chunked_wal=warn,raft_log=warn";
+/// What is logged without RUST_LOG: syncd's own lines from info up, the
+/// consensus engine's only when something is wrong (its info lines narrate
+/// every election), and none of the write-ahead log's: syncd reports what
+/// it finds in the log itself, in one line (chunked-wal logs each step of
+/// its recovery as an error).
+const DEFAULT_LOG_FILTER: &str = "info,openraft=warn,chunked_wal=off,raft_log=off";
 
 /// Logs go to stderr, filtered by RUST_LOG (default info).
 fn init_logs(format: LogFormat) {

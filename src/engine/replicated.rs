@@ -27,6 +27,7 @@ use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -56,11 +57,15 @@ pub async fn start(
         limits: config.limits.clone(),
         ..ReplicaOptions::default()
     };
-    let replica = Replica::open(data_dir, options).await.map_err(store_error)?;
+    let replica = Replica::open(data_dir, options)
+        .await
+        .map_err(store_error)?;
     let clock = Clock::resume_from(replica.read(|state| state.now_ms()));
     // Above the ids of the waits from before the restart, as the log has
     // them: no new wait can be taken for an old one.
-    let next_waiter = replica.read(|state| state.max_waiter_id()).map_or(1, |id| id.0 + 1);
+    let next_waiter = replica
+        .read(|state| state.max_waiter_id())
+        .map_or(1, |id| id.0 + 1);
     resume(&replica, &clock).await?;
     let (commands, command_rx) = mpsc::channel(config.queue_capacity);
     let (internal, internal_rx) = mpsc::unbounded_channel();
@@ -76,6 +81,10 @@ pub async fn start(
         notices: notices.clone(),
     };
     let next_deadline_ms = replica.read(|state| state.next_deadline_ms());
+    let size_meter = config
+        .metrics
+        .clone()
+        .map(|metrics| tokio::spawn(measure_disk(replica.disk_meter(), metrics)).abort_handle());
     let engine = Replicated {
         replica,
         tracker: config.metrics.clone().map(Tracker::new),
@@ -89,6 +98,7 @@ pub async fn start(
         next_deadline_ms,
         tick_due: false,
         stopping: None,
+        size_meter,
     };
     Ok((handle, tokio::spawn(engine.run())))
 }
@@ -105,6 +115,22 @@ async fn resume(replica: &Replica, clock: &Clock) -> Result<(), StoreError> {
     let bytes = codec::encode(&entry).map_err(|e| StoreError(e.to_string()))?;
     let applied = replica.propose(bytes).await.map_err(store_error)?.await;
     applied.map(drop).map_err(store_error)
+}
+
+/// How often the bytes on disk are measured for the metrics.
+const MEASURE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sets the store-size gauge every [`MEASURE_EVERY`] until the log closes.
+async fn measure_disk(meter: crate::replica::DiskMeter, metrics: Arc<crate::metrics::Metrics>) {
+    loop {
+        let Some(bytes) = meter.bytes().await else {
+            return;
+        };
+        metrics
+            .store_size_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        tokio::time::sleep(MEASURE_EVERY).await;
+    }
 }
 
 fn store_error(error: ReplicaError) -> StoreError {
@@ -142,6 +168,8 @@ struct InFlight {
     proposal: Proposal,
     targets: Vec<Target>,
     now_ms: u64,
+    /// When it was proposed: until it is applied, it is being committed.
+    proposed_at: Instant,
 }
 
 /// What `wait` received.
@@ -178,6 +206,8 @@ struct Replicated {
     tick_due: bool,
     /// A shutdown was asked for while gathering (with whom to tell).
     stopping: Option<Option<oneshot::Sender<()>>>,
+    /// The task that measures the bytes on disk (with `--metrics-listen`).
+    size_meter: Option<tokio::task::AbortHandle>,
 }
 
 impl Replicated {
@@ -206,7 +236,9 @@ impl Replicated {
 
     /// Waits for the oldest entry in flight, a command, or the timer.
     async fn wait(&mut self) -> Wake {
-        let deadline = self.next_deadline_ms.map(|at_ms| self.clock.instant_at(at_ms));
+        let deadline = self
+            .next_deadline_ms
+            .map(|at_ms| self.clock.instant_at(at_ms));
         let sleep = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -228,7 +260,8 @@ impl Replicated {
         match got {
             Got::Applied(result) => Wake::Applied(result),
             Got::Internal(command) => {
-                self.next.push(internal_step(command.clone()), Target::Internal(command));
+                self.next
+                    .push(internal_step(command.clone()), Target::Internal(command));
                 Wake::Work
             }
             Got::Envelope(Some(Envelope::Shutdown { done })) => Wake::Stop(Some(done)),
@@ -247,7 +280,8 @@ impl Replicated {
     /// Takes in what is already queued, up to `batch_max` steps.
     fn gather(&mut self) {
         while let Ok(command) = self.internal_rx.try_recv() {
-            self.next.push(internal_step(command.clone()), Target::Internal(command));
+            self.next
+                .push(internal_step(command.clone()), Target::Internal(command));
         }
         while self.next.len() < self.config.batch_max {
             match self.command_rx.try_recv() {
@@ -330,6 +364,7 @@ impl Replicated {
                 proposal,
                 targets: batch.targets,
                 now_ms,
+                proposed_at: Instant::now(),
             }),
             Err(e) => self.fail(batch.targets, &e),
         }
@@ -346,7 +381,9 @@ impl Replicated {
         for (target, reply) in in_flight.targets.into_iter().zip(applied.replies) {
             match target {
                 Target::Call(sender) => deliveries.replies.push((sender, reply)),
-                Target::Wait(waiter, sender) => deliveries.first_events.push((waiter, sender, reply)),
+                Target::Wait(waiter, sender) => {
+                    deliveries.first_events.push((waiter, sender, reply))
+                }
                 Target::Internal(Command::Cancel { waiter }) => {
                     if let Some(tracker) = &mut self.tracker {
                         tracker.cancelled(waiter);
@@ -358,6 +395,12 @@ impl Replicated {
         let mut outcome = applied.outcome;
         if let Some(tracker) = &mut self.tracker {
             tracker.track(in_flight.now_ms, &outcome, &deliveries);
+            // The log is the store now: a commit is an entry made durable
+            // (with its siblings of the same fdatasync) and applied.
+            let metrics = &tracker.metrics;
+            let elapsed = in_flight.proposed_at.elapsed();
+            metrics.store_flush_seconds.observe(elapsed.as_secs_f64());
+            metrics.store_batch_changes.observe(applied.changes as f64);
         }
         deliveries.changed = applied.changed;
         deliveries.events = std::mem::take(&mut outcome.events);
@@ -384,7 +427,8 @@ impl Replicated {
                     let _ = sender.try_send(refusal());
                 }
                 Target::Internal(command) => {
-                    self.next.push(internal_step(command.clone()), Target::Internal(command));
+                    self.next
+                        .push(internal_step(command.clone()), Target::Internal(command));
                 }
             }
         }
@@ -416,6 +460,9 @@ impl Replicated {
             self.on_applied(result);
         }
         self.router.end_all();
+        if let Some(meter) = self.size_meter.take() {
+            meter.abort();
+        }
         self.replica.shutdown().await.map_err(store_error)
     }
 }

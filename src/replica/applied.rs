@@ -147,6 +147,12 @@ impl AppliedStore {
         })
     }
 
+    /// sled itself, for the checks of a directory of the format before the
+    /// log (see `dir.rs`).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Bytes sled takes on disk.
     pub fn size_on_disk_bytes(&self) -> Option<u64> {
         self.db.size_on_disk().ok()
@@ -189,7 +195,10 @@ fn encode_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("openraft's ids and memberships serialize")
 }
 
-fn decode_json<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, ReplicaError> {
+fn decode_json<T: serde::de::DeserializeOwned>(
+    key: &[u8],
+    value: &[u8],
+) -> Result<T, ReplicaError> {
     serde_json::from_slice(value).map_err(|e| {
         ReplicaError::Corrupt(format!(
             "the applied state's {:?} is unreadable: {e}",
@@ -201,12 +210,14 @@ fn decode_json<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Resu
 fn open_error(dir: &Path, error: sled::Error) -> ReplicaError {
     let shown = dir.display();
     match error {
-        sled::Error::Io(e) if e.to_string().contains("could not acquire lock") => ReplicaError::InUse(
-            format!("data directory {shown} is in use by another syncd process (its lock is held)"),
-        ),
-        sled::Error::Corruption { .. } => ReplicaError::Corrupt(format!(
-            "the applied state in {shown} is corrupt ({error})"
-        )),
+        sled::Error::Io(e) if e.to_string().contains("could not acquire lock") => {
+            ReplicaError::InUse(format!(
+                "data directory {shown} is in use by another syncd process (its lock is held)"
+            ))
+        }
+        sled::Error::Corruption { .. } => {
+            ReplicaError::Corrupt(format!("the applied state in {shown} is corrupt ({error})"))
+        }
         other => ReplicaError::Io(format!("cannot open the applied state in {shown}: {other}")),
     }
 }

@@ -26,10 +26,12 @@ use std::path::{Path, PathBuf};
 use openraft::storage::RaftLogStorage;
 use openraft::LogId;
 
+use super::applied::AppliedStore;
 use super::log_store::LogStore;
 use super::types::{NodeId, TypeConfig};
 use super::ReplicaError;
-use crate::store::SledStore;
+use crate::proto::store::Counters;
+use crate::store::sled as format_1;
 
 const MARKER_FILE: &str = "syncd-state";
 const FORMAT_1: &str = "syncd data directory, format 1";
@@ -43,31 +45,37 @@ pub struct Layout {
     marker: PathBuf,
     /// The marker already says format 2.
     current: bool,
+    /// A format-1 directory: the counters its marker holds (`None`: no
+    /// marker), to check against sled's once it is open.
+    format_1: Option<Option<Counters>>,
 }
 
 /// Creates the directory if needed and checks what is there; migrates a
 /// format-1 directory's checks (see the module doc).
 pub fn prepare(dir: &Path) -> Result<Layout, ReplicaError> {
     fs::create_dir_all(dir).map_err(|e| {
-        ReplicaError::Io(format!("cannot create data directory {}: {e}", dir.display()))
+        ReplicaError::Io(format!(
+            "cannot create data directory {}: {e}",
+            dir.display()
+        ))
     })?;
     let marker = dir.join(MARKER_FILE);
     let log_dir = dir.join(LOG_DIR);
     let header = read_header(&marker)?;
-    let current = match header.as_deref() {
+    let (current, format_1) = match header.as_deref() {
         Some(FORMAT_2) => {
             if !log_dir.is_dir() {
                 return Err(damaged(dir, "its write-ahead log (log/) is missing"));
             }
-            true
+            (true, None)
         }
+        // A `log/` beside a format-1 marker is a migration that stopped
+        // before its marker was rewritten: it goes on. The checks syncd
+        // made before the log come first.
         Some(FORMAT_1) | None => {
-            // A `log/` beside a format-1 marker is a migration that
-            // stopped before its marker was rewritten: it goes on.
-            // The checks syncd made before the log: a marker whose
-            // counters are ahead of sled's means flushed changes were lost.
-            drop(SledStore::open(dir).map_err(|e| ReplicaError::Corrupt(e.0))?);
-            false
+            let marked =
+                format_1::check_before_open(dir).map_err(|e| ReplicaError::Corrupt(e.0))?;
+            (false, Some(marked))
         }
         Some(other) => {
             return Err(ReplicaError::Corrupt(format!(
@@ -81,10 +89,22 @@ pub fn prepare(dir: &Path) -> Result<Layout, ReplicaError> {
         log_dir,
         marker,
         current,
+        format_1,
     })
 }
 
 impl Layout {
+    /// The rest of a format-1 directory's checks, once sled has it open: a
+    /// marker whose counters are ahead of sled's means flushed changes were
+    /// lost.
+    pub fn check_opened(&self, store: &AppliedStore) -> Result<(), ReplicaError> {
+        let Some(marked) = self.format_1 else {
+            return Ok(());
+        };
+        let dir = self.marker.parent().unwrap_or(Path::new("."));
+        format_1::check_after_open(dir, store.db(), marked).map_err(|e| ReplicaError::Corrupt(e.0))
+    }
+
     /// Marks the directory as format 2 (write, sync, rename, sync the
     /// directory), once the node runs on it.
     pub fn finish(&self) -> Result<(), ReplicaError> {
@@ -97,13 +117,14 @@ impl Layout {
             .and_then(|()| fs::File::open(&temp)?.sync_all())
             .and_then(|()| fs::rename(&temp, &self.marker))
             .and_then(|()| fs::File::open(dir)?.sync_all());
-        written.map_err(|e| {
-            ReplicaError::Io(format!("cannot write {}: {e}", self.marker.display()))
-        })
+        written
+            .map_err(|e| ReplicaError::Io(format!("cannot write {}: {e}", self.marker.display())))
     }
 }
 
-/// Refuses a log that no longer holds the entries after `applied`.
+/// Refuses a log that no longer holds the entries after `applied` (purged
+/// past it), or that ends before it (the log lost entries the applied state
+/// has: whatever came after them, acknowledged, is gone too).
 pub async fn check_log_covers(
     log: &mut LogStore<TypeConfig>,
     applied: Option<&LogId<NodeId>>,
@@ -122,6 +143,14 @@ pub async fn check_log_covers(
             purged.unwrap_or(0)
         )));
     }
+    let last = state.last_log_id.map(|id| id.index);
+    if last < applied_index {
+        return Err(ReplicaError::Corrupt(format!(
+            "the write-ahead log ends at entry {} but the applied state includes entry {}:              the log lost entries, and acknowledged changes after them are gone;              restore the data directory from a backup",
+            last.map_or("none".to_owned(), |i| i.to_string()),
+            applied_index.unwrap_or(0)
+        )));
+    }
     Ok(())
 }
 
@@ -129,7 +158,10 @@ fn read_header(marker: &Path) -> Result<Option<String>, ReplicaError> {
     match fs::read_to_string(marker) {
         Ok(text) => Ok(Some(text.lines().next().unwrap_or("").to_owned())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ReplicaError::Io(format!("cannot read {}: {e}", marker.display()))),
+        Err(e) => Err(ReplicaError::Io(format!(
+            "cannot read {}: {e}",
+            marker.display()
+        ))),
     }
 }
 

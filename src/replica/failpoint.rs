@@ -4,10 +4,12 @@
 //! `SYNCD_CRASH_AT=POINT:N` makes the process abort — as a `kill -9`
 //! would stop it, with nothing flushed on the way out — the N-th time
 //! (from 1) it passes POINT:
-//! - `apply`: an entry with steps is committed (in the log) and about to
-//!   be applied;
-//! - `state-write`: the core applied the entries of one `apply` call and
-//!   their batch for sled is about to be written.
+//! - `apply`: an entry of syncd's (not one of openraft's blank or
+//!   membership entries) is committed (in the log) and about to be
+//!   applied;
+//! - `state-write`: the core applied the entries of one `apply` call, one
+//!   of syncd's among them, and their batch for sled is about to be
+//!   written.
 
 #[cfg(debug_assertions)]
 mod enabled {

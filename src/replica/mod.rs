@@ -45,10 +45,10 @@ use std::time::Duration;
 use openraft::error::ClientWriteError;
 use openraft::{BasicNode, Raft, SnapshotPolicy};
 
-pub use self::types::AppliedEntry;
 use self::applied::AppliedStore;
 use self::network::NoPeers;
 use self::state_machine::{Shared, StateMachine};
+pub use self::types::AppliedEntry;
 use self::types::{NodeId, TypeConfig};
 use crate::core::{Limits, State};
 
@@ -114,6 +114,27 @@ impl Default for ReplicaOptions {
 pub struct Replica {
     raft: Raft<TypeConfig>,
     shared: Shared,
+    log_probe: log_store::LogProbe<TypeConfig>,
+}
+
+/// Measures what the replica takes on disk, without holding it open.
+#[derive(Clone)]
+pub struct DiskMeter {
+    store: AppliedStore,
+    log_probe: log_store::LogProbe<TypeConfig>,
+}
+
+impl DiskMeter {
+    /// Bytes of the applied state and of the log together; `None` once the
+    /// log is closed.
+    pub async fn bytes(&self) -> Option<u64> {
+        let log = self.log_probe.stats().await?.ok()?.disk_bytes;
+        let store = self.store.clone();
+        let state = tokio::task::spawn_blocking(move || store.size_on_disk_bytes())
+            .await
+            .ok()??;
+        Some(state + log)
+    }
 }
 
 impl Replica {
@@ -123,10 +144,10 @@ impl Replica {
     pub async fn open(data_dir: &Path, options: ReplicaOptions) -> Result<Replica, ReplicaError> {
         let layout = dir::prepare(data_dir)?;
         let store = AppliedStore::open(data_dir)?;
+        layout.check_opened(&store)?;
         let loaded = store.load()?;
-        let state = State::restore(options.limits.clone(), loaded.records).map_err(|e| {
-            ReplicaError::Corrupt(format!("the applied state is invalid: {e}"))
-        })?;
+        let state = State::restore(options.limits.clone(), loaded.records)
+            .map_err(|e| ReplicaError::Corrupt(format!("the applied state is invalid: {e}")))?;
         let log_options = log_store::LogStoreOptions {
             durability: if options.sync {
                 log_store::Durability::Sync
@@ -136,17 +157,23 @@ impl Replica {
             ..log_store::LogStoreOptions::default()
         };
         let log_dir = layout.log_dir.clone();
-        let mut log = tokio::task::spawn_blocking(move || log_store::LogStore::open(&log_dir, log_options))
-            .await
-            .map_err(|e| ReplicaError::Io(format!("opening the log failed: {e}")))?
-            .map_err(|e| log_open_error(&layout.log_dir, e))?;
+        let mut log =
+            tokio::task::spawn_blocking(move || log_store::LogStore::open(&log_dir, log_options))
+                .await
+                .map_err(|e| ReplicaError::Io(format!("opening the log failed: {e}")))?
+                .map_err(|e| log_open_error(&layout.log_dir, e))?;
         dir::check_log_covers(&mut log, loaded.applied.as_ref()).await?;
+        let log_probe = log.probe();
         let shared = Shared::new(state, store, loaded.applied, loaded.membership);
         let machine = StateMachine::new(shared.clone(), options.limits.clone());
         let raft = Raft::new(NODE_ID, raft_config(&options)?, NoPeers, log, machine)
             .await
             .map_err(raft_error)?;
-        let replica = Replica { raft, shared };
+        let replica = Replica {
+            raft,
+            shared,
+            log_probe,
+        };
         replica.lead().await?;
         layout.finish()?;
         Ok(replica)
@@ -179,11 +206,7 @@ impl Replica {
     /// is committed and applied. Entries are applied in the order they
     /// were proposed.
     pub async fn propose(&self, entry: Vec<u8>) -> Result<Proposal, ReplicaError> {
-        let receiver = self
-            .raft
-            .client_write_ff(entry)
-            .await
-            .map_err(raft_error)?;
+        let receiver = self.raft.client_write_ff(entry).await.map_err(raft_error)?;
         Ok(Proposal { receiver })
     }
 
@@ -192,9 +215,12 @@ impl Replica {
         read(&self.shared.lock().state)
     }
 
-    /// Bytes the applied state takes on disk.
-    pub fn state_size_on_disk_bytes(&self) -> Option<u64> {
-        self.shared.lock().store.size_on_disk_bytes()
+    /// A meter of the bytes on disk, for the metrics.
+    pub fn disk_meter(&self) -> DiskMeter {
+        DiskMeter {
+            store: self.shared.lock().store.clone(),
+            log_probe: self.log_probe.clone(),
+        }
     }
 
     /// Stops openraft, then makes the applied state durable, so that the
@@ -256,12 +282,16 @@ fn log_open_error(dir: &Path, error: std::io::Error) -> ReplicaError {
     let shown = dir.display();
     match error.kind() {
         std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
-            ReplicaError::Corrupt(format!("the write-ahead log in {shown} is damaged: {error}"))
+            ReplicaError::Corrupt(format!(
+                "the write-ahead log in {shown} is damaged: {error}"
+            ))
         }
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::AlreadyExists => {
             ReplicaError::InUse(format!("the write-ahead log in {shown} is in use: {error}"))
         }
-        _ => ReplicaError::Io(format!("cannot open the write-ahead log in {shown}: {error}")),
+        _ => ReplicaError::Io(format!(
+            "cannot open the write-ahead log in {shown}: {error}"
+        )),
     }
 }
 
@@ -276,10 +306,11 @@ pub(crate) async fn log_entries_on_disk(data_dir: &Path) -> u64 {
     use openraft::storage::RaftLogStorage;
     let dir = data_dir.join("log");
     let options = log_store::LogStoreOptions::default();
-    let mut log = tokio::task::spawn_blocking(move || log_store::LogStore::<TypeConfig>::open(&dir, options))
-        .await
-        .unwrap()
-        .expect("the log opens");
+    let mut log =
+        tokio::task::spawn_blocking(move || log_store::LogStore::<TypeConfig>::open(&dir, options))
+            .await
+            .unwrap()
+            .expect("the log opens");
     let state = log.get_log_state().await.expect("log state");
     let last = state.last_log_id.map_or(0, |id| id.index + 1);
     let purged = state.last_purged_log_id.map_or(0, |id| id.index + 1);

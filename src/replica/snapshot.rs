@@ -58,7 +58,9 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Record>, ReplicaError> {
     if crc32fast::hash(body).to_be_bytes() != crc {
         return Err(bad("checksum mismatch"));
     }
-    let rest = body.strip_prefix(HEADER).ok_or_else(|| bad("unknown header"))?;
+    let rest = body
+        .strip_prefix(HEADER)
+        .ok_or_else(|| bad("unknown header"))?;
     let (mut rest, count) = rest.split_at(rest.len() - 8);
     let count = u64::from_be_bytes(count.try_into().expect("8 bytes"));
     let mut records = Vec::new();

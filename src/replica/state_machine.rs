@@ -49,7 +49,12 @@ pub struct Inner {
 pub struct Shared(Arc<Mutex<Inner>>);
 
 impl Shared {
-    pub fn new(state: State, store: AppliedStore, applied: Option<LogId<NodeId>>, membership: Membership) -> Shared {
+    pub fn new(
+        state: State,
+        store: AppliedStore,
+        applied: Option<LogId<NodeId>>,
+        membership: Membership,
+    ) -> Shared {
         Shared(Arc::new(Mutex::new(Inner {
             state,
             store,
@@ -63,7 +68,9 @@ impl Shared {
     pub fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while applying leaves a state that may be half-applied:
         // nobody may read or apply on it any more.
-        self.0.lock().expect("the state machine panicked while applying")
+        self.0
+            .lock()
+            .expect("the state machine panicked while applying")
     }
 }
 
@@ -81,8 +88,15 @@ impl StateMachine {
 
 /// Applies one decoded entry to the core, appending its record changes
 /// (and the counters and clock, when anything changed) to `changes`.
-pub fn apply_entry(state: &mut State, entry: codec::Entry, changes: &mut Vec<Change>) -> AppliedEntry {
-    debug_assert!(entry.now_ms >= state.now_ms(), "an entry's time ran backwards");
+pub fn apply_entry(
+    state: &mut State,
+    entry: codec::Entry,
+    changes: &mut Vec<Change>,
+) -> AppliedEntry {
+    debug_assert!(
+        entry.now_ms >= state.now_ms(),
+        "an entry's time ran backwards"
+    );
     let mut outcome = Outcome::default();
     state.tick(entry.now_ms, &mut outcome);
     let mut replies = Vec::with_capacity(entry.steps.len());
@@ -94,11 +108,13 @@ pub fn apply_entry(state: &mut State, entry: codec::Entry, changes: &mut Vec<Cha
         replies.push(result.and_then(|()| state.apply(entry.now_ms, step.command, &mut outcome)));
     }
     let changed = !outcome.changes.is_empty() || !outcome.events.is_empty();
+    let written = outcome.changes.len();
     changes.append(&mut outcome.changes);
     AppliedEntry {
         replies,
         outcome,
         changed,
+        changes: written,
     }
 }
 
@@ -123,6 +139,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut responses = Vec::new();
         let mut last = None;
         let mut membership_changed = false;
+        let mut with_steps = false;
         for entry in entries {
             debug_assert!(Some(entry.log_id) > inner.applied, "an entry applied twice");
             last = Some(entry.log_id);
@@ -130,6 +147,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => AppliedEntry::default(),
                 EntryPayload::Normal(payload) => {
                     failpoint::pass("apply");
+                    with_steps = true;
                     let decoded = codec::decode(&payload).map_err(|e| {
                         let why = ReplicaError::Corrupt(format!("log entry {}: {e}", entry.log_id));
                         apply_error(entry.log_id, why)
@@ -150,7 +168,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // The clock moves with every entry, also one that changed nothing:
         // a restart resumes time from what is stored.
         changes.push(inner.state.checkpoint());
-        failpoint::pass("state-write");
+        if with_steps {
+            failpoint::pass("state-write");
+        }
         let membership = membership_changed.then_some(&inner.membership);
         inner
             .store
@@ -217,9 +237,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let mut inner = self.shared.lock();
             inner.built += 1;
             // sled's records agree with `state` under the lock.
-            let loaded = inner.store.load().map_err(|e| {
-                StorageError::from(StorageIOError::read_state_machine(&e))
-            })?;
+            let loaded = inner
+                .store
+                .load()
+                .map_err(|e| StorageError::from(StorageIOError::read_state_machine(&e)))?;
             let data = snapshot::encode(&loaded.records);
             let id = match &inner.applied {
                 Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, inner.built),
@@ -247,6 +268,9 @@ fn apply_error(log_id: LogId<NodeId>, error: ReplicaError) -> StorageError<NodeI
     StorageIOError::apply(log_id, &error).into()
 }
 
-fn snapshot_error(meta: &SnapshotMeta<NodeId, openraft::BasicNode>, error: ReplicaError) -> StorageError<NodeId> {
+fn snapshot_error(
+    meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+    error: ReplicaError,
+) -> StorageError<NodeId> {
     StorageIOError::write_snapshot(Some(meta.signature()), &error).into()
 }

@@ -39,6 +39,8 @@ pub struct AppliedEntry {
     pub outcome: Outcome,
     /// Whether the entry changed what `List` and `Describe` show.
     pub changed: bool,
+    /// How many record changes it wrote to the applied state.
+    pub changes: usize,
 }
 
 /// openraft's response type for an entry. It never leaves the node that

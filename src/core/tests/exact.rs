@@ -131,7 +131,11 @@ impl Sim {
             live.next_deadline_ms(),
             "after {what}"
         );
-        assert_eq!(twin.list(twin.now_ms(), None, ""), live.list(live.now_ms(), None, ""), "after {what}");
+        assert_eq!(
+            twin.list(twin.now_ms(), None, ""),
+            live.list(live.now_ms(), None, ""),
+            "after {what}"
+        );
         let counts = |s: &State| {
             let sizes = (s.session_count(), s.waiter_count(), s.hold_count());
             (sizes, s.primitive_count(), s.queue_items_ready())

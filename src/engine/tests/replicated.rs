@@ -73,7 +73,10 @@ async fn concurrent_commands_share_entries() {
     }
     engine.shutdown().await;
     let entries = crate::replica::log_entries_on_disk(dir.path()).await;
-    assert!(entries < 100, "{entries} entries for 200 commands: no batching");
+    assert!(
+        entries < 100,
+        "{entries} entries for 200 commands: no batching"
+    );
 }
 
 #[tokio::test]
@@ -84,12 +87,18 @@ async fn a_dropped_waiter_leaves_the_queue_and_an_unread_grant_is_given_back() {
     let other = session(&engine).await;
     let held = granted_token(&mut engine.wait(|w| acquire(owner, w)).await).await;
     let mut waiting = engine.wait(|w| acquire(other, w)).await;
-    assert!(matches!(waiting.next().await, Some(Ok(Reply::Queued { position: 1 }))));
+    assert!(matches!(
+        waiting.next().await,
+        Some(Ok(Reply::Queued { position: 1 }))
+    ));
     drop(waiting);
     eventually(|| async { describe(&engine).await.waiters.is_empty() }).await;
 
     let mut waiting = engine.wait(|w| acquire(other, w)).await;
-    assert!(matches!(waiting.next().await, Some(Ok(Reply::Queued { .. }))));
+    assert!(matches!(
+        waiting.next().await,
+        Some(Ok(Reply::Queued { .. }))
+    ));
     assert_eq!(engine.call(release(owner, held)).await, Ok(Reply::Done));
     eventually(|| async { describe(&engine).await.holder.is_some() }).await;
     drop(waiting);
@@ -105,10 +114,16 @@ async fn shutdown_ends_waits_with_unavailable() {
     let other = session(&engine).await;
     granted_token(&mut engine.wait(|w| acquire(owner, w)).await).await;
     let mut waiting = engine.wait(|w| acquire(other, w)).await;
-    assert!(matches!(waiting.next().await, Some(Ok(Reply::Queued { .. }))));
+    assert!(matches!(
+        waiting.next().await,
+        Some(Ok(Reply::Queued { .. }))
+    ));
     engine.shutdown().await;
     let end = waiting.next().await;
-    assert!(matches!(&end, Some(Err(r)) if r.code == Code::Unavailable), "{end:?}");
+    assert!(
+        matches!(&end, Some(Err(r)) if r.code == Code::Unavailable),
+        "{end:?}"
+    );
     let after = engine.call(create_session()).await;
     assert!(matches!(after, Err(r) if r.code == Code::Unavailable));
 }
