@@ -37,7 +37,7 @@ use syncd::proto::v1::{
     acquire_lock_response, acquire_semaphore_response, events_client::EventsClient,
     locks_client::LocksClient, semaphores_client::SemaphoresClient,
     sessions_client::SessionsClient, system_client::SystemClient, AcquireLockRequest,
-    AcquireSemaphoreRequest, CreateSessionRequest, ListRequest, SetEventRequest,
+    AcquireSemaphoreRequest, ClearEventRequest, CreateSessionRequest, ListRequest, SetEventRequest,
 };
 
 /// Exit code of syncd when the data directory cannot be used.
@@ -58,6 +58,21 @@ async fn stopped_with_state() -> Syncd {
         .expect("session")
         .into_inner()
         .session_id;
+    // Batches that leave no record, so that the first half of sled's log
+    // holds complete batches from before the grants below, however large a
+    // record is: a cut at half keeps those and loses the grants.
+    let mut events = EventsClient::new(channel.clone());
+    for _ in 0..8 {
+        let warm_up = || "warm-up".to_owned();
+        events
+            .set(SetEventRequest { name: warm_up() })
+            .await
+            .expect("set");
+        events
+            .clear(ClearEventRequest { name: warm_up() })
+            .await
+            .expect("clear");
+    }
     let mut lock = LocksClient::new(channel.clone())
         .acquire(AcquireLockRequest {
             session_id: owner,

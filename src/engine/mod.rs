@@ -586,8 +586,8 @@ impl Engine {
         if let Some(tracker) = &mut self.tracker {
             tracker.start_turn(internal.len() + batch.len());
         }
-        // A wait queues (or leaves) a waiter without a record: that changes
-        // what `List` shows too.
+        // A wait queues (or leaves) a waiter: that changes what `List`
+        // shows too.
         let waiters_moved =
             !internal.is_empty() || batch.iter().any(|e| matches!(e, Envelope::Wait { .. }));
         self.state.tick(now_ms, &mut outcome);

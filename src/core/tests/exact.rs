@@ -146,9 +146,48 @@ impl Sim {
     }
 }
 
-/// Mostly `mixed`'s steps, with a restart now and then.
+/// Mostly `mixed`'s steps, with more waits that block (so that restarts
+/// find waiters of every kind), and a restart now and then.
 fn arb_step() -> impl Strategy<Value = Op> {
-    prop_oneof![24 => arb_op(), 1 => Just(Op::Restart)]
+    prop_oneof![12 => arb_op(), 3 => arb_blocking(), 1 => Just(Op::Restart)]
+}
+
+/// Acquires that queue unless the primitive is free.
+fn arb_blocking() -> impl Strategy<Value = Op> {
+    let slot = 0..3usize;
+    let timeout_ms = prop_oneof![Just(None), (200..2_000u64).prop_map(Some)];
+    prop_oneof![
+        (slot.clone(), 0..2usize, timeout_ms.clone()).prop_map(|(slot, name, timeout_ms)| {
+            Op::Lock {
+                slot,
+                name,
+                timeout_ms,
+            }
+        }),
+        (slot.clone(), 0..2usize, 2..=3u32, timeout_ms.clone()).prop_map(
+            |(slot, name, permits, timeout_ms)| Op::Semaphore {
+                slot,
+                name,
+                permits,
+                timeout_ms,
+            }
+        ),
+        (slot.clone(), 0..2usize, any::<bool>(), timeout_ms.clone()).prop_map(
+            |(slot, name, write, timeout_ms)| Op::RwLock {
+                slot,
+                name,
+                write,
+                timeout_ms,
+            }
+        ),
+        (slot.clone(), timeout_ms.clone())
+            .prop_map(|(slot, timeout_ms)| Op::PoolCheckout { slot, timeout_ms }),
+        (slot, timeout_ms).prop_map(|(slot, timeout_ms)| Op::BucketTake {
+            slot,
+            tokens: 3,
+            timeout_ms
+        }),
+    ]
 }
 
 proptest! {

@@ -308,6 +308,8 @@ impl Mixed {
             | Op::BreakerRecord { .. }
             | Op::BreakerWatch { .. }
             | Op::BreakerControl { .. }
+            | Op::BucketDelete
+            | Op::BreakerDelete
             | Op::Restart => return self.more_step(op, waiter),
         };
         let _ = self.run(command, waiter)?;

@@ -51,7 +51,7 @@ impl Mixed {
                 waiter,
                 timeout_ms,
                 acquire_id: 0,
-                size: 2,
+                size: 1,
                 max_age_ms: 1_500,
                 max_idle_ms: 700,
             },
@@ -113,6 +113,12 @@ impl Mixed {
                     1 => BreakerAction::ForceClose,
                     _ => BreakerAction::Reset,
                 },
+            },
+            Op::BucketDelete => Command::BucketDelete {
+                name: "bucket".into(),
+            },
+            Op::BreakerDelete => Command::BreakerDelete {
+                name: "breaker".into(),
             },
             Op::Restart => {
                 self.sim.restart_twin();

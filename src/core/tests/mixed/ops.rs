@@ -131,6 +131,8 @@ pub(in crate::core::tests) enum Op {
     BreakerControl {
         action: u8,
     },
+    BucketDelete,
+    BreakerDelete,
     /// A restart: a second state is restored from the store, and from now
     /// on must behave exactly like the first (see `exact`).
     Restart,
@@ -240,5 +242,7 @@ fn more_ops() -> impl Strategy<Value = Op> {
             .prop_map(|(pick, failed)| Op::BreakerRecord { pick, failed }),
         slot.prop_map(|slot| Op::BreakerWatch { slot }),
         (0..3u8).prop_map(|action| Op::BreakerControl { action }),
+        Just(Op::BucketDelete),
+        Just(Op::BreakerDelete),
     ]
 }
