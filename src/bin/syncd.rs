@@ -157,6 +157,11 @@ struct ServeArgs {
     #[arg(long, env = "SYNCD_BATCH_MAX", default_value_t = 1024, value_parser = at_least_one)]
     batch_max: usize,
 
+    /// On the write-ahead log: log entries proposed and not yet applied, at
+    /// most; meanwhile commands gather into the next entry. Tuning only.
+    #[arg(long, env = "SYNCD_ENTRIES_IN_FLIGHT_MAX", default_value_t = 2, value_parser = at_least_one, hide = true)]
+    entries_in_flight_max: usize,
+
     /// Run on the write-ahead log (openraft + raft-log, fdatasync'ed) instead
     /// of flushing sled for every reply. Being brought in: hidden until it
     /// is the default.
@@ -273,6 +278,7 @@ impl ServeArgs {
             engine: EngineConfig {
                 durability,
                 batch_max: self.batch_max,
+                entries_in_flight_max: self.entries_in_flight_max,
                 limits,
                 metrics,
                 ..EngineConfig::default()

@@ -76,6 +76,11 @@ pub struct EngineConfig {
     pub batch_max: usize,
     /// Commands queued for the engine at most; callers wait beyond it.
     pub queue_capacity: usize,
+    /// On the write-ahead log: entries proposed and not yet applied, at
+    /// most. While that many are in flight, commands gather into the next
+    /// entry (openraft writes one entry's append and fdatasync after the
+    /// other, so more in flight mostly means smaller entries).
+    pub entries_in_flight_max: usize,
     pub limits: Limits,
     /// Where to record grants, waits, holds and the store's work (`None`:
     /// nothing is recorded).
@@ -87,6 +92,7 @@ impl Default for EngineConfig {
         EngineConfig {
             durability: Durability::Sync,
             batch_max: 1024,
+            entries_in_flight_max: 2,
             queue_capacity: 16 * 1024,
             limits: Limits::default(),
             metrics: None,

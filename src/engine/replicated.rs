@@ -7,7 +7,8 @@
 //!    applied;
 //! 2. gathers up to `batch_max` commands that are already queued as the
 //!    steps of the next entry, stamped with the engine clock's `now_ms`;
-//! 3. proposes it once fewer than `IN_FLIGHT_MAX` entries are in flight —
+//! 3. proposes it once fewer than `entries_in_flight_max` entries are in
+//!    flight —
 //!    while they are, commands keep gathering, so a slow disk makes bigger
 //!    entries (group commit at the entry level, and raft-log shares one
 //!    fdatasync among the entries written meanwhile);
@@ -42,9 +43,6 @@ use crate::metrics::StateSizes;
 use crate::replica::codec::{self, Step};
 use crate::replica::{AppliedEntry, Proposal, Replica, ReplicaError, ReplicaOptions};
 use crate::store::StoreError;
-
-/// Entries proposed and not yet applied, at most.
-const IN_FLIGHT_MAX: usize = 4;
 
 /// Opens the replica in `data_dir`, resumes (every session gets a fresh
 /// lease, the waits of before the restart end), and starts the engine task.
@@ -228,7 +226,9 @@ impl Replicated {
                 }
                 return stopped;
             }
-            if (self.next.len() > 0 || self.tick_due) && self.in_flight.len() < IN_FLIGHT_MAX {
+            if (self.next.len() > 0 || self.tick_due)
+                && self.in_flight.len() < self.config.entries_in_flight_max
+            {
                 self.propose().await;
             }
         }
