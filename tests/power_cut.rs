@@ -70,6 +70,17 @@ impl Mode {
         }
     }
 
+    /// The environment that pins the mode, whatever the test's own
+    /// environment says (`SYNCD_WRITE_AHEAD_LOG` is how the whole suite is
+    /// run on the log).
+    fn env(self) -> Vec<(String, String)> {
+        let on = match self {
+            Mode::SledFlush | Mode::SledFlushTrusted => "false",
+            Mode::WriteAheadLog | Mode::WriteAheadLogNoSync => "true",
+        };
+        vec![("SYNCD_WRITE_AHEAD_LOG".to_owned(), on.to_owned())]
+    }
+
     fn trusts_sync_file_range(self) -> bool {
         match self {
             Mode::SledFlushTrusted => true,
@@ -158,7 +169,8 @@ fn round(shim: &Shim, mode: Mode, seed: u64) -> Round {
     let data = dir.path().join("data");
     std::fs::create_dir(&data).expect("create the data directory");
     let journal = dir.path().join("journal");
-    let env = shim.env(&data, &journal, mode.trusts_sync_file_range());
+    let mut env = shim.env(&data, &journal, mode.trusts_sync_file_range());
+    env.extend(mode.env());
     let mut syncd = Syncd::start_in(&data, mode.args(), &env);
     let rt = runtime();
     let load = rt.block_on(async { Load::start(&syncd.addr, seed) });
@@ -169,7 +181,7 @@ fn round(shim: &Shim, mode: Mode, seed: u64) -> Round {
     syncd.kill9();
     let acked = rt.block_on(load.finish());
     let rollback = roll_back(&journal, &data).unwrap_or_else(|e| panic!("rollback: {e}"));
-    syncd.set_env(&[]);
+    syncd.set_env(&mode.env());
     let lost = match syncd.try_restart_on_new_port() {
         Ok(()) => rt.block_on(load::check(&syncd.addr, &acked)),
         Err(e) => vec![format!(
@@ -264,14 +276,12 @@ fn nothing_is_lost_when_every_sync_the_server_makes_is_real() {
 }
 
 #[test]
-#[ignore = "needs --write-ahead-log"]
 fn write_ahead_log_keeps_every_acknowledged_write() {
     assert_nothing_is_lost(Mode::WriteAheadLog);
 }
 
 /// The check fails when the sync is skipped on purpose.
 #[test]
-#[ignore = "needs --write-ahead-log"]
 fn write_ahead_log_without_sync_loses_acknowledged_writes() {
     assert_a_loss_is_found(Mode::WriteAheadLogNoSync);
 }

@@ -1,13 +1,13 @@
 //! Stored records → `State::restore`: a corrupted record must be an error,
 //! never a panic. A state that restores must also survive being used: a
-//! listing, and a tick far enough ahead to expire every session (which
-//! releases every restored hold).
+//! `Resume` (which ends every restored wait), a listing, and a tick far
+//! ahead.
 #![no_main]
 
 use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
-use syncd::core::{Limits, Outcome, Query, State};
+use syncd::core::{Command, Limits, Outcome, Query, State};
 use syncd_fuzz::decode_records;
 
 fuzz_target!(|data: &[u8]| {
@@ -19,6 +19,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let now = state.now_ms();
     let mut out = Outcome::default();
+    // What the engine applies first after a restart.
+    let _ = state.apply(now, Command::Resume, &mut out);
+    assert_eq!(state.waiter_count(), 0, "a waiter survived Resume");
     let list = Query::List {
         kind: None,
         prefix: String::new(),

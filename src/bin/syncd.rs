@@ -157,6 +157,17 @@ struct ServeArgs {
     #[arg(long, env = "SYNCD_BATCH_MAX", default_value_t = 1024, value_parser = at_least_one)]
     batch_max: usize,
 
+    /// On the write-ahead log: log entries proposed and not yet applied, at
+    /// most; meanwhile commands gather into the next entry. Tuning only.
+    #[arg(long, env = "SYNCD_ENTRIES_IN_FLIGHT_MAX", default_value_t = 2, value_parser = at_least_one, hide = true)]
+    entries_in_flight_max: usize,
+
+    /// Run on the write-ahead log (openraft + raft-log, fdatasync'ed) instead
+    /// of flushing sled for every reply. Being brought in: hidden until it
+    /// is the default.
+    #[arg(long, env = "SYNCD_WRITE_AHEAD_LOG", hide = true)]
+    write_ahead_log: bool,
+
     /// How long a graceful shutdown may take before syncd exits anyway.
     #[arg(long, env = "SYNCD_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
     shutdown_grace: Duration,
@@ -267,6 +278,7 @@ impl ServeArgs {
             engine: EngineConfig {
                 durability,
                 batch_max: self.batch_max,
+                entries_in_flight_max: self.entries_in_flight_max,
                 limits,
                 metrics,
                 ..EngineConfig::default()
@@ -276,6 +288,7 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_grace,
             tls: None,
             auth: None,
+            write_ahead_log: self.write_ahead_log,
         }
     }
 
@@ -322,10 +335,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// What is logged without RUST_LOG: syncd's own lines from info up, the
+/// consensus engine's only when something is wrong (its info lines narrate
+/// every election), and none of the write-ahead log's: syncd reports what
+/// it finds in the log itself, in one line (chunked-wal logs each step of
+/// its recovery as an error).
+const DEFAULT_LOG_FILTER: &str = "info,openraft=warn,chunked_wal=off,raft_log=off";
+
 /// Logs go to stderr, filtered by RUST_LOG (default info).
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);
@@ -405,7 +425,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         config.auth = Some(Arc::new(Auth::load(path).map_err(|e| e.0)?));
     }
     let auth = config.auth.clone();
-    let server = Server::open(config).map_err(|e| Failure {
+    let server = Server::open(config).await.map_err(|e| Failure {
         message: e.0,
         code: EXIT_DATA,
     })?;

@@ -13,9 +13,10 @@
 //!   that is not the last arrival leaves at once, so it breaks it too.
 //! - `reset` mends a broken barrier; `reset` and `delete` abort the parties
 //!   waiting at that moment.
-//! - The barrier (parties, generation, broken) is persisted until `delete`;
-//!   waiting parties are not (a restart ends their streams, and they may
-//!   arrive again without breaking anything).
+//! - The barrier (parties, generation, broken) is persisted until `delete`,
+//!   and each waiting party as a waiter record. A restart ends their waits
+//!   (`Command::Resume`) without breaking the barrier: they may arrive
+//!   again.
 //!
 //! Invariants:
 //! - fewer than `parties` waiters;

@@ -236,6 +236,11 @@ pub enum Command {
     ReleaseUndelivered {
         fencing_token: FencingToken,
     },
+    /// The grace of a restart, applied by the engine right after `restore`
+    /// and before anything else: every lease and visibility timeout starts
+    /// again in full, and every waiter ends with UNAVAILABLE (its stream is
+    /// gone; the client waits again). Answers `Reply::Done`.
+    Resume,
 }
 
 /// The answer to a command or a query, or an event for a waiter.
@@ -530,6 +535,8 @@ impl Command {
                 named: None,
                 buckets: asks,
             },
+            // Adds nothing: it renews leases and ends waits.
+            Command::Resume => Demand::default(),
             _ => Demand::default(),
         }
     }
@@ -574,7 +581,8 @@ impl Command {
             | Command::BreakerControl { .. }
             | Command::BreakerDelete { .. }
             | Command::Cancel { .. }
-            | Command::ReleaseUndelivered { .. } => None,
+            | Command::ReleaseUndelivered { .. }
+            | Command::Resume => None,
         }
     }
 }

@@ -19,15 +19,15 @@
 //! Invariants:
 //! - a waiter is in the condition's queue or in the lock's queue, never
 //!   both; in the lock's queue it has no deadline;
-//! - a condition without waiters does not exist (nothing is persisted: its
-//!   waiters live with their streams, and their locks were released).
+//! - a condition without waiters does not exist: it has no record of its
+//!   own; its waiters' records name its lock (`records::waiters`).
 
 use super::holds::{forget_if, Queueing, Table, WaiterInfo};
 use super::lock::{LockAnswer, LockRequest};
 use super::waitq::{WaitQueue, Waiter};
 use super::{
-    Code, FencingToken, Kind, Outcome, Rejection, Reply, Result, SessionId, State, Summary,
-    WaiterId,
+    records, Code, FencingToken, Kind, Outcome, Rejection, Reply, Result, SessionId, State,
+    Summary, WaiterId,
 };
 
 #[derive(Clone, Debug, Default)]
@@ -44,6 +44,27 @@ impl Queueing for Condition {
     }
     fn waiting(&self) -> &WaitQueue<()> {
         &self.waiters
+    }
+}
+
+impl Condition {
+    /// The lock its waiters gave up.
+    pub(super) fn lock(&self) -> &str {
+        &self.lock
+    }
+
+    /// Adds a restored waiter; every waiter of a condition names the same
+    /// lock.
+    pub(super) fn restore_waiter(
+        &mut self,
+        lock: String,
+        waiter: Waiter<()>,
+    ) -> std::result::Result<(), &'static str> {
+        if lock.is_empty() || (!self.lock.is_empty() && self.lock != lock) {
+            return Err("it names no lock, or another lock than its condition's");
+        }
+        self.lock = lock;
+        records::waiters::push(self, waiter)
     }
 }
 

@@ -7,8 +7,8 @@
 //!   the next `set` (or its timeout, or its session's end). A `timeout_ms`
 //!   of 0 only checks.
 //! - Setting and clearing need no session; waiting does.
-//! - The flag is persisted while set; a clear event without waiters does
-//!   not exist.
+//! - The flag is persisted while set, and each waiter as a waiter record; a
+//!   clear event without waiters does not exist.
 //!
 //! Invariants:
 //! - a set event has no waiters;
@@ -16,7 +16,7 @@
 
 use super::holds::{forget_if, Queueing, Table, WaiterInfo};
 use super::records;
-use super::waitq::WaitQueue;
+use super::waitq::{WaitQueue, Waiter};
 use super::{Code, Kind, Outcome, Rejection, Reply, Result, SessionId, State, Summary, WaiterId};
 
 #[derive(Clone, Debug, Default)]
@@ -46,6 +46,17 @@ impl Event {
 
     fn is_unused(&self) -> bool {
         self.set_at_ms.is_none() && self.waiters.is_empty()
+    }
+
+    /// Adds a restored waiter; a set event has none.
+    pub(super) fn restore_waiter(
+        &mut self,
+        waiter: Waiter<()>,
+    ) -> std::result::Result<(), &'static str> {
+        if self.set_at_ms.is_some() {
+            return Err("its event is set");
+        }
+        records::waiters::push(self, waiter)
     }
 }
 

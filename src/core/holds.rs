@@ -305,6 +305,7 @@ impl State {
             id: waiter,
             session_id,
             enqueued_at_ms: self.now_ms,
+            arrival: 0,
             request,
         }
     }
@@ -408,6 +409,22 @@ impl State {
         timeout_ms: Option<u64>,
     ) {
         let deadline_ms = timeout_ms.map(|t| self.now_ms.saturating_add(t));
+        // A new waiter: its record is not stored yet (unless it left and
+        // came back in this same step, as a notified condition waiter does).
+        self.touch_waiter(waiter, false);
+        self.index_waiter(waiter, session_id, kind, name, deadline_ms);
+    }
+
+    /// Indexes a waiter (its session, its deadline) without writing its
+    /// record: for `register_waiter`, and for `restore`, which read it.
+    pub(super) fn index_waiter(
+        &mut self,
+        waiter: WaiterId,
+        session_id: SessionId,
+        kind: Kind,
+        name: &str,
+        deadline_ms: Option<u64>,
+    ) {
         if let Some(at) = deadline_ms {
             self.deadlines.insert((at, waiter));
         }
@@ -428,6 +445,7 @@ impl State {
     /// Forgets a waiter in the indexes (not in its primitive's queue).
     pub(super) fn unregister_waiter(&mut self, waiter: WaiterId) -> Option<WaiterRef> {
         let place = self.waiters.remove(&waiter)?;
+        self.touch_waiter(waiter, true);
         if let Some(at) = place.deadline_ms {
             self.deadlines.remove(&(at, waiter));
         }

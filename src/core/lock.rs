@@ -11,8 +11,8 @@
 //!   holds gets that grant back instead of queueing behind itself.
 //! - A condition waiter that was notified queues here like anyone else; its
 //!   grant ends its condition wait (`Reply::Reacquired`).
-//! - A lock exists while it is held or awaited; then it vanishes. Only a held
-//!   lock is persisted (waiters live in memory, with their streams).
+//! - A lock exists while it is held or awaited; then it vanishes. A held
+//!   lock has a record, and each waiter its own (`records::waiters`).
 //!
 //! Invariants:
 //! - at most one holder;

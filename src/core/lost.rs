@@ -218,6 +218,7 @@ impl State {
             .renew(session_id, self.now_ms)
             .ok_or_else(|| self.sessions.not_found(session_id))?;
         let session = self.sessions.get_mut(session_id).expect("renewed above");
+        out.changes.push(records::lease_put(session));
         if session.lost.confirm(notices_seen_through) {
             out.changes.push(records::session_put(session));
         }

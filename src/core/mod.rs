@@ -24,6 +24,19 @@
 //!   could take back. A query reveals every change applied so far: an
 //!   engine that applies before it persists holds a query's answer until
 //!   the changes applied before it are durable, like a reply.
+//! - The changes of all outcomes so far, plus [`State::checkpoint`], are the
+//!   whole state: [`State::restore`] of them gives back a state that behaves
+//!   exactly like the one that wrote them (same replies, events, changes and
+//!   deadlines for the same later commands and ticks), waiters and leases
+//!   included. So a node may restore the records of log entry k and replay
+//!   entries k+1.. through `apply`/`tick`.
+//! - Restore gives no grace. After a restart the engine applies
+//!   [`Command::Resume`] first, before any other command, and persists its
+//!   changes before serving: every lease restarts with its full TTL (time
+//!   the server was down never costs a holder its lease), every queue item
+//!   in flight gets its full visibility timeout again, and every waiter
+//!   ends with `UNAVAILABLE` (its stream went with the old process; the
+//!   client waits again).
 
 pub mod barrier;
 pub mod breaker;
@@ -37,6 +50,7 @@ pub mod pool;
 mod query;
 pub mod queue;
 pub mod records;
+mod resume;
 pub mod rwlock;
 pub mod semaphore;
 pub mod session;
@@ -60,7 +74,9 @@ pub type SessionId = u64;
 pub type FencingToken = u64;
 
 /// Identifies one waiting request. Assigned by the caller of `apply` (the
-/// engine), unique for the life of the process; waiters are not persisted.
+/// engine), unique among the waiters that live. Waiters are persisted with
+/// their ids (`waiter/<id>`); their order in a queue is kept apart from the
+/// ids (see `waitq`), which need not rise in arrival order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WaiterId(pub u64);
 
@@ -202,6 +218,9 @@ pub struct State {
     put_ids: BTreeMap<SessionId, queue::PutIds>,
     /// Queue records read by `restore`, until `finish_queue_restore`.
     queue_restore: queue::QueueRestore,
+    /// Waiters that joined or left a queue in the current step, and whether
+    /// their record was stored before it (see `records::waiters`).
+    touched_waiters: BTreeMap<WaiterId, bool>,
 }
 
 impl State {
@@ -227,6 +246,7 @@ impl State {
             breakers: BTreeMap::new(),
             put_ids: BTreeMap::new(),
             queue_restore: queue::QueueRestore::default(),
+            touched_waiters: BTreeMap::new(),
         }
     }
 
@@ -247,6 +267,12 @@ impl State {
         self.waiters.len()
     }
 
+    /// The highest id of a waiter in the state (restored ones included), so
+    /// that an engine can hand out new ids above every one in use.
+    pub fn max_waiter_id(&self) -> Option<WaiterId> {
+        self.waiters.keys().next_back().copied()
+    }
+
     pub fn hold_count(&self) -> usize {
         self.holds.len()
     }
@@ -259,6 +285,12 @@ impl State {
 
     /// Runs one command. See the module doc for the contract.
     pub fn apply(&mut self, now_ms: u64, command: Command, out: &mut Outcome) -> Result<Reply> {
+        let reply = self.run_command(now_ms, command, out);
+        self.flush_waiter_records(out);
+        reply
+    }
+
+    fn run_command(&mut self, now_ms: u64, command: Command, out: &mut Outcome) -> Result<Reply> {
         self.advance(now_ms);
         self.check_room(&command.demand())?;
         match command {
@@ -471,6 +503,7 @@ impl State {
                 self.release_hold(fencing_token, out);
                 Ok(Reply::Done)
             }
+            Command::Resume => Ok(self.resume(out)),
         }
     }
 
@@ -507,6 +540,7 @@ impl State {
                 Alarm::Primitive(kind, name) => self.alarm_rang(kind, &name, out),
             }
         }
+        self.flush_waiter_records(out);
     }
 
     /// When `tick` next has something to do.

@@ -1,17 +1,43 @@
 //! The persisted form of the state: keys, protobuf records, and restore.
 //!
-//! Layout (one keyspace, ordered):
-//! - `meta/counters`       → `Counters` (last token, last session id, clock)
-//! - `session/<id as u64 BE>` → `SessionRecord`
-//! - `lock/<name>`         → `LockRecord` (only held locks are stored)
-//! - `hold/<token as u64 BE>` → `HoldRecord` (semaphore and rwlock holds)
-//! - `event/<name>`        → `EventRecord` (only set events are stored)
-//! - `barrier/<name>`      → `BarrierRecord`
+//! Policy: the records are the whole state. `State::restore` of the records
+//! written up to some step gives a state that behaves exactly like the one
+//! that wrote them (the same replies, events, changes and deadlines for the
+//! same later commands), which is what replaying a log after a snapshot
+//! needs. The grace a restart gives (fresh leases, waits ended) is not
+//! restore's business: it is `Command::Resume`, which the engine applies
+//! right after restoring.
 //!
-//! Waiters are not persisted: they belong to open streams, which a restart
-//! ends anyway; clients retry.
+//! Layout (one keyspace, ordered; ids and tokens as u64 big-endian):
+//! - `meta/counters`          → `Counters` (last token, session id, object
+//!   id, and the clock), written with every batch;
+//! - `session/<id>`           → `SessionRecord` (with its lost-hold notices);
+//! - `lease/<id>`             → `LeaseRecord` (when it expires), rewritten by
+//!   every keep-alive;
+//! - `ended/<id>`             → `EndedSessionRecord`, for the latest
+//!   [`ENDED_REMEMBERED_MAX`](super::session::ENDED_REMEMBERED_MAX) ended
+//!   sessions;
+//! - `lock/<name>`            → `LockRecord` (only held locks are stored);
+//! - `hold/<token>`           → `HoldRecord` (semaphore, rwlock and breaker
+//!   holds);
+//! - `event/<name>`           → `EventRecord` (only set events are stored);
+//! - `barrier/<name>`         → `BarrierRecord`;
+//! - `waiter/<waiter id>`     → `WaiterRecord`: every waiter of every kind,
+//!   with its request, deadline and place in its queue (one put when it
+//!   queues, one delete when it leaves: see `records::waiters`);
+//! - `queue/`, `qitem/`, `putid/` (see `queue::records`), `pool/`, `pres/`
+//!   (`pool::records`), `bucket/` (`token_bucket`), `breaker/`
+//!   (`breaker::records`).
+//!
+//! What is not stored is derived on restore: the indexes of holds and
+//! waiters, the deadline index, a semaphore's permits held, a breaker's
+//! probes in flight, and the alarms of pools (the earliest stale idle
+//! resource), buckets (when the head's tokens are there) and open breakers
+//! (`open_until_ms`); a queue item's visibility alarm is stored with it.
 
-use std::collections::BTreeSet;
+pub(in crate::core) mod waiters;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use prost::Message;
@@ -24,7 +50,7 @@ use super::lost::{LossCause, LostHold, LostNotices};
 use super::rwlock::RwMode;
 use super::semaphore::SemaphoreHold;
 use super::session::Session;
-use super::{Counters, FencingToken, Kind, Limits, SessionId, State};
+use super::{Counters, FencingToken, Kind, Limits, SessionId, State, WaiterId};
 use crate::proto::store as pb;
 
 pub const COUNTERS_KEY: &[u8] = b"meta/counters";
@@ -33,6 +59,8 @@ const LOCK_PREFIX: &[u8] = b"lock/";
 const HOLD_PREFIX: &[u8] = b"hold/";
 const EVENT_PREFIX: &[u8] = b"event/";
 const BARRIER_PREFIX: &[u8] = b"barrier/";
+const LEASE_PREFIX: &[u8] = b"lease/";
+const ENDED_PREFIX: &[u8] = b"ended/";
 
 /// One write to the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,6 +119,46 @@ pub(super) fn session_delete(id: SessionId) -> Change {
     Change::Delete {
         key: session_key(id),
     }
+}
+
+fn lease_key(id: SessionId) -> Vec<u8> {
+    [LEASE_PREFIX, &id.to_be_bytes()].concat()
+}
+
+pub(super) fn lease_put(session: &Session) -> Change {
+    let record = pb::LeaseRecord {
+        expires_at_ms: session.expires_at_ms,
+    };
+    Change::Put {
+        key: lease_key(session.id),
+        value: record.encode_to_vec(),
+    }
+}
+
+pub(super) fn lease_delete(id: SessionId) -> Change {
+    Change::Delete { key: lease_key(id) }
+}
+
+fn ended_key(id: SessionId) -> Vec<u8> {
+    [ENDED_PREFIX, &id.to_be_bytes()].concat()
+}
+
+/// How a session ended (`closed`: with the closer's reason), at `order` in
+/// the ring of ended sessions.
+pub(super) fn ended_put(id: SessionId, order: u64, closed: Option<&str>) -> Change {
+    let record = pb::EndedSessionRecord {
+        order,
+        closed: closed.is_some(),
+        reason: closed.unwrap_or_default().to_owned(),
+    };
+    Change::Put {
+        key: ended_key(id),
+        value: record.encode_to_vec(),
+    }
+}
+
+pub(super) fn ended_delete(id: SessionId) -> Change {
+    Change::Delete { key: ended_key(id) }
 }
 
 fn lock_key(name: &str) -> Vec<u8> {
@@ -246,94 +314,174 @@ fn restore_notices(record: &pb::SessionRecord) -> Result<LostNotices, RestoreErr
     Ok(LostNotices::restored(record.last_notice_seq, notices))
 }
 
+/// Records `restore` reads before it can place them: first the sessions,
+/// then what they own, then what waits on that.
+#[derive(Default)]
+struct Stash {
+    sessions: Vec<pb::SessionRecord>,
+    leases: BTreeMap<SessionId, u64>,
+    ended: Vec<(SessionId, pb::EndedSessionRecord)>,
+    locks: Vec<(String, pb::LockRecord)>,
+    holds: Vec<pb::HoldRecord>,
+    waiters: Vec<(WaiterId, pb::WaiterRecord)>,
+}
+
+fn utf8(key: &[u8], name: &[u8]) -> Result<String, RestoreError> {
+    String::from_utf8(name.to_vec()).map_err(|e| corrupt(key, e))
+}
+
+/// The id in a key `<prefix><id as 8 bytes>`.
+fn id_of(key: &[u8], rest: &[u8]) -> Result<u64, RestoreError> {
+    let bytes = <[u8; 8]>::try_from(rest).map_err(|_| corrupt(key, "not <prefix><8-byte id>"))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
 impl State {
-    /// Rebuilds the state from stored records. Every session gets a full TTL
-    /// from the restored clock: time the server was down never counts
-    /// against a lease.
+    /// Rebuilds the state from stored records, exactly as it was when they
+    /// were written (see the module doc); `Command::Resume` then gives the
+    /// grace of a restart.
     pub fn restore(
         limits: Limits,
         records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
     ) -> Result<State, RestoreError> {
         let mut state = State::new(limits);
-        let mut locks = Vec::new();
-        let mut holds = Vec::new();
-        let mut sessions = Vec::new();
+        let mut stash = Stash::default();
         for (key, value) in records {
-            if key == COUNTERS_KEY {
-                let c: pb::Counters = decode(&key, &value)?;
-                state.counters = Counters {
-                    last_fencing_token: c.last_fencing_token,
-                    last_session_id: c.last_session_id,
-                    last_object_id: c.last_object_id,
-                };
-                state.now_ms = c.clock_ms;
-            } else if let Some(id) = key.strip_prefix(SESSION_PREFIX) {
-                let record: pb::SessionRecord = decode(&key, &value)?;
-                if id != record.id.to_be_bytes() {
-                    return Err(corrupt(&key, "session id does not match its key"));
-                }
-                sessions.push(record);
-            } else if let Some(name) = key.strip_prefix(LOCK_PREFIX) {
-                let name = String::from_utf8(name.to_vec()).map_err(|e| corrupt(&key, e))?;
-                let record: pb::LockRecord = decode(&key, &value)?;
-                locks.push((name, record));
-            } else if let Some(token) = key.strip_prefix(HOLD_PREFIX) {
-                let record: pb::HoldRecord = decode(&key, &value)?;
-                if token != record.fencing_token.to_be_bytes() {
-                    return Err(corrupt(&key, "fencing token does not match its key"));
-                }
-                holds.push(record);
-            } else if let Some(name) = key.strip_prefix(EVENT_PREFIX) {
-                let name = String::from_utf8(name.to_vec()).map_err(|e| corrupt(&key, e))?;
-                let record: pb::EventRecord = decode(&key, &value)?;
-                state.events.insert(name, Event::set_at(record.set_at_ms));
-            } else if let Some(name) = key.strip_prefix(BARRIER_PREFIX) {
-                let name = String::from_utf8(name.to_vec()).map_err(|e| corrupt(&key, e))?;
-                let r: pb::BarrierRecord = decode(&key, &value)?;
-                if r.parties == 0 {
-                    return Err(corrupt(&key, "a barrier of 0 parties"));
-                }
-                let barrier = Barrier::restored(r.parties, r.generation, r.broken);
-                state.barriers.insert(name, barrier);
-            } else if state.restore_queue_record(&key, &value)?
-                || state.restore_pool_record(&key, &value)?
-                || state.restore_bucket_record(&key, &value)?
-                || state.restore_breaker_record(&key, &value)?
-            {
-                // Taken by the queue or the pool; checked in `finish_restore`.
-            } else {
-                return Err(corrupt(&key, "unknown key"));
-            }
+            state.take_record(&key, &value, &mut stash)?;
         }
-        for record in sessions {
-            if record.id > state.counters.last_session_id {
+        state.restore_sessions(stash.sessions, stash.leases)?;
+        state.restore_ended(stash.ended)?;
+        for (name, record) in stash.locks {
+            state.restore_lock(name, record)?;
+        }
+        for record in stash.holds {
+            state.restore_hold(record)?;
+        }
+        state.finish_queue_restore()?;
+        state.restore_waiters(stash.waiters)?;
+        state.finish_pool_restore()?;
+        state.finish_bucket_restore();
+        Ok(state)
+    }
+
+    /// Reads one record into the state or the stash.
+    fn take_record(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        stash: &mut Stash,
+    ) -> Result<(), RestoreError> {
+        if key == COUNTERS_KEY {
+            let c: pb::Counters = decode(key, value)?;
+            self.counters = Counters {
+                last_fencing_token: c.last_fencing_token,
+                last_session_id: c.last_session_id,
+                last_object_id: c.last_object_id,
+            };
+            self.now_ms = c.clock_ms;
+        } else if let Some(id) = key.strip_prefix(SESSION_PREFIX) {
+            let record: pb::SessionRecord = decode(key, value)?;
+            if id != record.id.to_be_bytes() {
+                return Err(corrupt(key, "session id does not match its key"));
+            }
+            stash.sessions.push(record);
+        } else if let Some(id) = key.strip_prefix(LEASE_PREFIX) {
+            let record: pb::LeaseRecord = decode(key, value)?;
+            stash.leases.insert(id_of(key, id)?, record.expires_at_ms);
+        } else if let Some(id) = key.strip_prefix(ENDED_PREFIX) {
+            let record: pb::EndedSessionRecord = decode(key, value)?;
+            stash.ended.push((id_of(key, id)?, record));
+        } else if let Some(name) = key.strip_prefix(LOCK_PREFIX) {
+            stash.locks.push((utf8(key, name)?, decode(key, value)?));
+        } else if let Some(token) = key.strip_prefix(HOLD_PREFIX) {
+            let record: pb::HoldRecord = decode(key, value)?;
+            if token != record.fencing_token.to_be_bytes() {
+                return Err(corrupt(key, "fencing token does not match its key"));
+            }
+            stash.holds.push(record);
+        } else if let Some(name) = key.strip_prefix(EVENT_PREFIX) {
+            let record: pb::EventRecord = decode(key, value)?;
+            let event = Event::set_at(record.set_at_ms);
+            self.events.insert(utf8(key, name)?, event);
+        } else if let Some(name) = key.strip_prefix(BARRIER_PREFIX) {
+            let r: pb::BarrierRecord = decode(key, value)?;
+            if r.parties == 0 {
+                return Err(corrupt(key, "a barrier of 0 parties"));
+            }
+            let barrier = Barrier::restored(r.parties, r.generation, r.broken);
+            self.barriers.insert(utf8(key, name)?, barrier);
+        } else if let Some(id) = key.strip_prefix(waiters::WAITER_PREFIX) {
+            let id = WaiterId(id_of(key, id)?);
+            stash.waiters.push((id, decode(key, value)?));
+        } else if !(self.restore_queue_record(key, value)?
+            || self.restore_pool_record(key, value)?
+            || self.restore_bucket_record(key, value)?
+            || self.restore_breaker_record(key, value)?)
+        {
+            return Err(corrupt(key, "unknown key"));
+        }
+        Ok(())
+    }
+
+    /// Puts the stored sessions back with their leases as stored. A session
+    /// without a lease record (written by an older syncd, which renewed
+    /// every lease at restore) gets a full TTL from the stored clock.
+    fn restore_sessions(
+        &mut self,
+        records: Vec<pb::SessionRecord>,
+        mut leases: BTreeMap<SessionId, u64>,
+    ) -> Result<(), RestoreError> {
+        for record in records {
+            if record.id > self.counters.last_session_id {
                 return Err(RestoreError(format!(
                     "session {} is newer than the session counter",
                     record.id
                 )));
             }
             let lost = restore_notices(&record)?;
-            state.sessions.insert(Session {
+            let expires_at_ms = (leases.remove(&record.id))
+                .unwrap_or_else(|| self.now_ms.saturating_add(record.ttl_ms));
+            self.sessions.insert(Session {
                 id: record.id,
                 ttl_ms: record.ttl_ms,
                 client_name: record.client_name,
                 host: record.host,
                 owner: record.owner,
-                expires_at_ms: state.now_ms.saturating_add(record.ttl_ms),
+                expires_at_ms,
                 holds: BTreeSet::new(),
                 waiters: BTreeSet::new(),
                 lost,
             });
         }
-        for (name, record) in locks {
-            state.restore_lock(name, record)?;
+        match leases.keys().next() {
+            Some(id) => Err(RestoreError(format!(
+                "a lease of session {id}, which is not stored"
+            ))),
+            None => Ok(()),
         }
-        for record in holds {
-            state.restore_hold(record)?;
+    }
+
+    /// Puts back the ring of ended sessions in the order they ended.
+    fn restore_ended(
+        &mut self,
+        mut records: Vec<(SessionId, pb::EndedSessionRecord)>,
+    ) -> Result<(), RestoreError> {
+        records.sort_by_key(|(_, r)| r.order);
+        for (id, r) in records {
+            if id > self.counters.last_session_id || self.sessions.get(id).is_some() {
+                return Err(RestoreError(format!(
+                    "session {id} is stored as ended, but it lives or is newer than the counter"
+                )));
+            }
+            let closed = r.closed.then_some(r.reason);
+            if !self.sessions.restore_ended(r.order, id, closed) {
+                return Err(RestoreError(format!(
+                    "ended session {id} is out of order (order {})",
+                    r.order
+                )));
+            }
         }
-        state.finish_queue_restore()?;
-        state.finish_pool_restore()?;
-        Ok(state)
+        Ok(())
     }
 
     /// Checks a restored hold's token and session, and indexes it.

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 
 use super::holds::{forget_if, Hold, HolderInfo, Queueing, Table, WaiterInfo};
 use super::records::{self, HoldExtra};
-use super::waitq::WaitQueue;
+use super::waitq::{WaitQueue, Waiter};
 use super::{
     Code, FencingToken, Kind, Outcome, Rejection, Reply, Result, SessionId, State, Summary,
     WaiterId,
@@ -82,6 +82,24 @@ impl Semaphore {
             "semaphore over capacity"
         );
         self.holds.insert(hold.hold.fencing_token, hold);
+    }
+
+    pub(super) fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Adds a restored waiter (after the holds); refuses one that asks for
+    /// another capacity or more permits than it has.
+    pub(super) fn restore_waiter(
+        &mut self,
+        capacity: u32,
+        waiter: Waiter<SemaphoreRequest>,
+    ) -> std::result::Result<(), &'static str> {
+        let permits = waiter.request.permits;
+        if capacity != self.capacity || permits == 0 || permits > capacity {
+            return Err("it names another capacity, or permits beyond it");
+        }
+        records::waiters::push(self, waiter)
     }
 
     /// Adds a restored hold; refuses one that does not fit.

@@ -5,16 +5,25 @@
 //! everything listed in `holds` and removes everything in `waiters`, in the
 //! same `apply` step, so no hold outlives its session.
 //!
+//! Persisted: each session (`session/<id>`), its lease (`lease/<id>`, the
+//! only record a keep-alive writes), and how the latest
+//! [`ENDED_REMEMBERED_MAX`] ended sessions ended (`ended/<id>`).
+//!
 //! Invariants:
 //! - `expiry` holds exactly one `(expires_at_ms, id)` entry per live session;
 //! - a session id is never reused: ids come from a persisted counter;
-//! - after a restore every session's lease restarts at `now + ttl_ms`, so
-//!   downtime never costs a holder its lease.
+//! - every change of `expires_at_ms` and of the ring of ended sessions is in
+//!   the same step's changes, so a restore gives back exactly the same
+//!   leases and the same answers to late keep-alives;
+//! - a restore does not renew anything: the grace after a restart (every
+//!   lease restarts at `now + ttl_ms`, so downtime never costs a holder its
+//!   lease) is `Command::Resume`, which the engine applies right after
+//!   restoring.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::lost::LostNotices;
-use super::records;
+use super::records::{self, Change};
 use super::{
     Code, Command, FencingToken, Kind, Outcome, Query, Rejection, Reply, Result, SessionId, State,
     WaiterId,
@@ -53,10 +62,10 @@ pub struct Sessions {
     expiry: BTreeSet<(u64, SessionId)>,
     /// How the latest [`ENDED_REMEMBERED_MAX`] ended sessions ended, and
     /// their ids in the order they ended (the oldest end is forgotten
-    /// first). Not persisted: after a restart an ended session is just not
-    /// found.
+    /// first), each with its place in that order: one above the previous
+    /// end's, stored with it so that a restore rebuilds the same ring.
     ended: BTreeMap<SessionId, Ended>,
-    ended_order: VecDeque<SessionId>,
+    ended_order: VecDeque<(u64, SessionId)>,
 }
 
 /// How many ended sessions are remembered, so that a client that renews
@@ -97,18 +106,59 @@ impl Sessions {
         Some(session.ttl_ms)
     }
 
-    /// Forgets a session, remembering how it ended.
-    fn remove(&mut self, id: SessionId, ended: Ended) -> Option<Session> {
+    /// Forgets a session, remembering how it ended; the records of both go
+    /// to `changes`.
+    fn remove(
+        &mut self,
+        id: SessionId,
+        ended: Ended,
+        changes: &mut Vec<Change>,
+    ) -> Option<Session> {
         let session = self.by_id.remove(&id)?;
         self.expiry.remove(&(session.expires_at_ms, id));
+        changes.push(records::session_delete(id));
+        changes.push(records::lease_delete(id));
+        let order = (self.ended_order.back()).map_or(0, |(o, _)| o.saturating_add(1));
+        let closed = match &ended {
+            Ended::Expired => None,
+            Ended::Closed { reason } => Some(reason.as_str()),
+        };
+        changes.push(records::ended_put(id, order, closed));
         self.ended.insert(id, ended);
-        self.ended_order.push_back(id);
+        self.ended_order.push_back((order, id));
         if self.ended_order.len() > ENDED_REMEMBERED_MAX {
-            if let Some(oldest) = self.ended_order.pop_front() {
+            if let Some((_, oldest)) = self.ended_order.pop_front() {
                 self.ended.remove(&oldest);
+                changes.push(records::ended_delete(oldest));
             }
         }
         Some(session)
+    }
+
+    /// Puts back a stored end (`closed`: with its reason), in order: false
+    /// if `order` is not above the last one's.
+    pub(super) fn restore_ended(
+        &mut self,
+        order: u64,
+        id: SessionId,
+        closed: Option<String>,
+    ) -> bool {
+        let in_order = self.ended_order.back().is_none_or(|(o, _)| *o < order);
+        if !in_order || self.ended.contains_key(&id) {
+            return false;
+        }
+        let ended = match closed {
+            None => Ended::Expired,
+            Some(reason) => Ended::Closed { reason },
+        };
+        self.ended.insert(id, ended);
+        self.ended_order.push_back((order, id));
+        if self.ended_order.len() > ENDED_REMEMBERED_MAX {
+            if let Some((_, oldest)) = self.ended_order.pop_front() {
+                self.ended.remove(&oldest);
+            }
+        }
+        true
     }
 
     /// The refusal for a session that does not live: NOT_FOUND, saying how
@@ -230,6 +280,7 @@ impl State {
             lost: LostNotices::default(),
         };
         out.changes.push(records::session_put(&session));
+        out.changes.push(records::lease_put(&session));
         out.changes.push(self.checkpoint());
         let reply = Reply::SessionCreated {
             session_id: session.id,
@@ -341,14 +392,13 @@ impl State {
             SessionEnd::Closed { reason } => Ended::Closed { reason },
             SessionEnd::Expired => Ended::Expired,
         };
-        let Some(session) = self.sessions.remove(session_id, ended) else {
+        let Some(session) = self.sessions.remove(session_id, ended, &mut out.changes) else {
             return 0;
         };
         for token in &session.holds {
             self.release_hold(*token, out);
         }
         self.forget_put_ids(session_id, out);
-        out.changes.push(records::session_delete(session_id));
         session.holds.len() as u32
     }
 
@@ -462,7 +512,9 @@ mod tests {
     fn remove_clears_index() {
         let mut sessions = Sessions::default();
         sessions.insert(session(1, 1_000, 0));
-        assert!(sessions.remove(1, Ended::Expired).is_some());
+        assert!(sessions
+            .remove(1, Ended::Expired, &mut Vec::new())
+            .is_some());
         assert_eq!(sessions.next_expiry_ms(), None);
         assert!(sessions.renew(1, 10).is_none());
     }
@@ -473,9 +525,9 @@ mod tests {
         for id in 1..=3 {
             sessions.insert(session(id, 1_000, 0));
         }
-        sessions.remove(1, Ended::Expired);
+        sessions.remove(1, Ended::Expired, &mut Vec::new());
         let reason = "alice: stuck".to_owned();
-        sessions.remove(2, Ended::Closed { reason });
+        sessions.remove(2, Ended::Closed { reason }, &mut Vec::new());
         let expired = sessions.not_found(1);
         assert_eq!(
             (
@@ -495,9 +547,9 @@ mod tests {
         // the oldest, ends last and is kept.
         for id in 10..9 + ENDED_REMEMBERED_MAX as u64 {
             sessions.insert(session(id, 1_000, 0));
-            sessions.remove(id, Ended::Expired);
+            sessions.remove(id, Ended::Expired, &mut Vec::new());
         }
-        sessions.remove(3, Ended::Expired);
+        sessions.remove(3, Ended::Expired, &mut Vec::new());
         assert!(sessions.not_found(1).message.contains("never existed"));
         assert!(sessions.not_found(2).message.contains("never existed"));
         assert_eq!(sessions.not_found(3).message, "session 3 expired");

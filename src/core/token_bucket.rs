@@ -475,3 +475,34 @@ impl State {
         Ok(true)
     }
 }
+
+impl State {
+    /// Adds a restored waiter to its stored bucket.
+    pub(super) fn restore_bucket_waiter(
+        &mut self,
+        name: &str,
+        waiter: super::waitq::Waiter<u32>,
+    ) -> std::result::Result<(), &'static str> {
+        let bucket = self
+            .buckets
+            .get_mut(name)
+            .ok_or("its bucket is not stored")?;
+        if waiter.request == 0 || waiter.request > bucket.capacity {
+            return Err("it takes no tokens, or more than its bucket's capacity");
+        }
+        super::records::waiters::push(bucket, waiter)
+    }
+
+    /// Arms the alarm of every restored bucket with waiters: it is a
+    /// function of the bucket's record and its head, so it comes back at the
+    /// same time.
+    pub(super) fn finish_bucket_restore(&mut self) {
+        let waited: Vec<String> = (self.buckets.iter())
+            .filter(|(_, b)| !b.waiters.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in waited {
+            self.bucket_rearm(&name);
+        }
+    }
+}

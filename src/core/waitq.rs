@@ -5,7 +5,12 @@
 //!
 //! Invariants:
 //! - a waiter id appears at most once;
-//! - the queue never holds more than its bound (`push` refuses beyond it).
+//! - the queue never holds more than its bound (`push` refuses beyond it);
+//! - `arrival` rises strictly from front to back: `push` gives each waiter
+//!   one more than the waiter before it (0 in an empty queue). That number is
+//!   persisted with the waiter, and a restore rebuilds the queue in its
+//!   order, so the order survives without trusting `WaiterId`s (the engine
+//!   allocates those concurrently: they need not rise in arrival order).
 
 use std::collections::VecDeque;
 
@@ -17,6 +22,8 @@ pub struct Waiter<R> {
     pub id: WaiterId,
     pub session_id: SessionId,
     pub enqueued_at_ms: u64,
+    /// Its place in the queue's order (see the module doc); set by `push`.
+    pub arrival: u64,
     /// What the waiter asks for (kind-specific).
     pub request: R,
 }
@@ -43,13 +50,30 @@ pub struct QueueFull {
 
 impl<R> WaitQueue<R> {
     /// Appends a waiter; returns its 1-based position.
-    pub fn push(&mut self, waiter: Waiter<R>, limit: usize) -> Result<usize, QueueFull> {
+    pub fn push(&mut self, mut waiter: Waiter<R>, limit: usize) -> Result<usize, QueueFull> {
         if self.waiters.len() >= limit {
             return Err(QueueFull { limit });
         }
         debug_assert!(self.position(waiter.id).is_none(), "waiter id reused");
+        waiter.arrival = self.back().map_or(0, |w| w.arrival.saturating_add(1));
         self.waiters.push_back(waiter);
         Ok(self.waiters.len())
+    }
+
+    /// Appends a restored waiter with its stored `arrival`, which must be
+    /// above the last one's (restore pushes in arrival order); gives the
+    /// waiter back if it is not. No bound: what was stored is kept.
+    pub fn push_restored(&mut self, waiter: Waiter<R>) -> Result<(), Waiter<R>> {
+        let in_order = self.back().is_none_or(|w| w.arrival < waiter.arrival);
+        if !in_order || self.position(waiter.id).is_some() {
+            return Err(waiter);
+        }
+        self.waiters.push_back(waiter);
+        Ok(())
+    }
+
+    fn back(&self) -> Option<&Waiter<R>> {
+        self.waiters.back()
     }
 
     /// Removes a waiter wherever it stands.
@@ -99,6 +123,7 @@ mod tests {
             id: WaiterId(id),
             session_id: 1,
             enqueued_at_ms: 0,
+            arrival: 0,
             request: (),
         }
     }
@@ -114,6 +139,31 @@ mod tests {
         assert_eq!(q.pop_front().map(|w| w.id), Some(WaiterId(1)));
         assert_eq!(q.pop_front().map(|w| w.id), Some(WaiterId(3)));
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn arrivals_rise_from_front_to_back_and_restore_in_order() {
+        let mut q = WaitQueue::default();
+        for id in [7, 3, 5] {
+            q.push(waiter(id), 10).unwrap();
+        }
+        let arrivals = |q: &WaitQueue<()>| -> Vec<(u64, u64)> {
+            q.iter().map(|w| (w.id.0, w.arrival)).collect()
+        };
+        assert_eq!(arrivals(&q), vec![(7, 0), (3, 1), (5, 2)]);
+        q.remove(WaiterId(5));
+        q.push(waiter(1), 10).unwrap();
+        assert_eq!(arrivals(&q), vec![(7, 0), (3, 1), (1, 2)]);
+        let mut back = WaitQueue::default();
+        for w in q.iter() {
+            back.push_restored(w.clone()).unwrap();
+        }
+        assert_eq!(arrivals(&back), arrivals(&q));
+        let late = Waiter {
+            arrival: 1,
+            ..waiter(9)
+        };
+        assert!(back.push_restored(late).is_err(), "out of order");
     }
 
     #[test]

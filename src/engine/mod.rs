@@ -27,9 +27,13 @@
 //! there, which covers a waiter dropped before the engine saw it.
 
 mod clock;
+mod deliver;
 mod metrics;
 mod notices;
+mod replicated;
 mod writer;
+
+pub use self::replicated::start as start_replicated;
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -72,6 +76,11 @@ pub struct EngineConfig {
     pub batch_max: usize,
     /// Commands queued for the engine at most; callers wait beyond it.
     pub queue_capacity: usize,
+    /// On the write-ahead log: entries proposed and not yet applied, at
+    /// most. While that many are in flight, commands gather into the next
+    /// entry (openraft writes one entry's append and fdatasync after the
+    /// other, so more in flight mostly means smaller entries).
+    pub entries_in_flight_max: usize,
     pub limits: Limits,
     /// Where to record grants, waits, holds and the store's work (`None`:
     /// nothing is recorded).
@@ -83,6 +92,7 @@ impl Default for EngineConfig {
         EngineConfig {
             durability: Durability::Sync,
             batch_max: 1024,
+            entries_in_flight_max: 2,
             queue_capacity: 16 * 1024,
             limits: Limits::default(),
             metrics: None,
@@ -379,13 +389,14 @@ impl Drop for WaitStream {
 /// Loads the state from `store` and starts the engine task and its writer
 /// thread. The task ends with an error if the store fails.
 pub fn start<S: Store>(
-    store: S,
+    mut store: S,
     config: EngineConfig,
 ) -> Result<(EngineHandle, JoinHandle<Result<(), StoreError>>), StoreError> {
     let records = store.load()?;
-    let state = State::restore(config.limits.clone(), records)
+    let mut state = State::restore(config.limits.clone(), records)
         .map_err(|e| StoreError(format!("the data directory holds invalid state: {e}")))?;
     let clock = Clock::resume_from(state.now_ms());
+    resume(&mut state, &mut store, clock.now_ms())?;
     let (progress_tx, progress) = mpsc::unbounded_channel();
     let writer_metrics = config.metrics.clone();
     let writer = Writer::start(
@@ -427,6 +438,30 @@ pub fn start<S: Store>(
         notices,
     };
     Ok((handle, tokio::spawn(engine.run())))
+}
+
+/// Gives the grace of a restart (`Command::Resume`: fresh leases and
+/// visibility timeouts, every restored wait ended) before anything else is
+/// applied, and makes its changes durable before the engine serves: what a
+/// client sees after a restart does not depend on a later write.
+fn resume<S: Store>(state: &mut State, store: &mut S, now_ms: u64) -> Result<(), StoreError> {
+    let mut outcome = Outcome::default();
+    let _ = state.apply(now_ms, Command::Resume, &mut outcome);
+    // Nobody listens to the ended waits: their streams went with the old
+    // process.
+    if !outcome.events.is_empty() || state.session_count() > 0 {
+        tracing::info!(
+            sessions = state.session_count(),
+            waits_ended = outcome.events.len(),
+            "resumed: every lease starts again with its full TTL"
+        );
+    }
+    if outcome.changes.is_empty() {
+        return Ok(());
+    }
+    outcome.changes.push(state.checkpoint());
+    store.write(&outcome.changes)?;
+    store.flush()
 }
 
 /// Turns whose changes may wait for the writer at once; beyond it the engine
@@ -557,8 +592,8 @@ impl Engine {
         if let Some(tracker) = &mut self.tracker {
             tracker.start_turn(internal.len() + batch.len());
         }
-        // A wait queues (or leaves) a waiter without a record: that changes
-        // what `List` shows too.
+        // A wait queues (or leaves) a waiter: that changes what `List`
+        // shows too.
         let waiters_moved =
             !internal.is_empty() || batch.iter().any(|e| matches!(e, Envelope::Wait { .. }));
         self.state.tick(now_ms, &mut outcome);

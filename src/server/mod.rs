@@ -75,6 +75,10 @@ pub struct ServerConfig {
     /// The tokens callers must present (see [`auth`]); `None`: every
     /// caller may do everything.
     pub auth: Option<std::sync::Arc<auth::Auth>>,
+    /// Run on the replicated write-ahead log (openraft + raft-log) instead
+    /// of flushing sled for every reply. Being brought in; off by default
+    /// until it passes the whole suite.
+    pub write_ahead_log: bool,
 }
 
 /// A stream of events for a waiting RPC.
@@ -163,11 +167,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the data directory (exclusively) and starts the engine.
-    pub fn open(config: ServerConfig) -> Result<Server, ServeError> {
-        let store = SledStore::open(&config.data_dir).map_err(|e| ServeError(e.0))?;
-        let (engine, engine_task) =
-            engine::start(store, config.engine.clone()).map_err(|e| ServeError(e.0))?;
+    /// Opens the data directory (exclusively) and starts the engine: on
+    /// the write-ahead log with `config.write_ahead_log`, else on sled alone.
+    pub async fn open(config: ServerConfig) -> Result<Server, ServeError> {
+        let (engine, engine_task) = if config.write_ahead_log {
+            engine::start_replicated(&config.data_dir, config.engine.clone()).await
+        } else {
+            let store = SledStore::open(&config.data_dir).map_err(|e| ServeError(e.0))?;
+            engine::start(store, config.engine.clone())
+        }
+        .map_err(|e| ServeError(e.0))?;
         Ok(Server {
             config,
             engine,

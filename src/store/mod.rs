@@ -10,7 +10,7 @@
 //! runtime.
 
 mod memory;
-mod sled;
+pub(crate) mod sled;
 
 use std::fmt;
 

@@ -32,6 +32,49 @@ use crate::proto::store::Counters;
 /// counters last known flushed.
 const MARKER_FILE: &str = "syncd-state";
 const MARKER_HEADER: &str = "syncd data directory, format 1";
+/// The checks of a format-1 directory (sled alone) made before sled opens
+/// it and writes into it: a marker over a missing or empty database file is
+/// damage. Returns the counters the marker holds (`None`: no marker).
+pub(crate) fn check_before_open(dir: &Path) -> Result<Option<Counters>, StoreError> {
+    let marked = read_marker(&dir.join(MARKER_FILE))?;
+    let log = dir.join("db");
+    let log_empty = fs::metadata(&log).map_or(true, |m| m.len() == 0);
+    if marked.is_some() && log_empty {
+        return Err(damaged(dir, "its database file is missing or empty"));
+    }
+    Ok(marked)
+}
+
+/// The checks of a format-1 directory once sled has it open: the counters
+/// must not be below what the marker says was flushed.
+pub(crate) fn check_after_open(
+    dir: &Path,
+    db: &sled::Db,
+    marked: Option<Counters>,
+) -> Result<(), StoreError> {
+    if let Some(marked) = marked {
+        let stored = db
+            .get(COUNTERS_KEY)
+            .map_err(|e| store_error("read", e))?
+            .map(|value| Counters::decode(value.as_ref()).unwrap_or_default());
+        match stored {
+            None => return Err(damaged(dir, "its database is empty or unreadable")),
+            Some(stored) if went_back(&stored, &marked) => {
+                return Err(damaged(
+                    dir,
+                    &format!(
+                        "its counters went back (fencing token {} after {} had been \
+                             flushed): changes were lost",
+                        stored.last_fencing_token, marked.last_fencing_token
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// How often a flush may rewrite the marker.
 const MARK_EVERY: Duration = Duration::from_secs(1);
 
@@ -51,37 +94,12 @@ impl SledStore {
     /// when another process holds it or when its contents are corrupt.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
         let marker = dir.join(MARKER_FILE);
-        let marked = read_marker(&marker)?;
-        // Checked before sled opens (and writes into) the directory.
-        let log = dir.join("db");
-        let log_empty = fs::metadata(&log).map_or(true, |m| m.len() == 0);
-        if marked.is_some() && log_empty {
-            return Err(damaged(dir, "its database file is missing or empty"));
-        }
+        let marked = check_before_open(dir)?;
         let db = sled::Config::new()
             .path(dir)
             .open()
             .map_err(|e| open_error(dir, e))?;
-        if let Some(marked) = marked {
-            let stored = db
-                .get(COUNTERS_KEY)
-                .map_err(|e| store_error("read", e))?
-                .map(|value| Counters::decode(value.as_ref()).unwrap_or_default());
-            match stored {
-                None => return Err(damaged(dir, "its database is empty or unreadable")),
-                Some(stored) if went_back(&stored, &marked) => {
-                    return Err(damaged(
-                        dir,
-                        &format!(
-                            "its counters went back (fencing token {} after {} had been \
-                             flushed): changes were lost",
-                            stored.last_fencing_token, marked.last_fencing_token
-                        ),
-                    ))
-                }
-                Some(_) => {}
-            }
-        }
+        check_after_open(dir, &db, marked)?;
         Ok(SledStore {
             db,
             marker,

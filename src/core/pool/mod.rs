@@ -26,8 +26,8 @@
 //!   never evicted while out, only looked at when it comes back.
 //! - A retry naming the `acquire_id` of a checkout the session holds gets
 //!   that checkout again.
-//! - A pool exists while it has resources or waiters; the pool and each
-//!   resource have a record (waiters live in memory, with their streams).
+//! - A pool exists while it has resources or waiters; the pool, each
+//!   resource and each waiter have a record.
 //!
 //! Invariants:
 //! - at most `size` resources, with distinct ids from the object counter;

@@ -10,8 +10,9 @@ use prost::Message;
 
 use super::super::holds::Hold;
 use super::super::records::{self, Change, RestoreError};
+use super::super::waitq::Waiter;
 use super::super::{Kind, State};
-use super::{Freshness, Pool, Resource, Settings, Use};
+use super::{CheckoutRequest, Freshness, Pool, Resource, Settings, Use};
 
 use crate::proto::store as pb;
 
@@ -102,7 +103,7 @@ impl State {
                     holds.push(hold.clone());
                 }
             }
-            if pool.resources.is_empty() {
+            if pool.is_unused() {
                 // An empty pool record: nothing to keep.
                 self.pools.remove(&name);
                 continue;
@@ -114,6 +115,21 @@ impl State {
             self.pool_rearm(&name);
         }
         Ok(())
+    }
+}
+
+impl State {
+    /// Adds a restored waiter to its stored pool (before
+    /// `finish_pool_restore`, which checks the pool).
+    pub(in crate::core) fn restore_pool_waiter(
+        &mut self,
+        name: &str,
+        waiter: Waiter<CheckoutRequest>,
+    ) -> std::result::Result<(), &'static str> {
+        let pool = (self.pools.get_mut(name))
+            .filter(|p| p.settings.size > 0)
+            .ok_or("its pool is not stored")?;
+        records::waiters::push(pool, waiter)
     }
 }
 

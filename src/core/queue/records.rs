@@ -4,19 +4,28 @@
 //!   queue is declared;
 //! - `qitem/<name>` 0x00 `<id BE>` → `QueueItemRecord`, one per item, so a
 //!   put or an ack writes one small record, never the whole queue;
-//! - `putid/<session BE><put id BE>` → `PutIdRecord`.
+//! - `putid/<session BE><put id BE>` → `PutIdRecord`;
+//! - a waiting put, get or join is a `waiter/` record like every waiter
+//!   (`records::waiters`): a put's record carries its value;
+//! - an in-flight item's record has its visibility expiry, so its alarm
+//!   comes back at the same time.
 
 #[cfg(test)]
 use std::collections::BTreeMap;
 
 use prost::Message;
 
+use super::super::records::waiters::Stub;
 use super::super::records::{corrupt, decode, Change, RestoreError};
-use super::super::{Alarm, Kind, SessionId, State};
 #[cfg(test)]
-use super::super::{FencingToken, WaiterId};
-use super::{InFlight, Item, Queue, ITEM_PREFIX, PUT_ID_PREFIX, QUEUE_PREFIX};
+use super::super::FencingToken;
+use super::super::{Alarm, Kind, Outcome, SessionId, State, WaiterId};
+use super::{
+    GetRequest, InFlight, Item, PutRequest, Queue, Wanted, ITEM_PREFIX, MAX_DELIVERIES_DEFAULT,
+    PUT_ID_PREFIX, QUEUE_PREFIX,
+};
 use crate::proto::store as pb;
+use pb::waiter_record::Request;
 
 pub(super) fn named_key(prefix: &[u8], name: &str) -> Vec<u8> {
     [prefix, name.as_bytes()].concat()
@@ -56,6 +65,7 @@ pub(super) fn item_put(name: &str, item: &Item, flight: Option<&InFlight>) -> Ch
         session_id: flight.map_or(0, |f| f.session_id),
         fencing_token: flight.map_or(0, |f| f.fencing_token),
         visibility_timeout_ms: flight.map_or(0, |f| f.visibility_timeout_ms),
+        visibility_expires_at_ms: flight.map_or(0, |f| f.expires_at_ms),
     };
     Change::Put {
         key: item_key(name, item.id),
@@ -129,7 +139,11 @@ impl State {
         for (name, r) in stash.items {
             self.restore_item(name, r)?;
         }
-        for (session_id, put_id, item_id) in stash.put_ids {
+        // A session's put ids are kept oldest first, and each stored a new
+        // item: item ids rise in the order the puts were made.
+        let mut put_ids = stash.put_ids;
+        put_ids.sort_by_key(|&(session_id, _, item_id)| (session_id, item_id));
+        for (session_id, put_id, item_id) in put_ids {
             if self.sessions.get(session_id).is_none() {
                 return Err(RestoreError(format!(
                     "put id {put_id} belongs to session {session_id}, which is not stored"
@@ -172,20 +186,111 @@ impl State {
         }
         let token = r.fencing_token;
         self.restore_hold_ref(Kind::Queue, &name, r.session_id, token, 0)?;
-        // Like a lease, the visibility timeout starts again after a restart.
         let visibility_timeout_ms = r.visibility_timeout_ms.max(1);
+        // Records of an older syncd have no expiry: it restarts then, as
+        // that syncd did at every restore.
+        let expires_at_ms = match r.visibility_expires_at_ms {
+            0 => self.now_ms.saturating_add(visibility_timeout_ms),
+            at => at,
+        };
         let flight = InFlight {
             item,
             session_id: r.session_id,
             fencing_token: token,
             visibility_timeout_ms,
-            expires_at_ms: self.now_ms.saturating_add(visibility_timeout_ms),
+            expires_at_ms,
         };
         self.set_alarm(flight.expires_at_ms, Alarm::HoldExpires(token));
         let queue = self.queues.get_mut(&name).expect("checked");
         queue.pending.insert(flight.item.id);
         queue.in_flight.insert(flight.item.id, flight);
         Ok(())
+    }
+
+    /// The stub and request of a waiter of queue `name`, for its record.
+    pub(in crate::core) fn queue_waiter_record(
+        &self,
+        name: &str,
+        id: WaiterId,
+    ) -> Option<(Stub, Request)> {
+        let queue = self.queues.get(name)?;
+        let waiter = (queue.waiter_queues().into_iter())
+            .find_map(|line| line.iter().find(|w| w.id == id))?;
+        let request = match &waiter.request {
+            Wanted::Put(put) => Request::QueuePut(pb::QueuePutWaiter {
+                value: put.value.clone(),
+                priority: put.priority,
+                capacity: put.capacity,
+                max_deliveries: put.max_deliveries,
+                put_id: put.put_id,
+            }),
+            Wanted::Get(get) => Request::QueueGet(pb::QueueGetWaiter {
+                visibility_timeout_ms: get.visibility_timeout_ms,
+                no_ack: get.no_ack,
+            }),
+            Wanted::Join(upto) => Request::QueueJoin(pb::QueueJoinWaiter { upto: *upto }),
+        };
+        Some((Stub::of(waiter), request))
+    }
+
+    /// Adds a restored waiter to its line of queue `name` (after
+    /// `finish_queue_restore`). Only gets wait on a queue that no put has
+    /// made (it has no record); it comes back with the defaults, as it was.
+    pub(in crate::core) fn restore_queue_waiter(
+        &mut self,
+        name: &str,
+        stub: Stub,
+        request: Request,
+    ) -> std::result::Result<(), &'static str> {
+        let queue = match request {
+            Request::QueueGet(_) => self.queues.entry(name.to_owned()).or_insert_with(|| Queue {
+                declared: false,
+                ..Queue::new(0, MAX_DELIVERIES_DEFAULT)
+            }),
+            _ => self.queues.get_mut(name).ok_or("its queue is not stored")?,
+        };
+        let (line, wanted) = match request {
+            Request::QueuePut(r) => {
+                let put = PutRequest {
+                    value: r.value,
+                    priority: r.priority,
+                    capacity: r.capacity,
+                    max_deliveries: r.max_deliveries,
+                    put_id: r.put_id,
+                };
+                (&mut queue.puts, Wanted::Put(put))
+            }
+            Request::QueueGet(r) => {
+                let get = GetRequest {
+                    visibility_timeout_ms: r.visibility_timeout_ms,
+                    no_ack: r.no_ack,
+                };
+                (&mut queue.gets, Wanted::Get(get))
+            }
+            Request::QueueJoin(r) => (&mut queue.joins, Wanted::Join(r.upto)),
+            _ => return Err("it is not a queue waiter"),
+        };
+        line.push_restored(stub.with(wanted))
+            .map_err(|_| "it is out of order in its queue")
+    }
+
+    /// After a restart: every visibility timeout starts again at `now`, as
+    /// leases do (`Command::Resume`).
+    pub(in crate::core) fn queue_resume(&mut self, out: &mut Outcome) {
+        let now_ms = self.now_ms;
+        let mut moved = Vec::new();
+        for (name, queue) in &mut self.queues {
+            for flight in queue.in_flight.values_mut() {
+                let at_ms = now_ms.saturating_add(flight.visibility_timeout_ms);
+                let was_ms = std::mem::replace(&mut flight.expires_at_ms, at_ms);
+                moved.push((was_ms, at_ms, flight.fencing_token));
+                out.changes.push(item_put(name, &flight.item, Some(flight)));
+            }
+        }
+        for (was_ms, at_ms, token) in moved {
+            self.clear_alarm(was_ms, Alarm::HoldExpires(token));
+            self.set_alarm(at_ms, Alarm::HoldExpires(token));
+        }
     }
 
     /// The queue, session and item of an in-flight token (for tests).

@@ -40,12 +40,16 @@ fn persist(store: &mut Store, changes: &[Change]) {
 }
 
 /// A `State` driven at simulated times, with every change persisted into a
-/// fake store.
+/// fake store as the engine does (the checkpoint with every batch that
+/// changed something). With a `twin` (see `exact`), every command and tick
+/// also runs on a state restored from that store, which must behave the
+/// same.
 struct Sim {
     state: State,
     now_ms: u64,
     store: Store,
     next_waiter: u64,
+    twin: Option<State>,
 }
 
 impl Sim {
@@ -59,6 +63,7 @@ impl Sim {
             now_ms: 0,
             store: Store::new(),
             next_waiter: 0,
+            twin: None,
         }
     }
 
@@ -71,9 +76,22 @@ impl Sim {
     /// Runs a command at the current time: its reply and the events.
     fn run(&mut self, command: Command) -> (Result<Reply>, Events) {
         let mut out = Outcome::default();
+        let twin_command = self.twin.is_some().then(|| command.clone());
         let reply = self.state.apply(self.now_ms, command, &mut out);
-        persist(&mut self.store, &out.changes);
+        self.persist(&out);
+        if let Some(command) = twin_command {
+            self.twin_apply(command, &reply, &out);
+        }
         (reply, out.events)
+    }
+
+    /// What the engine writes for a step: its changes, and the checkpoint
+    /// if there were any.
+    fn persist(&mut self, out: &Outcome) {
+        if !out.changes.is_empty() {
+            persist(&mut self.store, &out.changes);
+            persist(&mut self.store, &[self.state.checkpoint()]);
+        }
     }
 
     /// Runs a command that must not cause events for anyone else.
@@ -93,7 +111,10 @@ impl Sim {
         self.at(now_ms);
         let mut out = Outcome::default();
         self.state.tick(now_ms, &mut out);
-        persist(&mut self.store, &out.changes);
+        self.persist(&out);
+        if self.twin.is_some() {
+            self.twin_tick(&out);
+        }
         out.events
     }
 
@@ -959,7 +980,18 @@ fn restore_rebuilds_holders_sessions_and_counters() {
     assert_eq!(restored.now_ms(), now);
     assert_eq!(restored.session_count(), sim.state.session_count());
     assert_eq!(restored.hold_count(), sim.state.hold_count());
-    assert_eq!(restored.waiter_count(), 0, "waiters are not persisted");
+    assert_eq!(restored.waiter_count(), 2, "c waits on x, a on y");
+    assert_eq!(restored.next_deadline_ms(), sim.state.next_deadline_ms());
+    // After a restart the engine applies Resume: the waiters end, and every
+    // lease starts over.
+    let mut out = Outcome::default();
+    assert_eq!(
+        restored.apply(now, Command::Resume, &mut out),
+        Ok(Reply::Done)
+    );
+    let ended: Vec<Option<Code>> = out.events.iter().map(|(_, e)| code(e)).collect();
+    assert_eq!(ended, vec![Some(Code::Unavailable); 2]);
+    assert_eq!(restored.waiter_count(), 0);
 
     let ttl = |s: SessionId| [2_000, 5_000, 3_000, 1_500, 1_000][s as usize - 1];
     for name in HISTORY_NAMES {
@@ -994,10 +1026,8 @@ fn restore_rebuilds_holders_sessions_and_counters() {
             },
             &mut out,
         );
-        // How an ended session ended is not persisted: after a restore it
-        // is just not found.
-        let gone = |reply: Result<Reply>| reply.map_err(|r| (r.code, r.session_gone));
-        assert_eq!(gone(back), gone(live), "session {id}");
+        // How an ended session ended is kept too.
+        assert_eq!(back, live, "session {id}");
     }
     // The next grant's token is larger than every earlier one.
     let mut out = Outcome::default();
@@ -1029,13 +1059,17 @@ fn restore_rebuilds_holders_sessions_and_counters() {
 }
 
 #[test]
-fn restored_leases_run_from_the_restored_clock() {
+fn restored_leases_run_from_the_restored_clock_after_resume() {
     let (sim, _) = history();
-    // No final checkpoint: the clock is the one of the last stored counters
-    // (written with the last grant, at 1200).
+    // The clock is the one of the last stored counters (written with the
+    // last step that changed something, at 1200).
     let mut restored = State::restore(Limits::default(), sim.store.clone()).unwrap();
     let clock = restored.now_ms();
     assert_eq!(clock, 1_200);
+    // Restored as they were: a's lease (renewed at 900) ends at 2900.
+    assert_eq!(restored.next_deadline_ms(), Some(900 + 2_000));
+    let mut out = Outcome::default();
+    restored.apply(clock, Command::Resume, &mut out).unwrap();
     assert_eq!(restored.next_deadline_ms(), Some(clock + 2_000));
     // a (ttl 2 s, holding x) survives until clock + 2 s, then lets go.
     let mut out = Outcome::default();
@@ -1154,6 +1188,42 @@ fn session_key(id: u64) -> Vec<u8> {
     [b"session/".as_slice(), &id.to_be_bytes()].concat()
 }
 
+fn lease_key(id: u64) -> Vec<u8> {
+    [b"lease/".as_slice(), &id.to_be_bytes()].concat()
+}
+
+fn lease_record(expires_at_ms: u64) -> Vec<u8> {
+    pb::LeaseRecord { expires_at_ms }.encode_to_vec()
+}
+
+fn ended_key(id: u64) -> Vec<u8> {
+    [b"ended/".as_slice(), &id.to_be_bytes()].concat()
+}
+
+fn ended_record(order: u64) -> Vec<u8> {
+    let record = pb::EndedSessionRecord {
+        order,
+        closed: false,
+        reason: String::new(),
+    };
+    record.encode_to_vec()
+}
+
+fn waiter_key(id: u64) -> Vec<u8> {
+    [b"waiter/".as_slice(), &id.to_be_bytes()].concat()
+}
+
+/// The first stored waiter record.
+fn some_waiter(store: &Store) -> (Vec<u8>, pb::WaiterRecord) {
+    let (key, value) = (store.iter())
+        .find(|(key, _)| key.starts_with(b"waiter/"))
+        .expect("a stored waiter");
+    (
+        key.clone(),
+        pb::WaiterRecord::decode(value.as_slice()).unwrap(),
+    )
+}
+
 #[test]
 fn corrupt_records_are_a_restore_error() {
     let (sim, _) = history();
@@ -1245,6 +1315,67 @@ fn corrupt_records_are_a_restore_error() {
                 s.remove(b"meta/counters".as_slice());
             }),
         ),
+        (
+            "lease of a session that is not stored",
+            Box::new(|s| {
+                s.insert(lease_key(77), lease_record(5_000));
+            }),
+        ),
+        (
+            "garbage lease record",
+            Box::new(|s| {
+                s.insert(lease_key(1), vec![0xff; 3]);
+            }),
+        ),
+        (
+            "lease key of the wrong length",
+            Box::new(|s| {
+                s.insert(b"lease/\x01".to_vec(), lease_record(5_000));
+            }),
+        ),
+        (
+            "a live session stored as ended",
+            Box::new(|s| {
+                s.insert(ended_key(1), ended_record(9));
+            }),
+        ),
+        (
+            "two ends in the same place",
+            Box::new(|s| {
+                s.insert(ended_key(5), ended_record(0));
+            }),
+        ),
+        (
+            "waiter of a session that is not stored",
+            Box::new(|s| {
+                let (key, mut record) = some_waiter(s);
+                record.session_id = 77;
+                s.insert(key, record.encode_to_vec());
+            }),
+        ),
+        (
+            "waiter on a lock nobody holds",
+            Box::new(|s| {
+                let (key, mut record) = some_waiter(s);
+                record.name = "free".to_owned();
+                s.insert(key, record.encode_to_vec());
+            }),
+        ),
+        (
+            "waiter without a request",
+            Box::new(|s| {
+                let (key, mut record) = some_waiter(s);
+                record.request = None;
+                s.insert(key, record.encode_to_vec());
+            }),
+        ),
+        (
+            "two waiters in the same place of a queue",
+            Box::new(|s| {
+                let (_, record) = some_waiter(s);
+                s.insert(waiter_key(1_000), record.encode_to_vec());
+            }),
+        ),
     ];
     for (what, edit) in cases {
         let mut store = base.clone();
@@ -1261,7 +1392,10 @@ fn arb_key() -> impl Strategy<Value = Vec<u8>> {
     let prefix = prop_oneof![
         Just(b"meta/counters".to_vec()),
         Just(b"session/".to_vec()),
+        Just(b"lease/".to_vec()),
+        Just(b"ended/".to_vec()),
         Just(b"lock/".to_vec()),
+        Just(b"waiter/".to_vec()),
         Just(b"meta/".to_vec()),
         Just(Vec::new()),
     ];
@@ -1292,13 +1426,31 @@ fn arb_value() -> impl Strategy<Value = Vec<u8>> {
             ..Default::default()
         }
         .encode_to_vec()),
-        (small.clone(), small.clone(), small).prop_map(|(s, t, at)| pb::LockRecord {
+        (small.clone(), small.clone(), small.clone()).prop_map(|(s, t, at)| pb::LockRecord {
             session_id: s,
             fencing_token: t,
             acquired_at_ms: at,
             acquire_id: 1,
         }
         .encode_to_vec()),
+        small.clone().prop_map(lease_record),
+        small.clone().prop_map(ended_record),
+        (small.clone(), small, any::<bool>()).prop_map(|(s, at, reacquire)| {
+            let lock = pb::LockWaiter {
+                acquire_id: 0,
+                reacquire,
+                timed_out: false,
+            };
+            pb::WaiterRecord {
+                session_id: s,
+                name: "x".to_owned(),
+                enqueued_at_ms: at,
+                deadline_ms: Some(at),
+                arrival: at,
+                request: Some(pb::waiter_record::Request::Lock(lock)),
+            }
+            .encode_to_vec()
+        }),
     ]
 }
 
@@ -2027,6 +2179,19 @@ impl Checker {
             Err(e) => return Err(TestCaseError::fail(format!("restore: {e}"))),
         };
         prop_assert_eq!(restored.now_ms(), now);
+        prop_assert_eq!(restored.waiter_count(), self.sim.state.waiter_count());
+        prop_assert_eq!(
+            restored.next_deadline_ms(),
+            self.sim.state.next_deadline_ms()
+        );
+        // What the engine does after a restart: the waiters end, every
+        // lease starts over.
+        let mut resumed = Outcome::default();
+        prop_assert_eq!(
+            restored.apply(now, Command::Resume, &mut resumed),
+            Ok(Reply::Done)
+        );
+        prop_assert_eq!(resumed.events.len(), self.sim.state.waiter_count());
         prop_assert_eq!(restored.session_count(), self.model.sessions.len());
         prop_assert_eq!(restored.waiter_count(), 0);
         for (lock, name) in LOCKS.iter().enumerate() {
@@ -2149,8 +2314,12 @@ impl Checker {
             },
         );
         prop_assert_eq!(listing, Ok(Reply::Listing(vec![])));
-        // Only the counters remain on "disk".
-        prop_assert!(self.sim.store.keys().all(|k| k == b"meta/counters"));
+        // Only the counters and how the sessions ended remain on "disk".
+        prop_assert!(self
+            .sim
+            .store
+            .keys()
+            .all(|k| k == b"meta/counters" || k.starts_with(b"ended/")));
         Ok(())
     }
 }
@@ -2180,6 +2349,7 @@ proptest! {
 }
 
 mod breaker;
+mod exact;
 mod limits;
 mod lost;
 mod mixed;
@@ -2188,4 +2358,5 @@ mod pool;
 mod primitives;
 mod query;
 mod queue;
+mod resume;
 mod token_bucket;

@@ -223,9 +223,7 @@ fn command(command: C) -> Result<Command> {
         C::ReleaseUndelivered(m) => Command::ReleaseUndelivered {
             fencing_token: m.fencing_token,
         },
-        // The format has it; the core's `Command::Resume` arrives with the
-        // helper that adds it, and replaces this refusal.
-        C::Resume(pb::Resume {}) => return Err(StepProblem::NotInThisBuild("Resume")),
+        C::Resume(pb::Resume {}) => Command::Resume,
     })
 }
 

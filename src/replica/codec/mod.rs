@@ -104,8 +104,6 @@ pub enum DecodeError {
 pub enum StepProblem {
     /// No command, or one this build's protobuf does not know.
     NoCommand,
-    /// A command the format knows but this build cannot apply.
-    NotInThisBuild(&'static str),
     /// An enum field with a value this build does not know, or unspecified.
     EnumValue { field: &'static str, value: i32 },
     /// A message that must be there is absent.
@@ -140,9 +138,6 @@ impl fmt::Display for StepProblem {
         match self {
             StepProblem::NoCommand => {
                 write!(f, "no command, or a command unknown to this build")
-            }
-            StepProblem::NotInThisBuild(name) => {
-                write!(f, "command {name} cannot be applied by this build")
             }
             StepProblem::EnumValue { field, value } => {
                 write!(f, "{field} has value {value}, unknown to this build")

@@ -328,6 +328,7 @@ fn command(command: &Command) -> Result<C, EncodeError> {
                 fencing_token: *fencing_token,
             })
         }
+        Command::Resume => C::Resume(pb::Resume {}),
     })
 }
 

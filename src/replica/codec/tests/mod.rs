@@ -18,7 +18,7 @@ use crate::core::token_bucket::{BucketAsk, BucketSettings};
 use crate::core::{Command, Kind, RwMode, WaiterId};
 
 /// Commands that are logged: the variants of `Command` that change state.
-const LOGGED_VARIANTS: usize = 34;
+const LOGGED_VARIANTS: usize = 35;
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
@@ -273,6 +273,7 @@ fn every_command() -> Vec<Command> {
             waiter: WaiterId(29),
         },
         Command::ReleaseUndelivered { fencing_token: 30 },
+        Command::Resume,
     ]
 }
 
@@ -314,7 +315,7 @@ const GOLDEN_HEX: &str = concat!(
     "06da01030a01741a1c121ae20117080112016b1a0e080110021803200428053006380720",
     "1a1a150a05616c696365120cea0109080112016b181b20011a0c120af20107080112016b",
     "181c1a110a05616c6963651208fa01050a016b10011a0812068202030a016b1a0e0a0561",
-    "6c69636512058a0202081d1a071205920202081e",
+    "6c69636512058a0202081d1a071205920202081e1a0c0a05616c69636512039a0200",
 );
 
 fn hex(bytes: &[u8]) -> String {

@@ -173,13 +173,6 @@ fn missing_bucket_settings_are_refused() {
     }
 }
 
-#[test]
-fn a_command_this_build_cannot_apply_is_refused() {
-    let (problem, text) = step_problem(Some(C::Resume(pb::Resume {})));
-    assert_eq!(problem, StepProblem::NotInThisBuild("Resume"));
-    assert!(text.contains("Resume cannot be applied"), "{text}");
-}
-
 /// prost skips fields it does not know; the codec must not.
 #[test]
 fn fields_this_build_does_not_read_are_refused() {

@@ -118,6 +118,7 @@ fn sessions() -> BoxedStrategy<Command> {
             .prop_map(|(session_id, reason)| Command::CloseSession { session_id, reason }),
         waiters().prop_map(|waiter| Command::Cancel { waiter }),
         u64s().prop_map(|fencing_token| Command::ReleaseUndelivered { fencing_token }),
+        Just(Command::Resume),
     ]
     .boxed()
 }

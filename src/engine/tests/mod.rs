@@ -12,6 +12,8 @@ use super::*;
 use crate::core::lock::LockInfo;
 use crate::store::{MemoryStore, Record};
 
+mod replicated;
+
 /// A memory store whose flush blocks until the test lets it through.
 struct GatedStore {
     inner: MemoryStore,
@@ -210,6 +212,43 @@ async fn holds_and_tokens_survive_a_restart_over_the_same_store() {
     assert_eq!(engine.call(release(owner, held)).await, Ok(Reply::Done));
     let next = granted_token(&mut engine.wait(|w| acquire(other, w)).await).await;
     assert!(next > held);
+}
+
+#[tokio::test]
+async fn a_restart_ends_the_stored_waits_before_serving() {
+    let store = MemoryStore::new();
+    let (engine, task) = start(store.clone(), EngineConfig::default()).unwrap();
+    let owner = session(&engine).await;
+    let other = session(&engine).await;
+    let held = granted_token(&mut engine.wait(|w| acquire(owner, w)).await).await;
+    let mut waiting = engine.wait(|w| acquire(other, w)).await;
+    assert!(matches!(
+        waiting.next().await,
+        Some(Ok(Reply::Queued { .. }))
+    ));
+    engine.shutdown().await;
+    task.await.unwrap().unwrap();
+    let stored_waiters = |store: &MemoryStore| {
+        let records = store.load().unwrap();
+        (records.iter())
+            .filter(|(key, _)| key.starts_with(b"waiter/"))
+            .count()
+    };
+    assert_eq!(stored_waiters(&store), 1, "the waiter is stored");
+
+    // `start` returns once Resume's changes are written: the wait is over.
+    let (engine, _task) = start(store.clone(), EngineConfig::default()).unwrap();
+    assert_eq!(stored_waiters(&store), 0);
+    let info = describe(&engine).await;
+    assert!(info.waiters.is_empty(), "{info:?}");
+    let holder = info.holder.expect("still held");
+    assert_eq!((holder.session_id, holder.fencing_token), (owner, held));
+    // The waiting session lives on and may wait again.
+    let mut again = engine.wait(|w| acquire(other, w)).await;
+    assert!(matches!(
+        again.next().await,
+        Some(Ok(Reply::Queued { position: 1 }))
+    ));
 }
 
 #[tokio::test]
