@@ -12,6 +12,7 @@ use syncd::core::Limits;
 use syncd::engine::{Durability, EngineConfig};
 use syncd::metrics::Metrics;
 use syncd::server::auth::Auth;
+use syncd::server::incoming::{self, ConnectionLimits};
 use syncd::server::tls::TlsFiles;
 use syncd::server::{Server, ServerConfig};
 use tokio::net::TcpListener;
@@ -153,6 +154,28 @@ struct ServeArgs {
     #[arg(long, env = "SYNCD_MAX_STREAMS_PER_CONNECTION", default_value_t = 1024)]
     max_streams_per_connection: u32,
 
+    /// Client connections open at once, at most (on the gRPC port; the
+    /// metrics endpoint serves 16 of its own). One more is accepted and
+    /// closed at once, so that its client fails fast instead of hanging:
+    /// over plain HTTP/2 after a GOAWAY whose text names max_connections.
+    /// Refusals are logged at warn, at most once every 10 s. Default: 10000,
+    /// or the open-file limit less 64 descriptors (kept for the data
+    /// directory, the metrics endpoint, logs and the like) when that is
+    /// lower; syncd first raises its soft open-file limit to the hard one
+    /// and logs both. A value above that budget is taken, with a warning:
+    /// once the process is out of file descriptors it sheds new connections
+    /// and backs off.
+    #[arg(long, env = "SYNCD_MAX_CONNECTIONS", value_name = "N", value_parser = at_least_one)]
+    max_connections: Option<usize>,
+
+    /// How long a new connection may take to send its HTTP/2 preface and
+    /// first SETTINGS frame (under TLS: to finish TLS and send its first
+    /// HTTP/2 bytes; the TLS handshake itself must end within 10 s) before
+    /// it is closed, so that a client that connects and sends nothing does
+    /// not hold a file descriptor. The default is grpc-go's.
+    #[arg(long, env = "SYNCD_HANDSHAKE_TIMEOUT", default_value = "120s", value_parser = positive_duration)]
+    handshake_timeout: Duration,
+
     /// Commands applied (and flushed) together at most.
     #[arg(long, env = "SYNCD_BATCH_MAX", default_value_t = 1024, value_parser = at_least_one)]
     batch_max: usize,
@@ -231,6 +254,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     syncd::duration::parse(text)
 }
 
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err("must be more than 0".into()),
+        duration => Ok(duration),
+    }
+}
+
 fn at_least_one(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
@@ -244,7 +274,9 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl ServeArgs {
-    fn config(&self) -> ServerConfig {
+    /// The server's settings, with `max_connections` resolved (see
+    /// [`connection_cap`]).
+    fn config(&self, max_connections: usize) -> ServerConfig {
         let limits = Limits {
             session_ttl_ms_min: millis(self.session_ttl_min),
             session_ttl_ms_max: millis(self.session_ttl_max),
@@ -276,6 +308,10 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_grace,
             tls: None,
             auth: None,
+            connections: ConnectionLimits {
+                max_connections,
+                handshake_timeout: self.handshake_timeout,
+            },
         }
     }
 
@@ -393,7 +429,7 @@ fn fail(message: &str) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
-    let mut config = args.config();
+    let mut config = args.config(connection_cap(args.max_connections));
     if config.engine.limits.session_ttl_ms_min > config.engine.limits.session_ttl_ms_max {
         return Err("--session-ttl-min is larger than --session-ttl-max".into());
     }
@@ -455,6 +491,53 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         let _ = writeln!(std::io::stdout(), "metrics on {metrics_local}");
     }
     Ok(server.serve(listener, shutdown).await.map_err(|e| e.0)?)
+}
+
+/// Raises the soft open-file limit to the hard one, logs the limit in
+/// force, and returns `max_connections`: `requested`, or the default the
+/// limit allows (see `--max-connections`).
+fn connection_cap(requested: Option<usize>) -> usize {
+    let limit = match incoming::raise_fd_limit() {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!("cannot read the open-file limit: {e}");
+            return requested.unwrap_or(incoming::DEFAULT_MAX_CONNECTIONS);
+        }
+    };
+    if let Some(e) = &limit.not_raised {
+        tracing::warn!(
+            "cannot raise the open-file limit from {} to the hard limit {}: {e}",
+            limit.soft,
+            limit.hard
+        );
+    }
+    let max_connections =
+        requested.unwrap_or_else(|| incoming::default_max_connections(limit.soft));
+    let raised = match limit.raised_from {
+        Some(from) => format!(" (raised from {from})"),
+        None => String::new(),
+    };
+    tracing::info!(
+        fd_limit = limit.soft,
+        fd_limit_hard = limit.hard,
+        max_connections,
+        "open-file limit {}{raised}, hard limit {}; max_connections {max_connections}{}",
+        limit.soft,
+        limit.hard,
+        if requested.is_some() { "" } else { " (default)" }
+    );
+    let budget = incoming::fd_budget(limit.soft);
+    if max_connections > budget {
+        tracing::warn!(
+            max_connections,
+            "max_connections {max_connections} is more than the open-file limit {} leaves \
+             room for ({budget}, with {} kept for files): when the descriptors run out, new \
+             connections are shed and writes may fail",
+            limit.soft,
+            incoming::FDS_RESERVED
+        );
+    }
+    max_connections
 }
 
 /// Binds the metrics endpoint and starts serving it; returns its address.
