@@ -8,11 +8,11 @@
 //! - At most `max_connections` client connections are open at once. One
 //!   more is accepted and closed at once, so that its client fails fast
 //!   instead of waiting in the backlog (Redis's `maxclients`). Over plain
-//!   HTTP/2 it first gets a SETTINGS and a GOAWAY frame (ENHANCE_YOUR_CALM)
-//!   whose debug text names `max_connections`; a TLS client only sees the
-//!   connection close, as an answer would take a TLS handshake. Refusals
-//!   are logged at warn at most once per [`REFUSAL_LOG_EVERY`], with their
-//!   count.
+//!   HTTP/2 its first call gets UNAVAILABLE with a message that names
+//!   `max_connections`, or it gets a GOAWAY saying so (see [`refuse`]); a
+//!   TLS client only sees the connection close, as an answer would take a
+//!   TLS handshake. Refusals are logged at warn at most once per
+//!   [`REFUSAL_LOG_EVERY`], with their count.
 //! - A connection that has not finished its HTTP/2 handshake (see
 //!   [`handshake`]) within `handshake_timeout` is closed: a client that
 //!   connects and sends nothing does not hold a descriptor for ever.
@@ -42,6 +42,7 @@
 mod backoff;
 mod fd_limit;
 mod handshake;
+mod refuse;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -77,9 +78,6 @@ pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// TCP keepalive probes start after this long without traffic.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
-
-/// HTTP/2's ENHANCE_YOUR_CALM error code (RFC 9113 §7).
-const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 /// How many connections the server takes, and how long they may dawdle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +137,8 @@ pub struct Incoming {
     /// Connections shed in the current out-of-fds episode.
     shed: u64,
     refusals: RateLimited,
+    /// Places for refusals being answered (see [`refuse`]).
+    answering: Arc<tokio::sync::Semaphore>,
 }
 
 impl Incoming {
@@ -162,6 +162,7 @@ impl Incoming {
             sleep: None,
             shed: 0,
             refusals: RateLimited::new(REFUSAL_LOG_EVERY),
+            answering: Arc::new(tokio::sync::Semaphore::new(refuse::ANSWERING_MAX)),
         }
     }
 
@@ -169,7 +170,7 @@ impl Incoming {
     fn admit(&mut self, stream: TcpStream, peer: SocketAddr) -> Option<Connection> {
         let open = self.shared.open.load(Ordering::SeqCst);
         if open >= self.limits.max_connections {
-            self.refuse(&stream, Refusal::MaxConnections);
+            self.refuse(stream, Refusal::MaxConnections);
             if let Some(refused) = self.refusals.note() {
                 tracing::warn!(
                     max_connections = self.limits.max_connections,
@@ -206,8 +207,8 @@ impl Incoming {
     }
 
     /// Closes a connection just accepted, over plain HTTP/2 after telling
-    /// the client why.
-    fn refuse(&self, stream: &TcpStream, reason: Refusal) {
+    /// the client why (see [`refuse`]).
+    fn refuse(&self, stream: TcpStream, reason: Refusal) {
         if let Some(metrics) = &self.shared.metrics {
             metrics.refused(reason);
         }
@@ -221,14 +222,20 @@ impl Incoming {
             ),
             Refusal::OutOfFds => "syncd: out of file descriptors; try again later".to_owned(),
         };
-        // Raw non-blocking calls: tokio's `try_*` would not even try on a
-        // socket whose readiness it has not seen yet. Reading what the
-        // client sent first makes the close a FIN, not a reset that could
-        // overtake the GOAWAY.
-        let socket = socket2::SockRef::from(stream);
-        let mut sink = [0u8; 1024];
-        let _ = io::Read::read(&mut &*socket, &mut sink);
-        let _ = io::Write::write(&mut &*socket, &goaway(&why));
+        // Out of descriptors, this one must come free at once.
+        let place = match reason {
+            Refusal::MaxConnections => Arc::clone(&self.answering).try_acquire_owned().ok(),
+            Refusal::OutOfFds => None,
+        };
+        match place {
+            Some(place) => {
+                tokio::spawn(async move {
+                    refuse::answer(stream, why).await;
+                    drop(place);
+                });
+            }
+            None => refuse::at_once(&stream, &why),
+        }
     }
 
     /// Handles a failed accept; sets a sleep when the loop must wait.
@@ -269,7 +276,7 @@ impl Incoming {
         drop(spare);
         let shed = match self.listener.poll_accept(cx) {
             Poll::Ready(Ok((stream, _))) => {
-                self.refuse(&stream, Refusal::OutOfFds);
+                self.refuse(stream, Refusal::OutOfFds);
                 self.shed += 1;
                 true
             }
@@ -330,22 +337,6 @@ fn open_spare() -> Option<std::fs::File> {
             None
         }
     }
-}
-
-/// An empty SETTINGS frame (the server's preface) and a GOAWAY frame with
-/// `why` as its debug data, which clients show in their error.
-fn goaway(why: &str) -> Vec<u8> {
-    let mut frames = Vec::with_capacity(26 + why.len());
-    // Length 0, type SETTINGS (4), no flags, stream 0.
-    frames.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
-    let length = u32::try_from(8 + why.len()).unwrap_or(u32::MAX) & 0x00ff_ffff;
-    frames.extend_from_slice(&length.to_be_bytes()[1..]);
-    // Type GOAWAY (7), no flags, stream 0; no stream was processed.
-    frames.extend_from_slice(&[7, 0, 0, 0, 0, 0]);
-    frames.extend_from_slice(&0u32.to_be_bytes());
-    frames.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
-    frames.extend_from_slice(why.as_bytes());
-    frames
 }
 
 /// What a failed accept means for the loop.

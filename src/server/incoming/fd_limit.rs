@@ -16,9 +16,10 @@ use super::DEFAULT_MAX_CONNECTIONS;
 /// Descriptors kept out of the default `max_connections`: stdio, the two
 /// listeners, the runtime's epoll and signal descriptors, sled's files in
 /// the data directory and the marker being rewritten, the metrics
-/// endpoint's 16 connections, the spare descriptor, the token and TLS files
-/// when read, with room to spare.
-pub const FDS_RESERVED: u64 = 64;
+/// endpoint's 16 connections, the spare descriptor, up to 32 refused
+/// connections being answered, the token and TLS files when read, with room
+/// to spare.
+pub const FDS_RESERVED: u64 = 96;
 
 /// The open-file limit (RLIMIT_NOFILE) in force.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,8 +86,8 @@ mod tests {
 
     #[test]
     fn the_default_fits_the_fd_limit() {
-        assert_eq!(default_max_connections(1024), 960);
-        assert_eq!(default_max_connections(4096), 4032);
+        assert_eq!(default_max_connections(1024), 928);
+        assert_eq!(default_max_connections(4096), 4000);
         assert_eq!(default_max_connections(1 << 20), DEFAULT_MAX_CONNECTIONS);
         assert_eq!(default_max_connections(u64::MAX), DEFAULT_MAX_CONNECTIONS);
         assert_eq!(fd_budget(10), 1, "never 0");
