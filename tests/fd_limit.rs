@@ -65,6 +65,18 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / per_second as f64
 }
 
+/// The soft and hard open-file limits of a process (/proc/PID/limits).
+fn fd_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read limits");
+    let line = limits.lines().find(|l| l.starts_with("Max open files"));
+    let numbers: Vec<u64> = line
+        .expect("an open files line")
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
 fn assert_not_spinning(syncd: &Syncd) {
     let before = cpu_seconds(syncd.pid());
     std::thread::sleep(IDLE_PERIOD);
@@ -190,6 +202,7 @@ async fn out_of_descriptors_the_server_sheds_new_connections_and_keeps_serving()
     let log = syncd.log();
     log.until("the limit", |l| l.contains("open-file limit 1024, hard limit 1024"))
         .await;
+    assert_eq!(fd_limits(syncd.pid()), (1024, 1024));
     log.until("the budget warning", |l| {
         l.contains("max_connections 5000 is more than")
     })
@@ -247,6 +260,7 @@ async fn the_soft_limit_is_raised_to_the_hard_one_and_every_connection_taken() {
                 && l.contains("max_connections 4000 (default)")
         })
         .await;
+    assert_eq!(fd_limits(syncd.pid()), (4096, 4096));
     let metrics = metrics_addr(&syncd).await;
     let connected = connect(&syncd).await;
 
@@ -326,6 +340,10 @@ async fn past_max_connections_new_clients_are_refused_at_once() {
     connected.ping().await.expect("a connected client is answered");
     put(&connected, "at the cap").await;
     let error = refused_ping(&syncd).await;
+    assert!(error.contains("max_connections (1000) reached"), "{error}");
+    let library = Client::connect_with(syncd.addr.clone(), client_options()).await;
+    let error = library.err().expect("refused").to_string();
+    eprintln!("the library said: {error}");
     assert!(error.contains("max_connections (1000) reached"), "{error}");
     assert!(syncd.is_running(), "syncd is up");
 
