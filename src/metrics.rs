@@ -408,7 +408,8 @@ fn connection_counters(registry: &mut Registry) -> (Counter, [Counter; Refusal::
         timeouts.clone(),
     );
     let refused = Family::<Labels1, Counter>::default();
-    let counters = Refusal::ALL.map(|reason| refused.get_or_create_owned(&[("reason", reason.as_str())]));
+    let counters =
+        Refusal::ALL.map(|reason| refused.get_or_create_owned(&[("reason", reason.as_str())]));
     registry.register(
         "connections_refused",
         "Connections closed as soon as they were accepted, by reason: max_connections (that many were open) or out_of_fds (the process had no file descriptor left)",

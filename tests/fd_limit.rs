@@ -119,7 +119,9 @@ async fn connect(syncd: &Syncd) -> Client {
 async fn put(client: &Client, what: &str) {
     let queue = client.queue("fd-limit");
     let put = queue.put(what.as_bytes().to_vec(), 0);
-    let id = tokio::time::timeout(HANG_GUARD, put).await.expect("answered");
+    let id = tokio::time::timeout(HANG_GUARD, put)
+        .await
+        .expect("answered");
     id.unwrap_or_else(|e| panic!("put {what}: {e}"));
 }
 
@@ -138,7 +140,9 @@ async fn refused_ping(syncd: &Syncd) -> String {
             .await
             .map_err(|status| status.to_string())
     };
-    let outcome = tokio::time::timeout(HANG_GUARD, ping).await.expect("no hang");
+    let outcome = tokio::time::timeout(HANG_GUARD, ping)
+        .await
+        .expect("no hang");
     let error = outcome.expect_err("a new connection is refused");
     eprintln!("the new client heard: {error}");
     assert!(
@@ -200,8 +204,10 @@ async fn out_of_descriptors_the_server_sheds_new_connections_and_keeps_serving()
     };
     let mut syncd = start(nofile, &["--max-connections", "5000"]);
     let log = syncd.log();
-    log.until("the limit", |l| l.contains("open-file limit 1024, hard limit 1024"))
-        .await;
+    log.until("the limit", |l| {
+        l.contains("open-file limit 1024, hard limit 1024")
+    })
+    .await;
     assert_eq!(fd_limits(syncd.pid()), (1024, 1024));
     log.until("the budget warning", |l| {
         l.contains("max_connections 5000 is more than")
@@ -219,7 +225,10 @@ async fn out_of_descriptors_the_server_sheds_new_connections_and_keeps_serving()
         .await;
     assert_not_spinning(&syncd);
 
-    connected.ping().await.expect("a connected client is answered");
+    connected
+        .ping()
+        .await
+        .expect("a connected client is answered");
     // Its flush cannot rewrite the marker file (no descriptor): a warning,
     // and the put stands.
     put(&connected, "while out of fds").await;
@@ -268,7 +277,10 @@ async fn the_soft_limit_is_raised_to_the_hard_one_and_every_connection_taken() {
     let all = (IDLE_CONNECTIONS + 1) as f64;
     until_metric(&metrics, "syncd_connections ", |n| n == all).await;
     assert_not_spinning(&syncd);
-    connected.ping().await.expect("a connected client is answered");
+    connected
+        .ping()
+        .await
+        .expect("a connected client is answered");
     put(&connected, "with idle connections").await;
     let fresh = connect(&syncd).await;
     fresh.ping().await.expect("room for a new client");
@@ -337,12 +349,18 @@ async fn past_max_connections_new_clients_are_refused_at_once() {
     assert_eq!(metric(&metrics, "syncd_connections "), 1000.0);
     assert_not_spinning(&syncd);
 
-    connected.ping().await.expect("a connected client is answered");
+    connected
+        .ping()
+        .await
+        .expect("a connected client is answered");
     put(&connected, "at the cap").await;
     let error = refused_ping(&syncd).await;
     assert!(error.contains("max_connections (1000) reached"), "{error}");
     let library = Client::connect_with(syncd.addr.clone(), client_options()).await;
-    let error = library.err().expect("refused").to_string();
+    let Err(error) = library else {
+        panic!("the library connected past the cap")
+    };
+    let error = error.to_string();
     eprintln!("the library said: {error}");
     assert!(error.contains("max_connections (1000) reached"), "{error}");
     assert!(syncd.is_running(), "syncd is up");
@@ -352,5 +370,36 @@ async fn past_max_connections_new_clients_are_refused_at_once() {
     let fresh = connect(&syncd).await;
     fresh.ping().await.expect("a new client is served again");
     put(&fresh, "after").await;
+    assert!(syncd.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_a_handshaken_connection_outlives_the_handshake_timeout() {
+    let pki = common::certs::Pki::new();
+    let (cert, key) = (pki.arg("server.pem"), pki.arg("server.key"));
+    let nofile = NoFile {
+        soft: 1024,
+        hard: 1024,
+    };
+    let tls = ["--tls-cert", &cert, "--tls-key", &key];
+    let mut syncd = start(nofile, &[&tls[..], &["--handshake-timeout", "1s"]].concat());
+    let metrics = metrics_addr(&syncd).await;
+    let https = syncd.addr.replacen("http://", "https://", 1);
+    let options = pki.options(Some("ca.pem"), None);
+    let client = Client::connect_with(https, options)
+        .await
+        .expect("connect over TLS");
+    // One that never sends its ClientHello: closed at the deadline.
+    let _silent = TcpStream::connect(host_port(&syncd)).expect("connect");
+    let timeouts = "syncd_connection_handshake_timeouts_total";
+    until_metric(&metrics, timeouts, |n| n == 1.0).await;
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    client
+        .ping()
+        .await
+        .expect("answered over its first connection");
+    assert_eq!(metric(&metrics, timeouts), 1.0, "only the silent one");
+    assert_eq!(metric(&metrics, "syncd_connections "), 1.0);
     assert!(syncd.terminate().success());
 }

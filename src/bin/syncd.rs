@@ -524,7 +524,11 @@ fn connection_cap(requested: Option<usize>) -> usize {
         "open-file limit {}{raised}, hard limit {}; max_connections {max_connections}{}",
         limit.soft,
         limit.hard,
-        if requested.is_some() { "" } else { " (default)" }
+        if requested.is_some() {
+            ""
+        } else {
+            " (default)"
+        }
     );
     let budget = incoming::fd_budget(limit.soft);
     if max_connections > budget {

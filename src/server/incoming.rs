@@ -62,7 +62,9 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 pub(crate) use self::backoff::Backoff;
 use self::backoff::RateLimited;
-pub use self::fd_limit::{default_max_connections, fd_budget, raise_fd_limit, FdLimit, FDS_RESERVED};
+pub use self::fd_limit::{
+    default_max_connections, fd_budget, raise_fd_limit, FdLimit, FDS_RESERVED,
+};
 use self::handshake::Progress;
 use crate::metrics::{Metrics, Refusal};
 

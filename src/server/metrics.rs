@@ -228,7 +228,10 @@ pub async fn serve_endpoint(listener: TcpListener, metrics: Arc<Metrics>, engine
             }
         };
         if let Some((failures, lasted)) = backoff.succeeded() {
-            tracing::info!(failures, "metrics endpoint: accepting again after {lasted:?}");
+            tracing::info!(
+                failures,
+                "metrics endpoint: accepting again after {lasted:?}"
+            );
         }
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             continue;

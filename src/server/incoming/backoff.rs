@@ -96,7 +96,6 @@ impl RateLimited {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

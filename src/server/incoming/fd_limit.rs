@@ -79,7 +79,6 @@ pub fn default_max_connections(soft_fd_limit: u64) -> usize {
     DEFAULT_MAX_CONNECTIONS.min(fd_budget(soft_fd_limit))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -177,7 +177,10 @@ mod tests {
         }
         let mut partial = Progress::tls();
         assert!(!partial.observe(&bytes[..before]), "the handshake alone");
-        assert!(!partial.observe(&preface[..preface.len() - 1]), "a partial record");
+        assert!(
+            !partial.observe(&preface[..preface.len() - 1]),
+            "a partial record"
+        );
         assert!(partial.observe(&preface[preface.len() - 1..]));
     }
 

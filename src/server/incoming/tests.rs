@@ -75,7 +75,10 @@ async fn one_connection_past_the_cap_is_told_why_and_closed() {
     assert!(why.contains("max_connections (1) reached"), "{why}");
     assert_eq!(incoming.shared.open.load(Ordering::SeqCst), 1);
     assert_eq!(
-        metric(&incoming, "syncd_connections_refused_total{reason=\"max_connections\"}"),
+        metric(
+            &incoming,
+            "syncd_connections_refused_total{reason=\"max_connections\"}"
+        ),
         "syncd_connections_refused_total{reason=\"max_connections\"} 2"
     );
     assert!(!read_to_close(&mut third).is_empty(), "refused too");
@@ -84,7 +87,10 @@ async fn one_connection_past_the_cap_is_told_why_and_closed() {
     assert_eq!(incoming.shared.open.load(Ordering::SeqCst), 0);
     let _fourth_client = std::net::TcpStream::connect(addr).unwrap();
     let _fourth = next(&mut incoming).await;
-    assert_eq!(metric(&incoming, "syncd_connections "), "syncd_connections 1");
+    assert_eq!(
+        metric(&incoming, "syncd_connections "),
+        "syncd_connections 1"
+    );
 }
 
 #[tokio::test]
