@@ -157,14 +157,14 @@ struct ServeArgs {
     /// Client connections open at once, at most (on the gRPC port; the
     /// metrics endpoint serves 16 of its own). One more is accepted and
     /// closed at once, so that its client fails fast instead of hanging:
-    /// over plain HTTP/2 after a GOAWAY whose text names max_connections.
-    /// Refusals are logged at warn, at most once every 10 s. Default: 10000,
-    /// or the open-file limit less 64 descriptors (kept for the data
-    /// directory, the metrics endpoint, logs and the like) when that is
-    /// lower; syncd first raises its soft open-file limit to the hard one
-    /// and logs both. A value above that budget is taken, with a warning:
-    /// once the process is out of file descriptors it sheds new connections
-    /// and backs off.
+    /// over plain HTTP/2 its first call gets UNAVAILABLE with a message
+    /// that names max_connections. Refusals are logged at warn, at most once
+    /// every 10 s. Default: 10000, or the open-file limit less 96
+    /// descriptors (kept for the data directory, the metrics endpoint, logs
+    /// and refusals being answered) when that is lower; syncd first raises
+    /// its soft open-file limit to the hard one and logs both. A value above
+    /// that budget is taken, with a warning: once the process is out of file
+    /// descriptors it sheds new connections and backs off.
     #[arg(long, env = "SYNCD_MAX_CONNECTIONS", value_name = "N", value_parser = at_least_one)]
     max_connections: Option<usize>,
 

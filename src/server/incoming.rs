@@ -16,7 +16,7 @@
 //! - A connection that has not finished its HTTP/2 handshake (see
 //!   [`handshake`]) within `handshake_timeout` is closed: a client that
 //!   connects and sends nothing does not hold a descriptor for ever.
-//! - Out of descriptors (EMFILE, ENFILE), one pending connection is shed:
+//! - Out of descriptors (EMFILE, ENFILE), each pending connection is shed:
 //!   the spare descriptor kept for this is closed, the connection accepted
 //!   and closed, the spare reopened (libuv's trick), so that new clients
 //!   fail fast there too. Without a spare, and on ENOBUFS, ENOMEM or an
@@ -32,7 +32,9 @@
 //! - `open` is the number of live [`Connection`]s: each holds a guard that
 //!   decrements it when the connection is dropped, whoever drops it (hyper,
 //!   or tonic's TLS acceptor after a failed TLS handshake); a connection is
-//!   yielded only while `open < max_connections`.
+//!   yielded only while `open < max_connections`. Refused connections are
+//!   not in `open`: at most `refuse::ANSWERING_MAX` of them live on, for at
+//!   most two seconds each, to be answered.
 //! - The stream never yields an error and never ends (its error type is
 //!   `Infallible`): tonic would only log an error at trace and poll again.
 //! - The listener is not polled while a back-off sleep is pending, and every
@@ -198,14 +200,16 @@ impl Incoming {
         } else {
             Progress::plain()
         };
-        Some(Connection {
+        let connection = Connection {
             stream,
             handshake: Some(Handshake {
                 deadline: Box::pin(tokio::time::sleep(self.limits.handshake_timeout)),
                 progress,
             }),
             guard: OpenGuard::new(&self.shared),
-        })
+        };
+        debug_assert!(self.shared.open.load(Ordering::SeqCst) <= self.limits.max_connections);
+        Some(connection)
     }
 
     /// Closes a connection just accepted, over plain HTTP/2 after telling
@@ -316,6 +320,10 @@ impl Stream for Incoming {
             if let Some(sleep) = &mut this.sleep {
                 ready!(sleep.as_mut().poll(cx));
                 this.sleep = None;
+                // Descriptors may have come free meanwhile: shed again.
+                if this.spare.is_none() {
+                    this.spare = open_spare();
+                }
             }
             match ready!(this.listener.poll_accept(cx)) {
                 Ok((stream, peer)) => {
