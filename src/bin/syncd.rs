@@ -275,7 +275,7 @@ fn millis(d: Duration) -> u64 {
 
 impl ServeArgs {
     /// The server's settings, with `max_connections` resolved (see
-    /// [`connection_cap`]).
+    /// [`ConnectionCap`]).
     fn config(&self, max_connections: usize) -> ServerConfig {
         let limits = Limits {
             session_ttl_ms_min: millis(self.session_ttl_min),
@@ -429,7 +429,9 @@ fn fail(message: &str) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
-    let mut config = args.config(connection_cap(args.max_connections));
+    // First: the raised limit is for everything the server opens.
+    let cap = ConnectionCap::new(args.max_connections);
+    let mut config = args.config(cap.max_connections);
     if config.engine.limits.session_ttl_ms_min > config.engine.limits.session_ttl_ms_max {
         return Err("--session-ttl-min is larger than --session-ttl-max".into());
     }
@@ -463,6 +465,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         signal(SignalKind::hangup()).map_err(|e| format!("cannot install signal handlers: {e}"))?;
     tokio::spawn(reload_on_hangup(hangups, auth.clone()));
     tracing::info!(data = %args.data.display(), durability = ?args.durability, "syncd ready");
+    cap.log();
     // Scripts and tests wait for exactly this line.
     println!("listening on {local}");
     if let Some(files) = args.tls_files() {
@@ -493,55 +496,73 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     Ok(server.serve(listener, shutdown).await.map_err(|e| e.0)?)
 }
 
-/// Raises the soft open-file limit to the hard one, logs the limit in
-/// force, and returns `max_connections`: `requested`, or the default the
-/// limit allows (see `--max-connections`).
-fn connection_cap(requested: Option<usize>) -> usize {
-    let limit = match incoming::raise_fd_limit() {
-        Ok(limit) => limit,
-        Err(e) => {
-            tracing::warn!("cannot read the open-file limit: {e}");
-            return requested.unwrap_or(incoming::DEFAULT_MAX_CONNECTIONS);
-        }
-    };
-    if let Some(e) = &limit.not_raised {
-        tracing::warn!(
-            "cannot raise the open-file limit from {} to the hard limit {}: {e}",
-            limit.soft,
-            limit.hard
-        );
-    }
-    let max_connections =
-        requested.unwrap_or_else(|| incoming::default_max_connections(limit.soft));
-    let raised = match limit.raised_from {
-        Some(from) => format!(" (raised from {from})"),
-        None => String::new(),
-    };
-    tracing::info!(
-        fd_limit = limit.soft,
-        fd_limit_hard = limit.hard,
-        max_connections,
-        "open-file limit {}{raised}, hard limit {}; max_connections {max_connections}{}",
-        limit.soft,
-        limit.hard,
-        if requested.is_some() {
-            ""
-        } else {
-            " (default)"
-        }
-    );
-    let budget = incoming::fd_budget(limit.soft);
-    if max_connections > budget {
-        tracing::warn!(
+/// The open-file limit in force and the `max_connections` it led to;
+/// logged once syncd is ready, so that a refusal to start stays one line.
+struct ConnectionCap {
+    limit: std::io::Result<incoming::FdLimit>,
+    max_connections: usize,
+    requested: bool,
+}
+
+impl ConnectionCap {
+    /// Raises the soft open-file limit to the hard one and settles
+    /// `max_connections`: `requested`, or the default the limit allows
+    /// (see `--max-connections`).
+    fn new(requested: Option<usize>) -> ConnectionCap {
+        let limit = incoming::raise_fd_limit();
+        let max_connections = match (requested, &limit) {
+            (Some(n), _) => n,
+            (None, Ok(limit)) => incoming::default_max_connections(limit.soft),
+            (None, Err(_)) => incoming::DEFAULT_MAX_CONNECTIONS,
+        };
+        ConnectionCap {
+            limit,
             max_connections,
-            "max_connections {max_connections} is more than the open-file limit {} leaves \
-             room for ({budget}, with {} kept for files): when the descriptors run out, new \
-             connections are shed and writes may fail",
-            limit.soft,
-            incoming::FDS_RESERVED
-        );
+            requested: requested.is_some(),
+        }
     }
-    max_connections
+
+    fn log(&self) {
+        let max_connections = self.max_connections;
+        let limit = match &self.limit {
+            Ok(limit) => limit,
+            Err(e) => {
+                tracing::warn!(max_connections, "cannot read the open-file limit: {e}");
+                return;
+            }
+        };
+        if let Some(e) = &limit.not_raised {
+            tracing::warn!(
+                "cannot raise the open-file limit from {} to the hard limit {}: {e}",
+                limit.soft,
+                limit.hard
+            );
+        }
+        let raised = match limit.raised_from {
+            Some(from) => format!(" (raised from {from})"),
+            None => String::new(),
+        };
+        tracing::info!(
+            fd_limit = limit.soft,
+            fd_limit_hard = limit.hard,
+            max_connections,
+            "open-file limit {}{raised}, hard limit {}; max_connections {max_connections}{}",
+            limit.soft,
+            limit.hard,
+            if self.requested { "" } else { " (default)" }
+        );
+        let budget = incoming::fd_budget(limit.soft);
+        if max_connections > budget {
+            tracing::warn!(
+                max_connections,
+                "max_connections {max_connections} is more than the open-file limit {} leaves \
+                 room for ({budget}, with {} kept for files): when the descriptors run out, new \
+                 connections are shed and writes may fail",
+                limit.soft,
+                incoming::FDS_RESERVED
+            );
+        }
+    }
 }
 
 /// Binds the metrics endpoint and starts serving it; returns its address.
