@@ -81,6 +81,7 @@ fn assert_not_spinning(syncd: &Syncd) {
     let before = cpu_seconds(syncd.pid());
     std::thread::sleep(IDLE_PERIOD);
     let used = cpu_seconds(syncd.pid()) - before;
+    eprintln!("syncd used {used:.2} s of CPU in {IDLE_PERIOD:?}");
     assert!(
         used < IDLE_CPU_SECONDS_MAX,
         "syncd used {used:.2} s of CPU in {IDLE_PERIOD:?} with idle connections: spinning?"
