@@ -12,7 +12,7 @@ use syncd::core::Limits;
 use syncd::engine::{Durability, EngineConfig};
 use syncd::metrics::Metrics;
 use syncd::server::auth::Auth;
-use syncd::server::incoming::{self, ConnectionLimits};
+use syncd::server::incoming::{ConnectionCap, ConnectionLimits};
 use syncd::server::tls::TlsFiles;
 use syncd::server::{Server, ServerConfig};
 use tokio::net::TcpListener;
@@ -494,75 +494,6 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         let _ = writeln!(std::io::stdout(), "metrics on {metrics_local}");
     }
     Ok(server.serve(listener, shutdown).await.map_err(|e| e.0)?)
-}
-
-/// The open-file limit in force and the `max_connections` it led to;
-/// logged once syncd is ready, so that a refusal to start stays one line.
-struct ConnectionCap {
-    limit: std::io::Result<incoming::FdLimit>,
-    max_connections: usize,
-    requested: bool,
-}
-
-impl ConnectionCap {
-    /// Raises the soft open-file limit to the hard one and settles
-    /// `max_connections`: `requested`, or the default the limit allows
-    /// (see `--max-connections`).
-    fn new(requested: Option<usize>) -> ConnectionCap {
-        let limit = incoming::raise_fd_limit();
-        let max_connections = match (requested, &limit) {
-            (Some(n), _) => n,
-            (None, Ok(limit)) => incoming::default_max_connections(limit.soft),
-            (None, Err(_)) => incoming::DEFAULT_MAX_CONNECTIONS,
-        };
-        ConnectionCap {
-            limit,
-            max_connections,
-            requested: requested.is_some(),
-        }
-    }
-
-    fn log(&self) {
-        let max_connections = self.max_connections;
-        let limit = match &self.limit {
-            Ok(limit) => limit,
-            Err(e) => {
-                tracing::warn!(max_connections, "cannot read the open-file limit: {e}");
-                return;
-            }
-        };
-        if let Some(e) = &limit.not_raised {
-            tracing::warn!(
-                "cannot raise the open-file limit from {} to the hard limit {}: {e}",
-                limit.soft,
-                limit.hard
-            );
-        }
-        let raised = match limit.raised_from {
-            Some(from) => format!(" (raised from {from})"),
-            None => String::new(),
-        };
-        tracing::info!(
-            fd_limit = limit.soft,
-            fd_limit_hard = limit.hard,
-            max_connections,
-            "open-file limit {}{raised}, hard limit {}; max_connections {max_connections}{}",
-            limit.soft,
-            limit.hard,
-            if self.requested { "" } else { " (default)" }
-        );
-        let budget = incoming::fd_budget(limit.soft);
-        if max_connections > budget {
-            tracing::warn!(
-                max_connections,
-                "max_connections {max_connections} is more than the open-file limit {} leaves \
-                 room for ({budget}, with {} kept for files): when the descriptors run out, new \
-                 connections are shed and writes may fail",
-                limit.soft,
-                incoming::FDS_RESERVED
-            );
-        }
-    }
 }
 
 /// Binds the metrics endpoint and starts serving it; returns its address.

@@ -65,7 +65,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 pub(crate) use self::backoff::Backoff;
 use self::backoff::RateLimited;
 pub use self::fd_limit::{
-    default_max_connections, fd_budget, raise_fd_limit, FdLimit, FDS_RESERVED,
+    default_max_connections, fd_budget, raise_fd_limit, ConnectionCap, FdLimit, FDS_RESERVED,
 };
 use self::handshake::Progress;
 use crate::metrics::{Metrics, Refusal};

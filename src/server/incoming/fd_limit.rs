@@ -79,6 +79,76 @@ pub fn default_max_connections(soft_fd_limit: u64) -> usize {
     DEFAULT_MAX_CONNECTIONS.min(fd_budget(soft_fd_limit))
 }
 
+/// The open-file limit in force and the `max_connections` it led to;
+/// logged once syncd is ready, so that a refusal to start stays one line.
+pub struct ConnectionCap {
+    limit: io::Result<FdLimit>,
+    pub max_connections: usize,
+    requested: bool,
+}
+
+impl ConnectionCap {
+    /// Raises the soft open-file limit to the hard one and settles
+    /// `max_connections`: `requested`, or the default the limit allows
+    /// (see `--max-connections`).
+    pub fn new(requested: Option<usize>) -> ConnectionCap {
+        let limit = raise_fd_limit();
+        let max_connections = match (requested, &limit) {
+            (Some(n), _) => n,
+            (None, Ok(limit)) => default_max_connections(limit.soft),
+            (None, Err(_)) => DEFAULT_MAX_CONNECTIONS,
+        };
+        ConnectionCap {
+            limit,
+            max_connections,
+            requested: requested.is_some(),
+        }
+    }
+
+    /// Logs the limit at info, and at warn what went wrong or does not fit.
+    pub fn log(&self) {
+        let max_connections = self.max_connections;
+        let limit = match &self.limit {
+            Ok(limit) => limit,
+            Err(e) => {
+                tracing::warn!(max_connections, "cannot read the open-file limit: {e}");
+                return;
+            }
+        };
+        if let Some(e) = &limit.not_raised {
+            tracing::warn!(
+                "cannot raise the open-file limit from {} to the hard limit {}: {e}",
+                limit.soft,
+                limit.hard
+            );
+        }
+        let raised = match limit.raised_from {
+            Some(from) => format!(" (raised from {from})"),
+            None => String::new(),
+        };
+        tracing::info!(
+            fd_limit = limit.soft,
+            fd_limit_hard = limit.hard,
+            max_connections,
+            "open-file limit {}{raised}, hard limit {}; max_connections {max_connections}{}",
+            limit.soft,
+            limit.hard,
+            if self.requested { "" } else { " (default)" }
+        );
+        let budget = fd_budget(limit.soft);
+        if max_connections > budget {
+            tracing::warn!(
+                max_connections,
+                "max_connections {max_connections} is more than the open-file limit {} leaves \
+                 room for ({budget}, with {} kept for files): when the descriptors run out, new \
+                 connections are shed and writes may fail",
+                limit.soft,
+                FDS_RESERVED
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
