@@ -10,7 +10,9 @@
 //! - the engine: grants, wait until grant, hold time, commands per turn;
 //! - the writer thread: flush latency, changes per flush, size on disk;
 //! - a scrape: sessions, waiters, holds, primitives, ready queue items,
-//!   asked of the engine at that moment.
+//!   asked of the engine at that moment;
+//! - the accept loop (`server::incoming`): connections open, refused and
+//!   closed for not finishing their handshake.
 //!
 //! Every label set is bounded: methods are the ones the server serves (any
 //! other path is `method="unknown"`), codes are gRPC's seventeen, kinds are
@@ -93,6 +95,41 @@ pub struct Metrics {
     pub holds_gauge: Gauge,
     pub primitives: Gauge,
     pub queue_items_ready: Gauge,
+    /// Client connections open on the gRPC port.
+    pub connections_open: Gauge,
+    /// Connections closed for not finishing their HTTP/2 handshake in time.
+    pub connections_handshake_timeouts: Counter,
+    /// Connections closed at once, by [`Refusal`].
+    connections_refused: [Counter; Refusal::ALL.len()],
+}
+
+/// Why a connection was closed as soon as it was accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `--max-connections` were open already.
+    MaxConnections,
+    /// The process was out of file descriptors: the connection was shed
+    /// with the spare one.
+    OutOfFds,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 2] = [Refusal::MaxConnections, Refusal::OutOfFds];
+
+    /// The value of the `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "max_connections",
+            Refusal::OutOfFds => "out_of_fds",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Refusal::MaxConnections => 0,
+            Refusal::OutOfFds => 1,
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -242,6 +279,12 @@ impl Metrics {
             "queue_items_ready",
             "Queue items ready for a get (not in flight), over all queues",
         );
+        let connections_open = gauge(
+            "connections",
+            "Client connections open on the gRPC port (at most --max-connections)",
+        );
+        let (connections_handshake_timeouts, connections_refused) =
+            connection_counters(&mut registry);
         Metrics {
             registry,
             rpc,
@@ -255,7 +298,15 @@ impl Metrics {
             holds_gauge,
             primitives,
             queue_items_ready,
+            connections_open,
+            connections_handshake_timeouts,
+            connections_refused,
         }
+    }
+
+    /// A connection was closed at once, for `reason`.
+    pub fn refused(&self, reason: Refusal) {
+        self.connections_refused[reason.index()].inc();
     }
 
     /// The metrics of syncd's own services, health and reflection.
@@ -347,6 +398,26 @@ impl Metrics {
     }
 }
 
+/// Registers the accept loop's counters: handshake timeouts, and refusals
+/// by reason (every reason, so that a dashboard sees a 0 before the first).
+fn connection_counters(registry: &mut Registry) -> (Counter, [Counter; Refusal::ALL.len()]) {
+    let timeouts = Counter::default();
+    registry.register(
+        "connection_handshake_timeouts",
+        "Connections closed because they had not sent their HTTP/2 preface and first SETTINGS frame within --handshake-timeout",
+        timeouts.clone(),
+    );
+    let refused = Family::<Labels1, Counter>::default();
+    let counters =
+        Refusal::ALL.map(|reason| refused.get_or_create_owned(&[("reason", reason.as_str())]));
+    registry.register(
+        "connections_refused",
+        "Connections closed as soon as they were accepted, by reason: max_connections (that many were open) or out_of_fds (the process had no file descriptor left)",
+        refused,
+    );
+    (timeouts, counters)
+}
+
 /// How big the state is: the gauges a scrape asks the engine for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StateSizes {
@@ -428,6 +499,7 @@ mod tests {
         metrics.waited(Kind::Lock, 0);
         metrics.held(Kind::Lock, 1500);
         metrics.granted(Kind::Event); // not a hold: ignored
+        metrics.refused(Refusal::MaxConnections);
         metrics.set_state(&StateSizes {
             sessions: 2,
             ..StateSizes::default()
@@ -443,6 +515,10 @@ mod tests {
             "syncd_hold_seconds_sum{kind=\"lock\"} 1.5",
             "syncd_sessions 2",
             "syncd_store_size_bytes 0",
+            "syncd_connections 0",
+            "syncd_connections_refused_total{reason=\"max_connections\"} 1",
+            "syncd_connections_refused_total{reason=\"out_of_fds\"} 0",
+            "syncd_connection_handshake_timeouts_total 0",
             "# TYPE syncd_store_flush_duration_seconds histogram",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");

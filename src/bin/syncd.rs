@@ -12,6 +12,7 @@ use syncd::core::Limits;
 use syncd::engine::{Durability, EngineConfig};
 use syncd::metrics::Metrics;
 use syncd::server::auth::Auth;
+use syncd::server::incoming::{ConnectionCap, ConnectionLimits};
 use syncd::server::tls::TlsFiles;
 use syncd::server::{Server, ServerConfig};
 use tokio::net::TcpListener;
@@ -153,6 +154,28 @@ struct ServeArgs {
     #[arg(long, env = "SYNCD_MAX_STREAMS_PER_CONNECTION", default_value_t = 1024)]
     max_streams_per_connection: u32,
 
+    /// Client connections open at once, at most (on the gRPC port; the
+    /// metrics endpoint serves 16 of its own). One more is accepted and
+    /// closed at once, so that its client fails fast instead of hanging:
+    /// over plain HTTP/2 its first call gets UNAVAILABLE with a message
+    /// that names max_connections. Refusals are logged at warn, at most once
+    /// every 10 s. Default: 10000, or the open-file limit less 96
+    /// descriptors (kept for the data directory, the metrics endpoint, logs
+    /// and refusals being answered) when that is lower; syncd first raises
+    /// its soft open-file limit to the hard one and logs both. A value above
+    /// that budget is taken, with a warning: once the process is out of file
+    /// descriptors it sheds new connections and backs off.
+    #[arg(long, env = "SYNCD_MAX_CONNECTIONS", value_name = "N", value_parser = at_least_one)]
+    max_connections: Option<usize>,
+
+    /// How long a new connection may take to send its HTTP/2 preface and
+    /// first SETTINGS frame (under TLS: to finish TLS and send its first
+    /// HTTP/2 bytes; the TLS handshake itself must end within 10 s) before
+    /// it is closed, so that a client that connects and sends nothing does
+    /// not hold a file descriptor. The default is grpc-go's.
+    #[arg(long, env = "SYNCD_HANDSHAKE_TIMEOUT", default_value = "120s", value_parser = positive_duration)]
+    handshake_timeout: Duration,
+
     /// Commands applied (and flushed) together at most.
     #[arg(long, env = "SYNCD_BATCH_MAX", default_value_t = 1024, value_parser = at_least_one)]
     batch_max: usize,
@@ -242,6 +265,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     syncd::duration::parse(text)
 }
 
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err("must be more than 0".into()),
+        duration => Ok(duration),
+    }
+}
+
 fn at_least_one(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
@@ -255,7 +285,9 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl ServeArgs {
-    fn config(&self) -> ServerConfig {
+    /// The server's settings, with `max_connections` resolved (see
+    /// [`ConnectionCap`]).
+    fn config(&self, max_connections: usize) -> ServerConfig {
         let limits = Limits {
             session_ttl_ms_min: millis(self.session_ttl_min),
             session_ttl_ms_max: millis(self.session_ttl_max),
@@ -289,6 +321,10 @@ impl ServeArgs {
             tls: None,
             auth: None,
             write_ahead_log: self.write_ahead_log,
+            connections: ConnectionLimits {
+                max_connections,
+                handshake_timeout: self.handshake_timeout,
+            },
         }
     }
 
@@ -413,7 +449,9 @@ fn fail(message: &str) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
-    let mut config = args.config();
+    // First: the raised limit is for everything the server opens.
+    let cap = ConnectionCap::new(args.max_connections);
+    let mut config = args.config(cap.max_connections);
     if config.engine.limits.session_ttl_ms_min > config.engine.limits.session_ttl_ms_max {
         return Err("--session-ttl-min is larger than --session-ttl-max".into());
     }
@@ -447,6 +485,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         signal(SignalKind::hangup()).map_err(|e| format!("cannot install signal handlers: {e}"))?;
     tokio::spawn(reload_on_hangup(hangups, auth.clone()));
     tracing::info!(data = %args.data.display(), durability = ?args.durability, "syncd ready");
+    cap.log();
     // Scripts and tests wait for exactly this line.
     println!("listening on {local}");
     if let Some(files) = args.tls_files() {

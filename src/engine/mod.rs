@@ -81,6 +81,9 @@ pub struct EngineConfig {
     /// entry (openraft writes one entry's append and fdatasync after the
     /// other, so more in flight mostly means smaller entries).
     pub entries_in_flight_max: usize,
+    /// On the write-ahead log: a snapshot is taken (and the log purged
+    /// behind it) after this many entries.
+    pub snapshot_every_entries: u64,
     pub limits: Limits,
     /// Where to record grants, waits, holds and the store's work (`None`:
     /// nothing is recorded).
@@ -93,6 +96,7 @@ impl Default for EngineConfig {
             durability: Durability::Sync,
             batch_max: 1024,
             entries_in_flight_max: 2,
+            snapshot_every_entries: 10_000,
             queue_capacity: 16 * 1024,
             limits: Limits::default(),
             metrics: None,

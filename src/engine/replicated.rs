@@ -53,7 +53,8 @@ pub async fn start(
     let options = ReplicaOptions {
         sync: config.durability == Durability::Sync,
         limits: config.limits.clone(),
-        ..ReplicaOptions::default()
+        snapshot_every_entries: config.snapshot_every_entries,
+        log_entries_kept: (config.snapshot_every_entries / 10).max(1),
     };
     let replica = Replica::open(data_dir, options)
         .await

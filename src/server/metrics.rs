@@ -213,16 +213,26 @@ const GAUGES_TIMEOUT: Duration = Duration::from_secs(2);
 /// Serves `/metrics` on `listener` until the task is dropped.
 pub async fn serve_endpoint(listener: TcpListener, metrics: Arc<Metrics>, engine: EngineHandle) {
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let mut backoff = super::incoming::Backoff::default();
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
-                // Out of file descriptors, usually: wait rather than spin.
-                tracing::warn!("metrics endpoint: cannot accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Out of file descriptors, usually: wait rather than spin,
+                // and say so once per episode.
+                if backoff.failed() {
+                    tracing::warn!("metrics endpoint: cannot accept: {e}; retrying with back-off");
+                }
+                tokio::time::sleep(backoff.delay()).await;
                 continue;
             }
         };
+        if let Some((failures, lasted)) = backoff.succeeded() {
+            tracing::info!(
+                failures,
+                "metrics endpoint: accepting again after {lasted:?}"
+            );
+        }
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             continue;
         };

@@ -18,6 +18,7 @@ mod condition;
 mod convert;
 mod deadline;
 mod event;
+pub mod incoming;
 mod lock;
 pub mod metrics;
 mod pool;
@@ -40,7 +41,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tower::util::MapResponseLayer;
@@ -79,6 +79,9 @@ pub struct ServerConfig {
     /// of flushing sled for every reply. Being brought in; off by default
     /// until it passes the whole suite.
     pub write_ahead_log: bool,
+    /// Connections open at once and their handshake bound (see
+    /// [`incoming`]).
+    pub connections: incoming::ConnectionLimits,
 }
 
 /// A stream of events for a waiting RPC.
@@ -218,11 +221,14 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
 
         let router = build_router(&config, &engine, stop_rx, health_service)?;
-        // The builder's `tcp_nodelay` does not reach connections from our own
-        // listener; without it, small replies stall ~40 ms on delayed ACKs.
-        let incoming = TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(Duration::from_secs(30)));
+        // Our own accept loop: it caps connections, bounds handshakes, backs
+        // off when out of fds, and sets TCP_NODELAY (see its doc).
+        let incoming = incoming::Incoming::new(
+            listener,
+            config.connections,
+            config.tls.is_some(),
+            config.engine.metrics.clone(),
+        );
         let grace = config.shutdown_grace;
         let shutdown_engine = engine.clone();
         let on_signal = async move {

@@ -16,6 +16,12 @@
 //! served: it would hand out fencing tokens again. The counters only ever
 //! grow and the marker only records flushed ones, so a crash (which loses
 //! nothing flushed) never trips this check.
+//!
+//! A marker that cannot be rewritten (no file descriptor left, a full disk)
+//! is a warning, not a store failure: the data is flushed already, the old
+//! marker still holds counters no higher than the flushed ones, and the next
+//! attempt (a second later) records them. Only the check is weaker
+//! meanwhile, never wrong.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -110,7 +116,9 @@ impl SledStore {
     }
 
     /// Records the flushed counters in the marker (at most every
-    /// `MARK_EVERY`, unless `now`).
+    /// `MARK_EVERY`, unless `now`). A failed attempt also waits
+    /// `MARK_EVERY` before the next, so that a lasting failure is one
+    /// warning a second, not one a flush.
     fn mark(&mut self, now: bool) -> Result<(), StoreError> {
         let Some(counters) = &self.flushed_counters else {
             return Ok(());
@@ -118,14 +126,18 @@ impl SledStore {
         if !now && self.marked_at.is_some_and(|at| at.elapsed() < MARK_EVERY) {
             return Ok(());
         }
+        self.marked_at = Some(Instant::now());
         let text = format!("{MARKER_HEADER}\ncounters {}\n", hex(counters));
         let temp = self.marker.with_extension("tmp");
         let written = fs::write(&temp, text)
             .and_then(|()| fs::File::open(&temp)?.sync_all())
             .and_then(|()| fs::rename(&temp, &self.marker));
-        written.map_err(|e| StoreError(format!("cannot write {}: {e}", self.marker.display())))?;
-        self.marked_at = Some(Instant::now());
-        Ok(())
+        written.map_err(|e| {
+            // Best effort: a half-written temp file is harmless (never
+            // read) but untidy.
+            let _ = fs::remove_file(&temp);
+            StoreError(format!("cannot write {}: {e}", self.marker.display()))
+        })
     }
 }
 
@@ -249,7 +261,11 @@ impl Store for SledStore {
         if let Some(counters) = self.written_counters.take() {
             self.flushed_counters = Some(counters);
         }
-        self.mark(false)
+        // Not a failure of the flush: see the module's doc.
+        if let Err(e) = self.mark(false) {
+            tracing::warn!("{e}; the data is flushed; retried at a flush a second from now");
+        }
+        Ok(())
     }
 
     fn size_on_disk_bytes(&self) -> Option<u64> {
@@ -312,6 +328,28 @@ mod tests {
         let refused = SledStore::open(dir.path()).err().expect("refused");
         assert!(refused.0.contains("missing or empty"), "{}", refused.0);
         assert!(!dir.path().join("db").exists(), "nothing was written");
+    }
+
+    #[test]
+    fn a_marker_that_cannot_be_written_does_not_fail_the_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        stored_once(dir.path(), 3);
+        let mut store = SledStore::open(dir.path()).expect("opens");
+        // A directory where the temp file goes: the rewrite fails, as it
+        // would without a file descriptor left.
+        let blocker = dir.path().join(MARKER_FILE).with_extension("tmp");
+        fs::create_dir(&blocker).unwrap();
+        store.write(&[counters_put(8)]).unwrap();
+        store.flush().expect("the flush stands");
+        let marked = || read_marker(&dir.path().join(MARKER_FILE)).unwrap().unwrap();
+        assert_eq!(marked().last_fencing_token, 3, "the old marker is kept");
+        // The next attempt, once the obstacle is gone, records the counters.
+        fs::remove_dir(&blocker).unwrap();
+        store.marked_at = None;
+        store.flush().unwrap();
+        assert_eq!(marked().last_fencing_token, 8);
+        drop(store);
+        assert!(SledStore::open(dir.path()).is_ok());
     }
 
     #[test]

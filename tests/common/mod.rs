@@ -77,6 +77,8 @@ pub struct Syncd {
     env: Vec<(String, String)>,
     /// Its stderr, when started with [`Syncd::start_logged`].
     log: Option<Log>,
+    /// The open-file limit it starts with, if the test set one.
+    nofile: Option<NoFile>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -98,11 +100,22 @@ impl Syncd {
         Syncd::start_inner(extra_args, Some(Log::default()))
     }
 
+    /// Like [`Syncd::start_logged`], with syncd's open-file limit
+    /// (RLIMIT_NOFILE) set to `nofile` before it runs (and at each
+    /// restart).
+    pub fn start_logged_with_nofile(extra_args: &[&str], nofile: NoFile) -> Syncd {
+        Syncd::start_inner_with(extra_args, Some(Log::default()), Some(nofile))
+    }
+
     fn start_inner(extra_args: &[&str], log: Option<Log>) -> Syncd {
+        Syncd::start_inner_with(extra_args, log, None)
+    }
+
+    fn start_inner_with(extra_args: &[&str], log: Option<Log>, nofile: Option<NoFile>) -> Syncd {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let (child, addr) = try_spawn(&data, "127.0.0.1:0", &extra_args, &[], log.as_ref())
+        let (child, addr) = try_spawn(&data, "127.0.0.1:0", &extra_args, &[], log.as_ref(), nofile)
             .unwrap_or_else(|e| panic!("syncd did not start: {e}"));
         Syncd {
             child: Some(child),
@@ -111,6 +124,7 @@ impl Syncd {
             extra_args,
             env: Vec::new(),
             log,
+            nofile,
             _dir: Some(dir),
         }
     }
@@ -122,7 +136,7 @@ impl Syncd {
     pub fn start_in(data: &Path, extra_args: &[&str], env: &[(String, String)]) -> Syncd {
         let log = Some(Log::default());
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let (child, addr) = try_spawn(data, "127.0.0.1:0", &extra_args, env, log.as_ref())
+        let (child, addr) = try_spawn(data, "127.0.0.1:0", &extra_args, env, log.as_ref(), None)
             .unwrap_or_else(|e| panic!("syncd did not start: {e}"));
         Syncd {
             child: Some(child),
@@ -131,6 +145,7 @@ impl Syncd {
             extra_args,
             env: env.to_vec(),
             log,
+            nofile: None,
             _dir: None,
         }
     }
@@ -152,6 +167,7 @@ impl Syncd {
             &self.extra_args,
             &self.env,
             self.log.as_ref(),
+            self.nofile,
         );
         match spawned {
             Ok((child, addr)) => {
@@ -165,6 +181,12 @@ impl Syncd {
                 Err(format!("{e}; syncd logged:\n{}", said.unwrap_or_default()))
             }
         }
+    }
+
+    /// Whether the process is still running (it has not exited).
+    pub fn is_running(&mut self) -> bool {
+        let child = self.child.as_mut().expect("started");
+        matches!(child.try_wait(), Ok(None))
     }
 
     /// What syncd logged so far (over all its restarts); complete once it
@@ -216,7 +238,14 @@ impl Syncd {
         loop {
             // The port may linger briefly after a kill; retry binding.
             let log = self.log.as_ref();
-            match try_spawn(&self.data, &listen, &self.extra_args, &self.env, log) {
+            match try_spawn(
+                &self.data,
+                &listen,
+                &self.extra_args,
+                &self.env,
+                log,
+                self.nofile,
+            ) {
                 Ok((child, addr)) => {
                     self.child = Some(child);
                     self.addr = addr;
@@ -238,6 +267,36 @@ impl Drop for Syncd {
     }
 }
 
+/// An open-file limit (RLIMIT_NOFILE) for a child process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoFile {
+    pub soft: u64,
+    pub hard: u64,
+}
+
+impl NoFile {
+    /// Makes `command`'s child start with this limit.
+    pub fn apply(self, command: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        let NoFile { soft, hard } = self;
+        // SAFETY: between fork and exec the closure only calls setrlimit,
+        // which is async-signal-safe, and allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+}
+
 /// Spawns syncd and waits (bounded) for its `listening on` line. With a
 /// `log`, syncd logs at info into it; without, at warn to the test's stderr.
 fn try_spawn(
@@ -246,8 +305,13 @@ fn try_spawn(
     extra_args: &[String],
     env: &[(String, String)],
     log: Option<&Log>,
+    nofile: Option<NoFile>,
 ) -> Result<(Child, String), String> {
-    let mut child = Command::new(syncd_bin())
+    let mut command = Command::new(syncd_bin());
+    if let Some(nofile) = nofile {
+        nofile.apply(&mut command);
+    }
+    let mut child = command
         .arg("serve")
         .arg("--data")
         .arg(data)

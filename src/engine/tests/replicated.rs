@@ -127,3 +127,51 @@ async fn shutdown_ends_waits_with_unavailable() {
     let after = engine.call(create_session()).await;
     assert!(matches!(after, Err(r) if r.code == Code::Unavailable));
 }
+
+/// Many snapshots and purges: the log is cut behind each, the state stays
+/// whole, and a crash after them (the applied state replayed from the last
+/// durable point) and a clean restart both find it.
+#[test]
+fn snapshots_purge_the_log_and_keep_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        snapshot_every_entries: 20,
+        ..EngineConfig::default()
+    };
+    let runtime = || tokio::runtime::Runtime::new().unwrap();
+    let (owner, held, sessions) = runtime().block_on(async {
+        let (engine, _task) = start_replicated(dir.path(), config.clone()).await.unwrap();
+        let owner = session(&engine).await;
+        let held = granted_token(&mut engine.wait(|w| acquire(owner, w)).await).await;
+        let mut sessions = vec![owner];
+        // One at a time: one entry each, 300 entries, 15 snapshots.
+        for _ in 0..300 {
+            sessions.push(session(&engine).await);
+        }
+        (owner, held, sessions)
+    });
+    runtime().block_on(async {
+        let (engine, _task) = start_replicated(dir.path(), config.clone()).await.unwrap();
+        let holder = describe(&engine).await.holder.expect("still held");
+        assert_eq!((holder.session_id, holder.fencing_token), (owner, held));
+        let listed = engine
+            .query(crate::core::Query::ListSessions {
+                after_session_id: 0,
+                limit: 1_000,
+            })
+            .await;
+        let Ok(Reply::SessionList(listed)) = listed else {
+            panic!("{listed:?}");
+        };
+        assert_eq!(listed.len(), sessions.len());
+        engine.shutdown().await;
+    });
+    let kept = runtime().block_on(crate::replica::log_entries_on_disk(dir.path()));
+    assert!(kept < 100, "{kept} entries kept: the log was not purged");
+    runtime().block_on(async {
+        let (engine, _task) = start_replicated(dir.path(), config).await.unwrap();
+        let holder = describe(&engine).await.holder.expect("still held");
+        assert_eq!(holder.fencing_token, held);
+        engine.shutdown().await;
+    });
+}
