@@ -324,7 +324,10 @@ async fn a_directory_of_the_format_before_the_log_is_migrated_in_place() {
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(EXIT_DATA), "{stderr}");
-    assert!(stderr.contains("start syncd with --write-ahead-log"), "{stderr}");
+    assert!(
+        stderr.contains("start syncd with --write-ahead-log"),
+        "{stderr}"
+    );
     // Again, now as a directory of the new format.
     syncd.restart();
     let channel = open_channel(&syncd).await;
