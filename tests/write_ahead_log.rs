@@ -313,6 +313,21 @@ async fn a_directory_of_the_format_before_the_log_is_migrated_in_place() {
         "{marker}"
     );
     assert!(data.join("log").is_dir());
+    // The store without the log refuses it, saying what to do.
+    let output = run_bounded(
+        Command::new(common::syncd_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&data)
+            .env("SYNCD_WRITE_AHEAD_LOG", "false")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null()),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(EXIT_DATA), "{stderr}");
+    assert!(
+        stderr.contains("start syncd with --write-ahead-log"),
+        "{stderr}"
+    );
     // Again, now as a directory of the new format.
     syncd.restart();
     let channel = open_channel(&syncd).await;

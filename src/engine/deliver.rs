@@ -4,7 +4,8 @@
 //!
 //! A waiter that went away is noticed here: an event that cannot be sent
 //! gives back what it granted and cancels the wait, through commands the
-//! engine proposes in its next entry (the loopback).
+//! engine applies in its next turn, or proposes in its next entry (the
+//! loopback). Both engines deliver through it.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -35,7 +35,7 @@ mod writer;
 
 pub use self::replicated::start as start_replicated;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +47,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::Stream;
 
 pub use self::clock::Clock;
+use self::deliver::Router;
 use self::metrics::Tracker;
 use self::notices::NoticeBoard;
 pub use self::notices::NoticeSubscription;
@@ -431,15 +432,12 @@ pub fn start<S: Store>(
         clock,
         command_rx,
         internal_rx,
-        loopback: internal,
-        waiting: HashMap::new(),
+        router: Router::new(internal, changes, notices),
         writer: Some(writer),
         progress,
         submitted_seq: 0,
         durable_seq: 0,
         held: VecDeque::new(),
-        changes,
-        notices,
     };
     Ok((handle, tokio::spawn(engine.run())))
 }
@@ -480,10 +478,9 @@ struct Engine {
     clock: Clock,
     command_rx: mpsc::Receiver<Envelope>,
     internal_rx: mpsc::UnboundedReceiver<Command>,
-    /// Commands the engine gives itself for its next turn.
-    loopback: mpsc::UnboundedSender<Command>,
-    /// Senders of waiters that got `Queued` and wait for their final event.
-    waiting: HashMap<WaiterId, mpsc::Sender<Event>>,
+    /// Delivers replies and events, keeps the senders of waiting streams
+    /// (and gives the engine commands for its next turn).
+    router: Router,
     writer: Option<Writer>,
     progress: mpsc::UnboundedReceiver<Progress>,
     /// The last sequence number handed to the writer.
@@ -493,9 +490,6 @@ struct Engine {
     /// Replies and events waiting for their turn's changes to be durable,
     /// in turn order.
     held: VecDeque<(u64, Deliveries)>,
-    /// Bumped when a turn that changed the state is delivered.
-    changes: Arc<watch::Sender<u64>>,
-    notices: Arc<NoticeBoard>,
 }
 
 /// What one turn sends once its changes (and all earlier ones) are durable.
@@ -725,70 +719,8 @@ impl Engine {
                 return;
             }
             let (_, deliveries) = self.held.pop_front().expect("front exists");
-            self.deliver(deliveries);
+            self.router.deliver(deliveries);
         }
-    }
-
-    fn deliver(&mut self, deliveries: Deliveries) {
-        if deliveries.changed {
-            self.changes.send_modify(|count| *count += 1);
-        }
-        for session_id in deliveries.noticed {
-            self.notices.post(session_id);
-        }
-        for (reply, result) in deliveries.replies {
-            let _ = reply.send(result);
-        }
-        // First events before the turn's other events: a waiter queued in
-        // this turn may already have been granted or timed out in it.
-        for (waiter, sender, event) in deliveries.first_events {
-            let is_final = event.as_ref().map_or(true, Reply::is_final);
-            if self.send(waiter, &sender, event) && !is_final {
-                self.waiting.insert(waiter, sender);
-            }
-        }
-        for (waiter, event) in deliveries.events {
-            let Some(sender) = self.waiting.remove(&waiter) else {
-                continue;
-            };
-            let is_final = event.as_ref().map_or(true, Reply::is_final);
-            if self.send(waiter, &sender, event) && !is_final {
-                self.waiting.insert(waiter, sender);
-            }
-        }
-    }
-
-    /// Sends an event; if the waiter is gone, undoes what the event gave it
-    /// (next turn). Returns whether the waiter is still there.
-    fn send(&self, waiter: WaiterId, sender: &mpsc::Sender<Event>, mut event: Event) -> bool {
-        let granted = event.as_ref().ok().and_then(Reply::granted_token);
-        let queued = matches!(event, Ok(Reply::Queued { .. }));
-        let goes_on = event.as_ref().is_ok_and(|reply| !reply.is_final());
-        // The last free slot is kept for a final event: a watcher that has
-        // not read its backlog hears why it is cut off.
-        if goes_on && sender.capacity() <= 1 && sender.max_capacity() > 1 {
-            let message = format!(
-                "the watch fell {} events behind; watch again",
-                sender.max_capacity() - 1
-            );
-            event = Err(Rejection::new(Code::ResourceExhausted, message));
-            let _ = self.loopback.send(Command::Cancel { waiter });
-        }
-        let ended = event.is_err();
-        if sender.try_send(event).is_ok() {
-            return !ended;
-        }
-        // The receiver was dropped (a full channel cannot happen: it has
-        // room for every event a waiter gets).
-        if let Some(fencing_token) = granted {
-            let _ = self
-                .loopback
-                .send(Command::ReleaseUndelivered { fencing_token });
-        }
-        if queued {
-            let _ = self.loopback.send(Command::Cancel { waiter });
-        }
-        false
     }
 
     /// Waits until everything handed to the writer is durable and answered,
@@ -802,9 +734,7 @@ impl Engine {
             }
         }
         self.deliver_durable();
-        for (_, sender) in self.waiting.drain() {
-            let _ = sender.try_send(Err(shutting_down()));
-        }
+        self.router.end_all();
         let writer = self.writer.take().expect("the writer runs until stop");
         tokio::task::spawn_blocking(move || writer.finish())
             .await

@@ -166,8 +166,17 @@ fn read_marker(marker: &Path) -> Result<Option<Counters>, StoreError> {
     };
     let bad = || StoreError(format!("{} is not a syncd marker file", marker.display()));
     let mut lines = text.lines();
-    if lines.next() != Some(MARKER_HEADER) {
-        return Err(bad());
+    match lines.next() {
+        Some(MARKER_HEADER) => {}
+        // Written by syncd on the write-ahead log (`replica/dir.rs`).
+        Some("syncd data directory, format 2") => {
+            return Err(StoreError(format!(
+                "data directory {} is on the write-ahead log (format 2): \
+                 start syncd with --write-ahead-log",
+                marker.parent().unwrap_or(marker).display()
+            )))
+        }
+        _ => return Err(bad()),
     }
     let Some(encoded) = lines.next().and_then(|l| l.strip_prefix("counters ")) else {
         return Ok(Some(Counters::default()));
