@@ -25,8 +25,7 @@
 //! - the write-ahead log (`--write-ahead-log`, real fdatasync before a
 //!   reply): nothing may be lost; and with `--durability none` (replies
 //!   before the sync) something must be: the demonstration that the test
-//!   fails when the sync is skipped on purpose. Both are ignored until the
-//!   flag exists: remove the `#[ignore]`s when it lands.
+//!   fails when the sync is skipped on purpose.
 
 mod common;
 mod powercut;
