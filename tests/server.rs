@@ -320,7 +320,12 @@ async fn server_kill9_and_restart_keeps_holds_and_tokens_only_grow() {
 
 #[tokio::test]
 async fn a_corrupted_data_directory_is_refused_not_served_empty() {
-    let mut syncd = Syncd::start();
+    // The store without the write-ahead log, whatever the environment says:
+    // on the log, a sled that lost its records is rebuilt from the log
+    // (`tests/write_ahead_log.rs`).
+    let sled_alone = [("SYNCD_WRITE_AHEAD_LOG".to_owned(), "false".to_owned())];
+    let dir = tempfile::tempdir().unwrap();
+    let mut syncd = Syncd::start_in(&dir.path().join("data"), &[], &sled_alone);
     let channel = open_channel(&syncd).await;
     let mut locks = LocksClient::new(channel.clone());
     let owner = session(&channel, 10_000).await;
@@ -345,6 +350,7 @@ async fn a_corrupted_data_directory_is_refused_not_served_empty() {
 
     let output = common::run_bounded(
         std::process::Command::new(common::syncd_bin())
+            .env("SYNCD_WRITE_AHEAD_LOG", "false")
             .arg("serve")
             .arg("--data")
             .arg(&data)

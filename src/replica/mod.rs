@@ -189,16 +189,25 @@ impl Replica {
             let members = BTreeMap::from([(NODE_ID, BasicNode::default())]);
             self.raft.initialize(members).await.map_err(raft_error)?;
         }
-        let ready = |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
-            m.current_leader == Some(NODE_ID)
-                && m.last_applied.map(|id| id.index) == m.last_log_index
+        // A node that stopped (a storage error while replaying) will never
+        // be ready: stop waiting at once and say why.
+        let ready_or_stopped = |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
+            m.running_state.is_err()
+                || (m.current_leader == Some(NODE_ID)
+                    && m.last_applied.map(|id| id.index) == m.last_log_index)
         };
-        self.raft
+        let metrics = self
+            .raft
             .wait(Some(READY_WAIT))
-            .metrics(ready, "lead and apply the whole log")
+            .metrics(ready_or_stopped, "lead and apply the whole log")
             .await
-            .map(drop)
-            .map_err(|e| ReplicaError::Raft(format!("the node did not become ready: {e}")))
+            .map_err(|e| ReplicaError::Raft(format!("the node did not become ready: {e}")))?;
+        match metrics.running_state {
+            Ok(()) => Ok(()),
+            Err(fatal) => Err(ReplicaError::Corrupt(format!(
+                "replaying the write-ahead log onto the applied state failed: {fatal}"
+            ))),
+        }
     }
 
     /// Proposes one entry (its bytes from `codec::encode`). Returns once
